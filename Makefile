@@ -1,0 +1,43 @@
+# optbench entry points. Every target creates and fills .venv on first use; `make setup` does only that.
+VENV     := .venv
+PY       := $(VENV)/bin/python
+OPTBENCH := $(VENV)/bin/optbench
+STAMP    := $(VENV)/.installed
+export HF_DATASETS_OFFLINE ?= 1
+export HF_HUB_OFFLINE ?= 1
+
+SCALE      ?= cpu-xs
+RATIOS     ?= 1,2
+OPTIMIZERS ?= adamw,muon,lion
+WORKERS    ?= 2
+
+.PHONY: setup run test sweep reproduce regress bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)  ## one run on the smallest CPU scale, stored under results/
+	$(OPTBENCH) run --optimizer adamw --scale cpu-xs --ratio 1
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+sweep: $(STAMP)
+	$(OPTBENCH) sweep --scale $(SCALE) --ratios $(RATIOS) --optimizers $(OPTIMIZERS) --workers $(WORKERS) --yes
+
+reproduce: $(STAMP)
+	$(OPTBENCH) reproduce
+
+regress: $(STAMP)
+	$(OPTBENCH) regress
+
+bench: $(STAMP)
+	$(OPTBENCH) bench
+
+clean:
+	rm -rf $(VENV) results/cache

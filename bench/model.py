@@ -1,0 +1,148 @@
+"""A Llama-style decoder: RMSNorm, rotary embeddings, SwiGLU MLP, causal SDPA attention, no biases.
+
+Every parameter is tagged with its role (bench/roles.py) by the module that owns it, so optimizers
+never guess roles from shapes. Initialisation follows Levanter's Llama (normal, std 0.02).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.roles import Role, TaggedParam
+from bench.scales import Scale
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head's features; x is [B, H, T, D]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos[: x.size(-2)].to(x.dtype), sin[: x.size(-2)].to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.n_heads, self.head_dim = heads, hidden // heads
+        self.wq = nn.Linear(hidden, hidden, bias=False)
+        self.wk = nn.Linear(hidden, hidden, bias=False)
+        self.wv = nn.Linear(hidden, hidden, bias=False)
+        self.wo = nn.Linear(hidden, hidden, bias=False)
+        # QK-clip (MuonClip) reads the largest pre-softmax logit per head; off by default (it costs
+        # an explicit q.k product).
+        self.track_max_logit = False
+        self.max_logit: torch.Tensor | None = None
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        q = apply_rotary(self._heads(self.wq(x)), cos, sin)
+        k = apply_rotary(self._heads(self.wk(x)), cos, sin)
+        v = self._heads(self.wv(x))
+        if self.track_max_logit:
+            self.max_logit = self._max_logit(q.detach(), k.detach())
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(x.shape))
+
+    def _max_logit(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        t = q.size(-2)
+        logits = (q @ k.mT) * self.head_dim**-0.5
+        causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        logits = logits.masked_fill(~causal, float("-inf"))
+        return logits.amax(dim=(0, 2, 3)).float()
+
+
+class MLP(nn.Module):
+    """SwiGLU: w_down(silu(w_gate x) * w_up x)."""
+
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.w_gate = nn.Linear(hidden, intermediate, bias=False)
+        self.w_up = nn.Linear(hidden, intermediate, bias=False)
+        self.w_down = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, scale: Scale):
+        super().__init__()
+        self.attn_norm = RMSNorm(scale.hidden)
+        self.attn = Attention(scale.hidden, scale.heads)
+        self.mlp_norm = RMSNorm(scale.hidden)
+        self.mlp = MLP(scale.hidden, scale.intermediate)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, scale: Scale, vocab_size: int):
+        super().__init__()
+        self.scale, self.vocab_size = scale, vocab_size
+        self.embed = nn.Embedding(vocab_size, scale.hidden)
+        self.layers = nn.ModuleList(Block(scale) for _ in range(scale.layers))
+        self.norm = RMSNorm(scale.hidden)
+        self.head = nn.Linear(scale.hidden, vocab_size, bias=False)
+        cos, sin = rotary_tables(scale.seq_len, scale.head_dim)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for layer in self.layers:
+            x = layer(x, self.rope_cos, self.rope_sin)
+        return self.head(self.norm(x))
+
+    def tagged_parameters(self) -> list[TaggedParam]:
+        """Every parameter with its role; the roles come from the owning module's type (the output
+        head is a Linear too, so it is recognised by identity)."""
+        tagged = []
+        for mod_name, module in self.named_modules():
+            for p_name, param in module.named_parameters(recurse=False):
+                name = f"{mod_name}.{p_name}" if mod_name else p_name
+                role = Role.HEAD if module is self.head else _role(module, p_name)
+                tagged.append(TaggedParam(name, param, role))
+        return tagged
+
+    def non_embedding_params(self) -> int:
+        return sum(t.param.numel() for t in self.tagged_parameters() if t.role == Role.HIDDEN)
+
+
+def _role(module: nn.Module, p_name: str) -> Role:
+    if p_name == "bias":
+        return Role.BIAS
+    if isinstance(module, nn.Embedding):
+        return Role.EMBEDDING
+    if isinstance(module, RMSNorm):
+        return Role.NORM
+    if isinstance(module, nn.Linear):
+        return Role.HIDDEN
+    raise ValueError(f"no role for parameter {p_name} of {type(module).__name__}")
+

@@ -1,0 +1,42 @@
+"""Newton-Schulz orthogonalisation, shared by the Muon family.
+
+The quintic iteration X <- aX + (bA + cA^2)X with A = XX^T and (a, b, c) = (3.4445, -4.7750, 2.0315),
+from Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024), checked against
+KellerJordan/Muon (muon.py, zeropower_via_newtonschulz5) and torch.optim.Muon. It maps G = USV^T to
+approximately U S' V^T with S' in about [0.7, 1.2]: not exactly orthogonal, by design, for speed.
+"""
+from __future__ import annotations
+
+import torch
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Approximately orthogonalise the last two dims of `g` (batched over leading dims).
+
+    `dtype` is the working precision (bf16 on GPUs; fp32 is faster for small matrices on CPU).
+    The result has g's dtype.
+    """
+    if g.ndim < 2:
+        raise ValueError("newton_schulz needs a matrix (or a batch of matrices)")
+    a, b, c = NS_COEFFICIENTS
+    x = g.to(dtype or g.dtype)
+    tall = x.size(-2) > x.size(-1)
+    if tall:  # iterate on the wide orientation so A = XX^T is the small Gram matrix
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.mT
+        poly = b * gram + c * (gram @ gram)
+        x = a * x + poly @ x
+    if tall:
+        x = x.mT
+    return x.to(g.dtype)
+
+
+def muon_scale(shape: torch.Size) -> float:
+    """The study's (and KellerJordan/Muon's) update scale: sqrt(max(1, rows / cols))."""
+    rows, cols = shape[-2], shape[-1]
+    return max(1.0, rows / cols) ** 0.5

@@ -1,0 +1,87 @@
+"""The optimizer registry: each optimizer module registers one OptimizerDef here.
+
+Adding an optimizer is one new module under bench/optimizers/ that calls `register(...)`; the
+package imports every module in the folder, so nothing else is edited.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from bench.errors import UserError
+from bench.roles import Role, TaggedParam
+
+# Hyperparameters the train loop consumes (names follow the study's configs). Every optimizer
+# accepts them; its own `defaults` add the rest.
+TRAIN_KEYS = ("learning_rate", "warmup", "lr_schedule", "decay", "min_lr_ratio", "max_grad_norm",
+              "train_batch_size")
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "sweeps" / "spaces"
+
+Builder = Callable[[list[TaggedParam], Mapping[str, Any], torch.nn.Module], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class OptimizerDef:
+    """Everything optbench knows about one optimizer.
+
+    build(params, hp, model) returns a torch optimizer whose param groups carry their peak `lr`
+    (the train loop scales every group by the schedule's multiplier). `defaults` lists every
+    hyperparameter the optimizer accepts, train keys included, with its default value.
+    """
+
+    name: str
+    family: str  # "adam", "sign", "matrix", "second-order"
+    build: Builder
+    defaults: Mapping[str, Any]
+    roles: Mapping[Role, str]  # what it does with each parameter role, in words
+    paper: str  # citation: authors, title, arXiv id
+    source: str  # where the implementation comes from and what it was checked against
+    schedule: str = "cosine"  # the default lr_schedule family
+    notes: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def space(self, ladder: str = "cpu") -> dict[str, list]:
+        """The search grid for `ladder` ("cpu" or "paper") from sweeps/spaces/<name>.json."""
+        path = SPACES_DIR / f"{self.name}.json"
+        if not path.exists():
+            raise UserError(f"no search space file for optimizer {self.name!r}: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"search space file {path} is not valid JSON: {e}") from None
+        grid = data.get(ladder)
+        if not isinstance(grid, dict):
+            raise UserError(f"search space file {path} has no {ladder!r} grid")
+        return grid
+
+
+_REGISTRY: dict[str, OptimizerDef] = {}
+
+
+def register(opt: OptimizerDef) -> OptimizerDef:
+    if opt.name in _REGISTRY:
+        raise ValueError(f"optimizer {opt.name!r} registered twice")
+    missing = [k for k in TRAIN_KEYS if k not in opt.defaults]
+    if missing:
+        raise ValueError(f"optimizer {opt.name!r} defaults lack train keys {missing}")
+    _REGISTRY[opt.name] = opt
+    return opt
+
+
+def get(name: str) -> OptimizerDef:
+    from bench import optimizers  # noqa: F401  (imports every module, filling the registry)
+
+    if name not in _REGISTRY:
+        raise UserError(f"unknown optimizer {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def all_optimizers() -> list[OptimizerDef]:
+    from bench import optimizers  # noqa: F401
+
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]

@@ -1,0 +1,176 @@
+"""One training run: RunSpec in, RunResult out, a pure function of the spec.
+
+The loop reads like the algorithm: batch, (optional curvature pass), forward, backward, clip,
+schedule, optimizer step. The loss is read back from the device only every `log_every` steps, so
+the inner loop has no host-device sync. Only the end-of-budget held-out loss is the result.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.estimate import flops_per_token
+from bench.data import (Batches, TokenData, bytes_per_token, eval_batches, load_data, token_buckets,
+                        unigram_loss, warn_epochs)
+from bench.model import LlamaModel
+from bench.optimizers import registry
+from bench.scales import get_scale
+from bench.schedules import lr_multiplier
+from bench.spec import RunResult, RunSpec
+
+BUCKETS = ("frequent", "middle", "rare")
+DIVERGENCE_FACTOR = 1.5  # a smoothed train loss this many times the initial loss means diverged
+
+
+@dataclass
+class RunOptions:
+    """How to run, not what: these never change the result (so they are not in the run key)."""
+
+    threads: int | None = None  # torch threads; set in every run since Ray reuses worker processes
+    progress: bool = False
+    log_every: int = 10
+
+
+def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
+    """Train to the end of the budget and evaluate; failures come back as a status, not an error."""
+    options = options or RunOptions()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    start = time.perf_counter()
+    scale = get_scale(spec.scale)
+    data = load_data(spec.data, spec.eval_data, spec.tokenizer, scale.tokens(spec.ratio))
+    result = RunResult(run_key=spec.key, spec=spec.to_dict(), status="ok", final_loss=None,
+                       unigram_loss=unigram_loss(data), threads=torch.get_num_threads())
+    try:
+        _train(spec, data, options, result)
+    except (RuntimeError, ValueError, FloatingPointError) as e:
+        result.status, result.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
+    result.wall_time_s = time.perf_counter() - start
+    return result
+
+
+def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResult) -> None:
+    scale, hp = get_scale(spec.scale), spec.hparams
+    device = torch.device(spec.device)
+    torch.manual_seed(spec.seed)
+    model = LlamaModel(scale, data.vocab_size).to(device)
+    tagged = model.tagged_parameters()
+    result.roles = {t.name: t.role.value for t in tagged}
+    result.non_embedding_params = scale.non_embedding_params
+    opt_def = registry.get(spec.optimizer)
+    optimizer = opt_def.build(tagged, hp, model)
+    # An optimizer that clips inside its own update (MARS clips its corrected gradient, as the study
+    # did) says so; clipping the raw gradient as well would clip twice.
+    clip = 0.0 if opt_def.extra.get("clips_gradients") else hp["max_grad_norm"]
+    peak_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    batch_size = hp["train_batch_size"]
+    steps = scale.steps(spec.ratio, batch_size)
+    batches = Batches(data, scale.seq_len, batch_size, spec.seed)
+    result.steps, result.tokens = steps, steps * batch_size * scale.seq_len
+    result.epochs = batches.epochs(steps)
+    if (warning := warn_epochs(result.epochs)) and options.progress:
+        print(warning, file=sys.stderr)
+
+    params = [t.param for t in tagged]
+    autocast = _autocast(spec, device)
+    curvature = getattr(optimizer, "curvature_step", None)
+    bar = _progress(steps, options.progress)
+    running, initial, opt_time, t_train = torch.zeros((), device=device), None, 0.0, time.perf_counter()
+    for step in range(steps):
+        batch = batches.next().to(device, non_blocking=True)
+        x, y = batch[:, :-1], batch[:, 1:]
+        if curvature is not None:
+            curvature(step, model, x)
+        with autocast:
+            loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        mult = lr_multiplier(step, steps, hp["warmup"], hp["lr_schedule"], hp["decay"], hp["min_lr_ratio"])
+        for group, peak in zip(optimizer.param_groups, peak_lrs):
+            group["lr"] = peak * mult
+        t0 = time.perf_counter()
+        optimizer.step()
+        opt_time += time.perf_counter() - t0
+        optimizer.zero_grad(set_to_none=True)
+        running += loss.detach()
+        if (step + 1) % options.log_every == 0 or step + 1 == steps:
+            mean = running.item() / ((step % options.log_every) + 1)  # the only sync point
+            running.zero_()
+            result.curve.append((step + 1, mean))
+            initial = initial or mean
+            bar.update(step + 1 - bar.n)
+            bar.set_postfix(loss=f"{mean:.3f}")
+            if not math.isfinite(mean) or mean > DIVERGENCE_FACTOR * initial:
+                result.status, result.reason = "diverged", f"train loss {mean:.3g} at step {step + 1}"
+                break
+    bar.close()
+    train_time = time.perf_counter() - t_train
+    result.tokens_per_s = (step + 1) * batch_size * scale.seq_len / train_time
+    result.optimizer_step_ms = 1000 * opt_time / (step + 1)
+    result.flops = flops_per_token(scale, data.vocab_size) * result.tokens
+    result.optimizer_state_bytes = _state_bytes(optimizer)
+    result.peak_memory_bytes = _peak_memory(device)
+    if result.status == "ok":
+        _evaluate(spec, model, data, result, autocast)
+
+
+def _evaluate(spec: RunSpec, model: LlamaModel, data: TokenData, result: RunResult, autocast) -> None:
+    """End-of-budget held-out loss, overall and by the training frequency of the target token."""
+    scale = get_scale(spec.scale)
+    buckets = token_buckets(data).numpy()
+    sums, counts = np.zeros(len(BUCKETS)), np.zeros(len(BUCKETS))
+    model.eval()
+    with torch.no_grad(), autocast:
+        for batch in eval_batches(data, scale.seq_len, spec.eval_tokens, 32):
+            batch = batch.to(spec.device)
+            logits = model(batch[:, :-1]).float()
+            losses = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
+            # numpy's sequential bincount keeps the sums bitwise equal across thread counts
+            which = buckets[batch[:, 1:].flatten().cpu().numpy()]
+            sums += np.bincount(which, weights=losses.double().cpu().numpy(), minlength=len(BUCKETS))
+            counts += np.bincount(which, minlength=len(BUCKETS))
+    model.train()
+    loss = float(sums.sum() / counts.sum())
+    if not math.isfinite(loss):
+        result.status, result.reason = "diverged", "non-finite evaluation loss"
+        return
+    result.final_loss = loss
+    result.bits_per_byte = loss / bytes_per_token(data) / math.log(2)
+    result.loss_by_frequency = {b: float(s / c) for b, s, c in zip(BUCKETS, sums, counts) if c > 0}
+
+
+def _autocast(spec: RunSpec, device: torch.device):
+    if spec.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    total = 0
+    for state in optimizer.state_dict()["state"].values():
+        for value in state.values():
+            if torch.is_tensor(value):
+                total += value.numel() * value.element_size()
+    return total
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (Linux: KiB)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="step", desc="train", leave=False, file=sys.stderr)

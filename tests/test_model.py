@@ -1,0 +1,52 @@
+import torch
+
+from bench.model import LlamaModel
+from bench.roles import Role
+from bench.scales import get_scale
+
+
+def _model(vocab=64):
+    torch.manual_seed(0)
+    return LlamaModel(get_scale("cpu-xs"), vocab)
+
+
+def test_every_parameter_has_a_role_and_hidden_count_matches_the_scale():
+    model = _model()
+    tagged = model.tagged_parameters()
+    assert len(tagged) == len(list(model.parameters()))
+    roles = {t.name: t.role for t in tagged}
+    assert roles["embed.weight"] == Role.EMBEDDING
+    assert roles["head.weight"] == Role.HEAD
+    assert roles["norm.weight"] == Role.NORM
+    assert roles["layers.0.attn.wq.weight"] == Role.HIDDEN
+    assert roles["layers.0.mlp.w_down.weight"] == Role.HIDDEN
+    assert model.non_embedding_params() == get_scale("cpu-xs").non_embedding_params
+
+
+def test_attention_is_causal():
+    model = _model()
+    x = torch.randint(0, 64, (2, 16))
+    y = x.clone()
+    y[:, 10:] = (y[:, 10:] + 1) % 64  # change only the future
+    with torch.no_grad():
+        assert torch.allclose(model(x)[:, :10], model(y)[:, :10], atol=1e-6)
+        assert not torch.allclose(model(x)[:, 10:], model(y)[:, 10:])
+
+
+def test_max_logit_tracking_matches_a_direct_computation():
+    model = _model()
+    attn = model.layers[0].attn
+    attn.track_max_logit = True
+    x = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        model(x)
+        h = model.layers[0].attn_norm(model.embed(x))
+        from bench.model import apply_rotary
+
+        q = apply_rotary(attn._heads(attn.wq(h)), model.rope_cos, model.rope_sin)
+        k = apply_rotary(attn._heads(attn.wk(h)), model.rope_cos, model.rope_sin)
+        logits = (q @ k.mT) / attn.head_dim**0.5
+        mask = torch.ones(12, 12, dtype=torch.bool).tril()
+        expected = logits.masked_fill(~mask, -1e9).amax(dim=(0, 2, 3))
+    assert attn.max_logit.shape == (attn.n_heads,)
+    assert torch.allclose(attn.max_logit, expected, atol=1e-5)
