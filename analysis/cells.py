@@ -1,0 +1,139 @@
+"""From runs to cells: one row per optimizer x scale x data ratio.
+
+Input is the runs frame (one row per run: what `ResultStore.frame()` returns and what
+`ingest_paper` builds). Within a cell, runs with the same hyperparameters are seeds of one config;
+the cell's best config is the one with the lowest mean loss over its finished ("ok") seeds, and the
+cell's loss is that mean. Diverged and failed runs never enter a mean; they are counted.
+
+Choosing the best of many configs by their losses favours lucky ones (the winner's curse); with
+several seeds per config the bias shrinks, and the study had the same bias with one seed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import UserError
+
+RUN_COLUMNS = ("optimizer", "scale", "ratio", "seed", "status", "final_loss", "hparams")
+APPROX_BEST_TOL = 3e-3  # the study's "approximately best": within 3e-3 of the best loss
+CELL_KEYS = ["optimizer", "scale", "ratio"]
+
+
+def check_runs(runs: pd.DataFrame) -> None:
+    """Raise UserError if `runs` lacks a column the analysis needs."""
+    missing = [c for c in RUN_COLUMNS if c not in runs.columns]
+    if missing:
+        raise UserError(f"the runs table lacks column(s) {', '.join(missing)}; "
+                        f"it needs {', '.join(RUN_COLUMNS)}")
+
+
+def as_dict(hparams: Any) -> dict:
+    """A run's hyperparameters as a dict (a JSON text is parsed; anything else is empty)."""
+    if isinstance(hparams, str):
+        try:
+            hparams = json.loads(hparams)
+        except json.JSONDecodeError:
+            return {}
+    return dict(hparams) if isinstance(hparams, dict) else {}
+
+
+def config_key(hparams: dict) -> str:
+    """A canonical text form of a hyperparameter dict: equal configs give equal keys."""
+    return json.dumps(hparams, sort_keys=True, default=str)
+
+
+def ok_mask(runs: pd.DataFrame) -> pd.Series:
+    """Runs whose loss counts: status ok and a finite final loss."""
+    loss = pd.to_numeric(runs["final_loss"], errors="coerce")
+    return (runs["status"] == "ok") & np.isfinite(loss)
+
+
+def summarize_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (optimizer, scale, ratio) with the best config's loss and the cell's counts.
+
+    Columns: optimizer, scale, ratio, params, loss, loss_sd, n_seeds, losses (per-seed tuple),
+    hparams (best config), n_configs, n_runs, n_ok, n_diverged, n_failed,
+    approx_best (configs within 3e-3 of the best, best first).
+    """
+    check_runs(runs)
+    hparams = runs["hparams"].map(as_dict)
+    runs = runs.assign(ratio=runs["ratio"].astype(float), hparams=hparams,
+                       final_loss=pd.to_numeric(runs["final_loss"], errors="coerce"),
+                       config=hparams.map(config_key), ok=ok_mask(runs))
+    rows = [_cell_row(key, group) for key, group in runs.groupby(CELL_KEYS, sort=False)]
+    cells = pd.DataFrame(rows)
+    return sort_cells(cells) if len(cells) else cells
+
+
+def sort_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """AdamW first, then optimizers by name; scales by size; ratios ascending."""
+    scales = scale_order(frame)
+    return (frame.assign(_opt=frame["optimizer"].map(lambda o: (o != "adamw", o)),
+                         _scale=frame["scale"].map(scales.index))
+            .sort_values(["_opt", "_scale", "ratio"]).drop(columns=["_opt", "_scale"])
+            .reset_index(drop=True))
+
+
+def scale_order(frame: pd.DataFrame) -> list[str]:
+    """Scale names from smallest to largest model (by `params` if known, else by name)."""
+    params = frame.groupby("scale")["params"].median() if "params" in frame else pd.Series(
+        dtype=float)
+    return sorted(frame["scale"].unique(),
+                  key=lambda s: (_finite_or_inf(params.get(s, math.nan)), str(s)))
+
+
+def _cell_row(key: tuple, group: pd.DataFrame) -> dict:
+    optimizer, scale, ratio = key
+    configs = _config_means(group[group["ok"]])
+    best = configs.iloc[0] if len(configs) else None
+    losses = tuple(best["losses"]) if best is not None else ()
+    status = group["status"]
+    return {
+        "optimizer": optimizer, "scale": scale, "ratio": float(ratio),
+        "params": _median_params(group),
+        "loss": float(np.mean(losses)) if losses else math.nan,
+        "loss_sd": float(np.std(losses, ddof=1)) if len(losses) >= 2 else math.nan,
+        "n_seeds": len(losses), "losses": losses,
+        "hparams": dict(best["hparams"]) if best is not None else {},
+        "n_configs": int(group["config"].nunique()), "n_runs": len(group),
+        "n_ok": int(group["ok"].sum()), "n_diverged": int((status == "diverged").sum()),
+        "n_failed": int((status == "failed").sum()),
+        "approx_best": _approx_best(configs),
+    }
+
+
+def _config_means(ok_runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished configs of one cell with their seeds' losses, best (lowest mean) first.
+
+    Ties keep the order of first appearance (stable sort), so an ingest that lists a cell's
+    centre run first makes the centre win a tie.
+    """
+    rows = [{"config": cfg, "hparams": grp["hparams"].iloc[0],
+             "losses": tuple(float(v) for v in grp["final_loss"]),
+             "mean": float(grp["final_loss"].mean())}
+            for cfg, grp in ok_runs.groupby("config", sort=False)]
+    frame = pd.DataFrame(rows, columns=["config", "hparams", "losses", "mean"])
+    return frame.sort_values("mean", kind="stable").reset_index(drop=True)
+
+
+def _approx_best(configs: pd.DataFrame) -> list[dict]:
+    if not len(configs):
+        return []
+    near = configs[configs["mean"] <= configs["mean"].iloc[0] + APPROX_BEST_TOL]
+    return [{"hparams": dict(h), "loss": float(m)} for h, m in zip(near["hparams"], near["mean"])]
+
+
+def _median_params(group: pd.DataFrame) -> float:
+    if "non_embedding_params" not in group:
+        return math.nan
+    values = pd.to_numeric(group["non_embedding_params"], errors="coerce").dropna()
+    return float(values.median()) if len(values) else math.nan
+
+
+def _finite_or_inf(value: float) -> float:
+    return float(value) if value is not None and np.isfinite(value) else math.inf

@@ -1,0 +1,85 @@
+"""Tables in Markdown, CSV and LaTeX from a small synthetic analysis."""
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.cells import summarize_cells
+from analysis.fit import power_law
+from analysis.speedups import SpeedupOptions, estimate_speedups
+from analysis.tables import Table, build_tables, to_latex, to_markdown, write_table
+
+
+def _run(optimizer, ratio, loss, lr=0.01, status="ok"):
+    return {"run_key": f"{optimizer}/{ratio}/{lr}", "optimizer": optimizer, "scale": "cpu-s",
+            "ladder": "cpu", "ratio": ratio, "seed": 0, "status": status, "final_loss": loss,
+            "steps": 10, "tokens": 1, "non_embedding_params": 1000, "wall_time_s": 1.0,
+            "hparams": {"learning_rate": lr, "weight_decay": 0.1}, "created_at": "now"}
+
+
+@pytest.fixture(scope="module")
+def tables():
+    rows = [_run("adamw", r, power_law(r, 0.6, 0.5, 2.0)) for r in (1.0, 2.0, 4.0, 8.0)]
+    rows += [_run("adam_mini", 2.0, power_law(2.5, 0.6, 0.5, 2.0)),
+             _run("adam_mini", 2.0, power_law(2.48, 0.6, 0.5, 2.0), lr=0.02),
+             _run("adam_mini", 2.0, 7.9, lr=0.04, status="diverged")]
+    cells = summarize_cells(pd.DataFrame(rows))
+    result = estimate_speedups(cells, SpeedupOptions(n_boot=200))
+    return {t.name: t for t in build_tables(cells, result.speedups, result.fits, 0.9)}
+
+
+def test_every_table_is_written_in_three_formats(tables, tmp_path):
+    assert set(tables) == {"speedup_vs_scale", "speedups", "final_losses", "run_counts", "fits",
+                           "best_hparams", "approx_best"}
+    for table in tables.values():
+        paths = write_table(table, tmp_path)
+        assert [p.suffix for p in paths] == [".md", ".csv", ".tex"]
+        assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_speedup_table_shows_value_and_interval_per_scale(tables):
+    heading, wide = tables["speedup_vs_scale"].sections[1]
+    assert heading == "2x Chinchilla"
+    text = wide.set_index("optimizer").loc["adam_mini", "cpu-s"]
+    assert text.startswith("1.25 [") and text.endswith("]")
+
+
+def test_run_counts_include_the_diverged_run(tables):
+    counts = tables["run_counts"].csv.set_index("optimizer").loc["adam_mini"]
+    assert (counts["n_runs"], counts["n_ok"], counts["n_diverged"]) == (3, 2, 1)
+
+
+def test_best_hyperparameters_come_one_block_per_optimizer(tables):
+    sections = dict(tables["best_hparams"].sections)
+    block = sections["adam_mini"].set_index("hyperparameter")
+    assert block.loc["learning_rate", "cpu-s 2x"] == "0.01"
+    assert block.loc["loss", "cpu-s 2x"] == f"{power_law(2.5, 0.6, 0.5, 2.0):.4f}"
+
+
+def test_approx_best_lists_the_near_configs_with_their_differences(tables):
+    row = tables["approx_best"].sections[0][1].set_index("optimizer").loc["adam_mini"]
+    assert row["within 3e-3"] == 2
+    assert row["the others differ from the best in"].startswith("learning_rate=0.02 (+0.0015)")
+
+
+def test_markdown_escapes_pipes_and_latex_escapes_specials():
+    frame = pd.DataFrame({"name": ["a|b", "adam_mini"], "v": ["50%", "x & y"]})
+    table = Table("t", "caption_with_underscore", [("", frame)], frame)
+    md = to_markdown(table)
+    assert "| a\\|b | 50% |" in md and "| name | v |\n|---|---|\n" in md
+    tex = to_latex(table)
+    assert r"adam\_mini" in tex and r"50\%" in tex and r"x \& y" in tex
+    assert r"\begin{tabular}{ll}" in tex and r"caption\_with\_underscore" in tex
+
+
+def test_speedup_csvs_hold_numbers_and_flags_not_text(tables, tmp_path):
+    rows = list(csv.DictReader(write_table(tables["speedups"], tmp_path)[1].open()))
+    assert list(rows[0]) == ["optimizer", "scale", "ratio", "loss", "adamw_fit_loss", "speedup",
+                             "ci_low", "ci_high"]
+    mini = next(r for r in rows if r["optimizer"] == "adam_mini")
+    assert float(mini["speedup"]) == pytest.approx(1.25, rel=1e-4)
+    assert np.isfinite(float(mini["ci_low"]))
+    detail = list(csv.DictReader(write_table(tables["speedup_vs_scale"], tmp_path)[1].open()))
+    mini = next(r for r in detail if r["optimizer"] == "adam_mini")
+    assert mini["extrapolated"] == "False" and mini["below_asymptote"] == "False"
