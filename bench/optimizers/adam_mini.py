@@ -1,0 +1,112 @@
+"""Adam-mini: Adam with one second-moment scalar per parameter block instead of per entry.
+
+Paper: Zhang et al., "Adam-mini: Use Fewer Learning Rates To Gain More" (arXiv 2406.16793).
+Each parameter is viewed as (blocks, block_size); v is an EMA of the block's mean squared gradient:
+    m <- b1 m + (1 - b1) g,  v_b <- b2 v_b + (1 - b2) mean_{i in b}(g_i^2),
+    p <- p (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v_b / (1 - b2^t)) + eps).
+Blocks follow the authors' partition (zyushun/Adam-mini, PyPI adam-mini 1.1.1) and the study's
+Levanter `mini`, decided by role and the model's structure, never by shape:
+- EMBEDDING, HEAD: one block per token row;
+- HIDDEN: one block per attention head for an attention module's wq and wk (the module gives
+  n_heads), one per output neuron (row) for wv, wo and the MLP matrices;
+- NORM, BIAS: one block per entry, i.e. plain Adam (Levanter's choice; the authors' package gives a
+  norm vector a single block). The step-by-step test against adam-mini 1.1.1 names norms as its
+  Adam blocks and adds our head's name to its output names, and then matches on every parameter.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from bench.optimizers.adam_moments import adam_direction, decoupled_step, run_closure
+from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
+from bench.optimizers.registry import OptimizerDef, register
+from bench.roles import Role, TaggedParam
+
+QUERY_KEY = ("wq", "wk")  # attention projections whose blocks are heads (bench/model.py names)
+
+
+def attention_heads(name: str, model: torch.nn.Module | None) -> int | None:
+    """n_heads if `name` is the weight of an attention module's wq or wk, else None.
+
+    Viewing that (n_heads * head_dim, in) weight as (n_heads, -1) gives one block per head because
+    the attention splits its output features head-major (bench/model.py, Attention._heads).
+    """
+    if model is None or name.count(".") < 2:
+        return None
+    owner, _ = name.rsplit(".", 1)
+    parent, attr = owner.rsplit(".", 1)
+    module = model.get_submodule(parent)
+    if attr in QUERY_KEY and hasattr(module, "n_heads"):
+        return module.n_heads
+    return None
+
+
+def block_count(tp: TaggedParam, model: torch.nn.Module | None) -> int:
+    """How many second-moment scalars Adam-mini keeps for this parameter (see module doc)."""
+    if tp.role in (Role.EMBEDDING, Role.HEAD):
+        return tp.param.shape[0]
+    if tp.role is Role.HIDDEN:
+        return attention_heads(tp.name, model) or tp.param.shape[0]
+    return tp.param.numel()
+
+
+class AdamMini(torch.optim.Optimizer):
+    """State per param: exp_avg (param-shaped), exp_avg_sq of shape (blocks, 1), step."""
+
+    def __init__(self, params: list[dict[str, Any]], blocks: Mapping[Tensor, int], lr: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        for group in self.param_groups:  # v's shape records the partition, so state_dict carries it
+            for p in group["params"]:
+                if p.numel() % blocks[p]:
+                    raise ValueError(f"{blocks[p]} blocks do not divide a param of shape {tuple(p.shape)}")
+                self.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p),
+                                 "exp_avg_sq": p.new_zeros(blocks[p], 1)}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = run_closure(closure)
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self.state[p] for p in params]
+            for s in states:
+                s["step"] += 1
+            vs = [s["exp_avg_sq"] for s in states]
+            grads = [p.grad.reshape(v.shape[0], -1) for p, v in zip(params, vs)]
+            ms = [s["exp_avg"].view(v.shape[0], -1) for s, v in zip(states, vs)]
+            block_sq = [g.square().mean(dim=1, keepdim=True) for g in grads]
+            beta1, beta2 = group["betas"]
+            update = adam_direction(ms, vs, grads, beta1, beta2, group["eps"], states[0]["step"], block_sq)
+            decoupled_step(params, [u.view_as(p) for u, p in zip(update, params)],
+                           group["lr"], group["weight_decay"])
+        return loss
+
+
+def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module | None) -> AdamMini:
+    groups = decay_groups(params, hp["learning_rate"], hp["weight_decay"], betas=(hp["beta1"], hp["beta2"]),
+                          eps=hp["epsilon"])
+    blocks = {tp.param: block_count(tp, model) for tp in params}
+    return AdamMini(groups, blocks, lr=hp["learning_rate"])
+
+
+register(OptimizerDef(
+    name="adam_mini",
+    family="adam",
+    build=build,
+    defaults={**TRAIN_DEFAULTS, "learning_rate": 8e-3, "beta1": 0.9, "beta2": 0.98, "epsilon": 1e-15,
+              "weight_decay": 0.1},
+    roles={Role.EMBEDDING: "Adam-mini, one v per token row, no decay",
+           Role.HEAD: "Adam-mini, one v per token row, decayed",
+           Role.HIDDEN: "Adam-mini, one v per head (wq, wk) or per output neuron, decayed",
+           Role.NORM: "Adam (one v per entry), no decay", Role.BIAS: "Adam (one v per entry), no decay"},
+    paper="Zhang et al., Adam-mini: Use Fewer Learning Rates To Gain More, arXiv:2406.16793",
+    source="own torch implementation of the authors' partition (zyushun/Adam-mini) as run by the "
+           "study's Levanter `mini`; matches PyPI adam-mini 1.1.1 step by step",
+    notes="the study's name for it is 'mini' (paper-data Analysis/Results/mini)",
+))

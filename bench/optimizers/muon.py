@@ -1,0 +1,146 @@
+"""Muon: Nesterov momentum orthogonalised by Newton-Schulz, for hidden matrices; AdamW for the rest.
+
+Papers: Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024,
+kellerjordan.github.io/posts/muon); Liu et al., "Muon is Scalable for LLM Training" (arXiv 2502.16982)
+for decoupled weight decay on Muon's matrices.
+
+The update is the study's (Wen et al., arXiv 2509.02046), i.e. Levanter's scale_with_muon
+(marin-community/levanter, src/levanter/optim/muon.py), which we checked line by line:
+  B <- momentum * B + g;  U = g + momentum * B                     (Nesterov, sum form)
+  O = NewtonSchulz5(U / (||U||_F + muon_epsilon))                  (quintic 3.4445, -4.7750, 2.0315)
+  W <- W * (1 - lr * weight_decay) - lr * sqrt(max(1, rows/cols)) * O
+Embeddings, the head and norm gains go to AdamW at lr * muon_to_adam_lr (hybrid.py). One known
+difference: Levanter's Muon applies max_grad_norm to the AdamW part's gradients only, while optbench's
+train loop clips all gradients together.
+
+torch.optim.Muon (torch 2.13) was checked and not used: its momentum is the EMA form (equal up to the
+factor 1 - momentum, which changes how muon_epsilon, a study hyperparameter, acts), it always runs
+Newton-Schulz in bf16 (slower than fp32 for small matrices on CPU, MEASUREMENTS.md) and one matrix at a
+time; its "original" adjust_lr_fn is the same sqrt(max(1, rows/cols)) scale. Here the working dtype is
+bf16 on CUDA and fp32 elsewhere, and same-shape matrices share one batched Newton-Schulz call.
+
+`Muon` is the matrix optimizer the Muon family builds on: subclasses override `_active` (which
+matrices update this step) and `_direction` (what is done after orthogonalisation).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from bench.optimizers.common import TRAIN_DEFAULTS
+from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
+from bench.optimizers.momentum import nesterov_ema, nesterov_sum
+from bench.optimizers.newton_schulz import muon_scale, newton_schulz
+from bench.optimizers.registry import OptimizerDef, register
+from bench.roles import Role, TaggedParam
+
+
+def _by_shape(tensors: list[torch.Tensor]) -> dict[torch.Size, list[int]]:
+    groups: dict[torch.Size, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        groups[t.shape].append(i)
+    return groups
+
+
+def orthogonalise(updates: list[torch.Tensor], steps: int, eps: float) -> list[torch.Tensor]:
+    """Newton-Schulz on every matrix, one batched call per shape; bf16 on CUDA, fp32 elsewhere."""
+    out: dict[int, torch.Tensor] = {}
+    for idx in _by_shape(updates).values():
+        stacked = torch.stack([updates[i] for i in idx])
+        dtype = torch.bfloat16 if stacked.is_cuda else torch.float32
+        out.update(zip(idx, newton_schulz(stacked, steps=steps, eps=eps, dtype=dtype)))
+    return [out[i] for i in range(len(updates))]
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D matrices (see module doc). `ema` picks the EMA momentum form (momentum.py)."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.95,
+                 weight_decay: float = 0.0, eps: float = 1e-7, ns_steps: int = 5,
+                 ema: bool = False) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps,
+                        ns_steps=ns_steps, ema=ema)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if any(p.ndim != 2 for p in group["params"]):
+                raise ValueError("Muon updates 2-D matrices only; give other params to AdamW")
+
+    def _active(self, group: dict[str, Any]) -> list[torch.Tensor]:
+        """The matrices to update this step."""
+        return [p for p in group["params"] if p.grad is not None]
+
+    def _direction(self, params: list[torch.Tensor], updates: list[torch.Tensor],
+                   group: dict[str, Any]) -> list[torch.Tensor]:
+        """The step direction of each matrix before the shape scale and learning rate."""
+        return orthogonalise(updates, group["ns_steps"], group["eps"])
+
+    def _buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        return [self.state[p]["momentum_buffer"] for p in params]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = self._active(group)
+            if params:
+                self._update(params, group)
+        return loss
+
+    def _update(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        nesterov = nesterov_ema if group["ema"] else nesterov_sum
+        updates = nesterov([p.grad for p in params], self._buffers(params), group["momentum"])
+        directions = self._direction(params, updates, group)
+        lr, wd = group["lr"], group["weight_decay"]
+        if wd:
+            torch._foreach_mul_(params, 1.0 - lr * wd)
+        for shape, idx in _by_shape(params).items():
+            torch._foreach_add_([params[i] for i in idx], [directions[i] for i in idx],
+                                alpha=-lr * muon_scale(shape))
+
+
+# The Muon family's shared defaults: the study's best 130m / 1x Muon config
+# (Analysis/Results/muon/130m/1/result.json) with the CPU ladder's learning rate. muon_to_adam_lr is
+# 0.3, not that file's 0.2: 0.3 won in the study's other Phase I regimes, and on the CPU ladder Muon
+# was best at lr 4e-2 with the auxiliary AdamW at 1.2e-2 (MEASUREMENTS.md).
+MUON_DEFAULTS: dict[str, Any] = {
+    **TRAIN_DEFAULTS, "learning_rate": 0.04, "warmup": 0.0, "lr_schedule": "linear", "decay": 0.8,
+    "min_lr_ratio": 0.0, "max_grad_norm": 1.0,
+    "momentum": 0.95, "weight_decay": 0.1, "muon_to_adam_lr": 0.3,
+    "beta1": 0.8, "beta2": 0.98, "epsilon": 1e-15,
+}
+
+AUX_ROLES = {Role.HEAD: "AdamW at lr * muon_to_adam_lr, decayed",
+             Role.EMBEDDING: "AdamW at lr * muon_to_adam_lr, no decay",
+             Role.NORM: "AdamW at lr * muon_to_adam_lr, no decay",
+             Role.BIAS: "AdamW at lr * muon_to_adam_lr, no decay"}
+
+
+def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> HybridOptimizer:
+    return build_hybrid(params, hp, lambda hidden: Muon(
+        [t.param for t in hidden], lr=hp["learning_rate"], momentum=hp["momentum"],
+        weight_decay=hp["weight_decay"], eps=hp["muon_epsilon"]))
+
+
+register(OptimizerDef(
+    name="muon",
+    family="matrix",
+    build=build,
+    defaults={**MUON_DEFAULTS, "muon_epsilon": 1e-5},
+    roles={Role.HIDDEN: "Muon: Nesterov, Newton-Schulz 5, x sqrt(max(1, rows/cols)), decayed",
+           **AUX_ROLES},
+    paper="Jordan et al., Muon: An optimizer for hidden layers in neural networks, 2024 "
+          "(kellerjordan.github.io/posts/muon); Liu et al., Muon is Scalable for LLM Training, "
+          "arXiv:2502.16982",
+    source="ours, following Levanter's scale_with_muon (the study's); checked against a float64 "
+           "reference of its equations and torch.optim.Muon",
+    schedule="linear",
+    notes="muon_to_adam_lr default 0.3 (the study's 130m/1x best is 0.2; see module)",
+))

@@ -1,0 +1,149 @@
+"""Sophia-H: sign-like steps preconditioned by a clipped diagonal Hessian estimate.
+
+Paper: Liu, Li, Hall, Liang & Ma, "Sophia: A Scalable Stochastic Second-order Optimizer for Language
+Model Pre-training" (arXiv 2305.14342). The study ran Levanter's `SophiaHConfig` (its Sophia-G
+estimator is not implemented in Levanter), i.e. Algorithms 1 and 3 with Hutchinson's estimator:
+    every k steps:  h <- b2 h + (1 - b2) u * (H u),  u ~ N(0, I)   (H: Hessian of the training loss)
+    every step:     m <- b1 m + (1 - b1) g,  m_hat = m / (1 - b1^t),
+                    p <- p (1 - lr wd) - lr clip(m_hat / max(gamma h, eps), -1, 1).
+So with wd = 0 no entry moves by more than lr. Checked against Levanter (levanter/optim/sophia.py)
+and the authors' SophiaG (Liuhong99/Sophia, read in its PyPI fork sophia-opt 0.2.2). As in
+Levanter, m is bias-corrected (the authors' is not), h starts at 0 (so the first k steps are
+sign(m) steps), and weight decay is applied outside the clip.
+
+Schedule: Levanter refreshes h after updates k, 2k, ... at the pre-update parameters, so update
+k + 1 is the first to use it. `curvature_step` (called by the train loop before each step's main
+forward/backward) refreshes h when the optimizer has taken a positive multiple of k updates: the same
+updates see the same refresh, estimated one update later. It decides from its own step count,
+which a checkpoint restores. The Gaussian probes come from the optimizer's own generator, whose
+state lives in self.state["hutchinson"] so that state_dict() carries it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from bench.optimizers.adam_moments import decoupled_step, group_tensors, run_closure
+from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
+from bench.optimizers.registry import OptimizerDef, register
+from bench.roles import Role, TaggedParam
+
+PROBE_SEED = 0  # Levanter's rng_seed default
+
+
+def lm_loss(model: torch.nn.Module, x: Tensor) -> Tensor:
+    """Next-token cross-entropy of the model on the token batch x [B, T]: predict x[:, 1:] from
+    x[:, :-1] (so x may be the model's input or the input plus its last target)."""
+    logits = model(x[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1))
+
+
+def hutchinson(loss: Tensor, params: list[Tensor], generator: torch.Generator) -> list[Tensor]:
+    """u * (H u) for one Gaussian probe u: an unbiased estimate of diag(H)."""
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    probes = [torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype) for p in params]
+    hvps = torch.autograd.grad(grads, params, grad_outputs=probes, allow_unused=True)
+    return [u * hu if hu is not None else torch.zeros_like(u) for u, hu in zip(probes, hvps)]
+
+
+class SophiaH(torch.optim.Optimizer):
+    def __init__(self, params: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.965, 0.99),
+                 eps: float = 1e-12, gamma: float = 0.01, weight_decay: float = 0.0,
+                 update_interval: int = 10) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "gamma": gamma,
+                                  "weight_decay": weight_decay})
+        self.update_interval = update_interval
+
+    def _params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def steps_taken(self) -> int:
+        first = self._params()[0]
+        return self.state[first].get("step", 0) if first in self.state else 0
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = torch.Generator(device=device)
+        saved = self.state.get("hutchinson")
+        if saved is None:
+            gen.manual_seed(PROBE_SEED)
+        else:
+            gen.set_state(saved["rng"])
+        return gen
+
+    def curvature_step(self, step: int, model: torch.nn.Module, x: Tensor) -> None:
+        """Refresh the Hessian EMA when a positive multiple of update_interval updates are done.
+
+        `step` (the train loop's counter) is not used: the decision rests on this optimizer's own
+        step count so that it survives a checkpoint and does not depend on the loop's indexing.
+        """
+        n = self.steps_taken()
+        saved = self.state.get("hutchinson")
+        if n == 0 or n % self.update_interval or (saved is not None and saved["at_step"] == n):
+            return
+        params = self._params()
+        gen = self._generator(params[0].device)
+        # The math SDPA kernel is the one with a double backward on every device.
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            estimates = hutchinson(lm_loss(model, x), params, gen)
+        # Replace (never mutate) the entry: a state_dict() taken earlier shares the old one.
+        self.state["hutchinson"] = {"rng": gen.get_state(), "at_step": n}
+        estimate_of = dict(zip(params, estimates))
+        with torch.no_grad():
+            for group in self.param_groups:
+                hs = [self._hessian(p) for p in group["params"]]
+                torch._foreach_lerp_(hs, [estimate_of[p] for p in group["params"]], 1.0 - group["betas"][1])
+        self.zero_grad()
+
+    def _hessian(self, p: Tensor) -> Tensor:
+        state = self.state[p]
+        if "hessian" not in state:
+            state["hessian"] = torch.zeros_like(p)
+        return state["hessian"]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = run_closure(closure)
+        for group in self.param_groups:
+            t = group_tensors(self, group, ("exp_avg", "hessian"))
+            if not t.params:
+                continue
+            beta1 = group["betas"][0]
+            torch._foreach_lerp_(t.buffers["exp_avg"], t.grads, 1.0 - beta1)
+            denom = torch._foreach_mul(t.buffers["hessian"], group["gamma"])
+            torch._foreach_clamp_min_(denom, group["eps"])
+            update = torch._foreach_div(t.buffers["exp_avg"], 1.0 - beta1**t.step)
+            torch._foreach_div_(update, denom)
+            torch._foreach_clamp_min_(update, -1.0)
+            torch._foreach_clamp_max_(update, 1.0)
+            decoupled_step(t.params, update, group["lr"], group["weight_decay"])
+        return loss
+
+
+def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module | None) -> SophiaH:
+    groups = decay_groups(params, hp["learning_rate"], hp["weight_decay"], betas=(hp["beta1"], hp["beta2"]),
+                          eps=hp["epsilon"], gamma=hp["gamma"])
+    return SophiaH(groups, lr=hp["learning_rate"], update_interval=hp["update_interval"])
+
+
+register(OptimizerDef(
+    name="sophia",
+    family="second-order",
+    build=build,
+    # The study's Levanter Sophia never clipped gradients (its optimizer chain has no clip step,
+    # whatever max_grad_norm its configs list), so clipping is off by default here.
+    defaults={**TRAIN_DEFAULTS, "learning_rate": 4e-3, "max_grad_norm": 0.0, "beta1": 0.95, "beta2": 0.9,
+              "epsilon": 1e-7, "gamma": 0.0125, "weight_decay": 0.0, "update_interval": 10},
+    roles={Role.HIDDEN: "Sophia-H, decayed", Role.HEAD: "Sophia-H, decayed",
+           Role.EMBEDDING: "Sophia-H, no decay", Role.NORM: "Sophia-H, no decay",
+           Role.BIAS: "Sophia-H, no decay"},
+    paper="Liu et al., Sophia: A Scalable Stochastic Second-order Optimizer for Language Model "
+          "Pre-training, arXiv:2305.14342",
+    source="own torch implementation of the study's Levanter SophiaHConfig (Hutchinson estimator); "
+           "checked against Liuhong99/Sophia's SophiaG and pinned against hand-written equations",
+    notes="needs curvature_step(step, model, x) before every step (one extra forward and double "
+          "backward every update_interval steps)",
+))

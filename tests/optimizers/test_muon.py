@@ -1,0 +1,122 @@
+"""Muon (bench/optimizers/muon.py): orthogonalised updates, the study's update equations, the
+auxiliary AdamW, checkpoint resume and registration."""
+import math
+
+import torch
+
+from bench.optimizers.muon import Muon, orthogonalise
+from bench.roles import Role
+from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
+
+NS_BAND = (0.6, 1.25)  # where 5 quintic Newton-Schulz steps put every singular value
+
+
+def _newton_schulz_reference(u: torch.Tensor, eps: float) -> torch.Tensor:
+    """KellerJordan's / Levanter's zeropower_via_newtonschulz5, written out in float64."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = u / (u.norm() + eps)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(5):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def _study_muon_reference(w0, grads, lr, momentum, weight_decay, eps):
+    """Levanter's scale_with_muon + decoupled weight decay, in float64."""
+    w, buf = w0.double(), torch.zeros_like(w0, dtype=torch.float64)
+    rows, cols = w.shape
+    for g in grads:
+        g = g.double()
+        buf = momentum * buf + g
+        update = g + momentum * buf
+        o = _newton_schulz_reference(update, eps) * math.sqrt(max(1.0, rows / cols))
+        w = w - lr * weight_decay * w - lr * o
+    return w
+
+
+def _random_grads(shape, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) for _ in range(steps)]
+
+
+def _run_matrix_opt(opt, params, grads_per_param):
+    for step_grads in zip(*grads_per_param):
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        opt.step()
+
+
+def test_orthogonalised_update_has_singular_values_in_the_newton_schulz_band():
+    g = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    for o in orthogonalise([g, g.T.contiguous()], steps=5, eps=1e-7):
+        s = torch.linalg.svdvals(o)
+        assert NS_BAND[0] < s.min() and s.max() < NS_BAND[1]
+
+
+def test_first_step_is_lr_times_shape_scale_times_an_orthogonalised_matrix():
+    w = torch.nn.Parameter(torch.randn(64, 32))
+    w0 = w.detach().clone()
+    opt = Muon([w], lr=0.1, momentum=0.95, weight_decay=0.0)
+    w.grad = torch.randn(64, 32)
+    opt.step()
+    s = torch.linalg.svdvals((w0 - w.detach()) / (0.1 * math.sqrt(64 / 32)))
+    assert NS_BAND[0] < s.min() and s.max() < NS_BAND[1]
+
+
+def test_steps_match_a_float64_reference_of_the_study_update():
+    shapes = [(6, 4), (4, 6), (4, 6)]  # tall, wide, and a repeated shape (one batched call)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    starts = [p.detach().clone() for p in params]
+    grads = [_random_grads(s, 4, seed=i) for i, s in enumerate(shapes)]
+    hp = dict(lr=0.05, momentum=0.9, weight_decay=0.1, eps=1e-5)
+    _run_matrix_opt(Muon(params, **hp), params, grads)
+    for p, w0, g in zip(params, starts, grads):
+        ref = _study_muon_reference(w0, g, hp["lr"], hp["momentum"], hp["weight_decay"], hp["eps"])
+        torch.testing.assert_close(p.detach().double(), ref, rtol=0, atol=2e-6)
+
+
+def test_both_momentum_forms_match_torch_optim_muon_within_its_bf16_precision():
+    for ema in (False, True):
+        torch.manual_seed(0)
+        ours = [torch.nn.Parameter(torch.randn(s)) for s in [(48, 16), (16, 48)]]
+        theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+        starts = [p.detach().clone() for p in ours]
+        grads = [_random_grads(p.shape, 3, seed=i) for i, p in enumerate(ours)]
+        _run_matrix_opt(Muon(ours, lr=0.02, momentum=0.95, weight_decay=0.1, ema=ema), ours, grads)
+        _run_matrix_opt(torch.optim.Muon(theirs, lr=0.02, momentum=0.95, weight_decay=0.1,
+                                         adjust_lr_fn="original"), theirs, grads)
+        for a, b, w0 in zip(ours, theirs, starts):
+            moved_ours, moved_theirs = a.detach() - w0, b.detach() - w0
+            rel = (moved_ours - moved_theirs).norm() / moved_theirs.norm()
+            assert rel < 0.02, f"ema={ema}: relative difference {rel:.3g}"
+
+
+def test_hidden_matrices_get_muon_and_the_rest_adamw_at_exactly_lr_times_muon_to_adam_lr():
+    model = tiny_model()
+    opt = build("muon", model, learning_rate=0.04, muon_to_adam_lr=0.3)
+    matrix, aux = opt.parts
+    hidden = {id(t.param) for t in model.tagged_parameters() if t.role == Role.HIDDEN}
+    assert isinstance(matrix, Muon) and isinstance(aux, torch.optim.AdamW)
+    assert {id(p) for g in matrix.param_groups for p in g["params"]} == hidden
+    assert all(id(p) not in hidden for g in aux.param_groups for p in g["params"])
+    assert [g["lr"] for g in matrix.param_groups] == [0.04]
+    assert all(g["lr"] == 0.04 * 0.3 for g in aux.param_groups)
+    assert matrix.param_groups[0]["eps"] == 1e-5  # muon_epsilon
+
+
+def test_trains_a_tiny_model():
+    model = tiny_model()
+    losses = train(model, build("muon", model), range(30))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_resume_from_checkpoint_is_bitwise():
+    assert_resume_is_bitwise("muon")
+
+
+def test_registered_with_complete_defaults_and_loadable_space():
+    assert_registered("muon")
