@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from bench.errors import UserError
@@ -28,12 +29,22 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--store", default=None, help="SQLAlchemy URL (default: sqlite under results/)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="checkpoint every STEPS steps under results/checkpoints; a rerun resumes")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("scales", help="list the model scales")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_scales)
+
+    p = subparsers.add_parser("bench", help="measure throughput and optimizer overheads (results/bench.json)")
+    p.add_argument("--scales", default="cpu-xs,cpu-s,cpu-m,cpu-l")
+    p.add_argument("--optimizers", default="all", help="comma-separated names, or all")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-sweep", action="store_true", help="skip the 1-vs-2-worker sweep measurement")
+    p.set_defaults(func=cmd_bench)
 
     p = subparsers.add_parser("optimizers", help="list the optimizers")
     p.add_argument("--json", action="store_true")
@@ -66,6 +77,7 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.paths import results_dir
     from bench.spec import RunSpec
     from bench.store import ResultStore
     from bench.train import RunOptions, run
@@ -74,7 +86,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                    args.eval_data, args.tokenizer, args.precision, args.device)
     store = ResultStore(args.store)  # opened first: a bad store fails before an hour of training
     stored = store.get(spec.key)
-    result = stored or run(spec, RunOptions(threads=args.threads, progress=not args.json))
+    options = RunOptions(threads=args.threads, progress=not args.json, checkpoint_every=args.checkpoint_every,
+                         checkpoint_dir=str(results_dir() / "checkpoints"))
+    result = stored or run(spec, options)
     if stored is None:
         store.put(result)
     if args.json:
@@ -128,6 +142,20 @@ def _duration(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.0f} s"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.benchmark import format_report, run_benchmarks, write_report
+    from bench.optimizers.registry import get
+    from bench.scales import get_scale
+
+    scales = [get_scale(s).name for s in args.scales.split(",")]
+    names = None if args.optimizers == "all" else [get(n).name for n in args.optimizers.split(",")]
+    report = run_benchmarks(scales, names, args.steps, args.threads, sweep=not args.no_sweep,
+                            progress=lambda m: print(m, file=sys.stderr))
+    print(format_report(report))
+    print(f"written to {write_report(report)}")
+    return 0
 
 
 def cmd_optimizers(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,18 +50,28 @@ class ResultStore:
         self._check_schema()
 
     def _check_schema(self) -> None:
-        try:
-            with self.engine.begin() as conn:
-                _meta.create_all(conn)  # only creates what is missing
-                version = conn.execute(sa.select(META.c.value).where(META.c.key == "schema_version")).scalar()
-                if version is None:
-                    conn.execute(META.insert().values(key="schema_version", value=SCHEMA_VERSION))
-        except (DatabaseError, OperationalError) as e:
-            raise UserError(f"results store {self.url} is not a readable optbench database: "
-                            f"{str(e.orig).splitlines()[0] if e.orig else e}") from None
+        version = self._create_tables()
         if version not in (None, SCHEMA_VERSION):
             raise UserError(f"results store {self.url} has schema version {version}, this optbench "
                             f"reads {SCHEMA_VERSION}; use another store (--store) or an optbench of that version")
+
+    def _create_tables(self, attempts: int = 4) -> str | None:
+        """Create what is missing and read the schema version. Several processes opening a new store
+        at once race to create its tables; the losers retry and find them made."""
+        for attempt in range(attempts):
+            try:
+                with self.engine.begin() as conn:
+                    _meta.create_all(conn)  # only creates what is missing
+                    version = conn.execute(sa.select(META.c.value).where(META.c.key == "schema_version")).scalar()
+                    if version is None:
+                        conn.execute(META.insert().values(key="schema_version", value=SCHEMA_VERSION))
+                return version
+            except DatabaseError as e:
+                if attempt + 1 == attempts:
+                    raise UserError(f"results store {self.url} is not a readable optbench database: "
+                                    f"{_first_line(e)}") from None
+                time.sleep(0.1 * (attempt + 1))
+        return None
 
     def has(self, run_key: str) -> bool:
         with self.engine.connect() as conn:
@@ -74,6 +85,8 @@ class ResultStore:
             return True
         except IntegrityError:  # the same run key: the run is already stored, keep the first row
             return False
+        except OperationalError as e:  # disk full, read-only, lost server: the transaction rolled back
+            raise UserError(f"cannot write to results store {self.url}: {_first_line(e)}") from None
 
     def get(self, run_key: str) -> RunResult | None:
         with self.engine.connect() as conn:
@@ -124,6 +137,11 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _first_line(e: Exception) -> str:
+    orig = getattr(e, "orig", None) or e
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
 def _finite(x: float | None) -> float | None:

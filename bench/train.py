@@ -12,11 +12,13 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.checkpoint import Checkpointer
 from bench.estimate import flops_per_token
 from bench.data import (Batches, TokenData, bytes_per_token, eval_batches, load_data, token_buckets,
                         unigram_loss, warn_epochs)
@@ -37,6 +39,8 @@ class RunOptions:
     threads: int | None = None  # torch threads; set in every run since Ray reuses worker processes
     progress: bool = False
     log_every: int = 10
+    checkpoint_dir: str | None = None  # where mid-run checkpoints go (None: no checkpoints)
+    checkpoint_every: int = 0  # steps between checkpoints; rounded up to a multiple of log_every
 
 
 def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
@@ -83,9 +87,12 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     params = [t.param for t in tagged]
     autocast = _autocast(spec, device)
     curvature = getattr(optimizer, "curvature_step", None)
+    ckpt = _checkpointer(spec, options)
+    first, initial = _resume(ckpt, model, optimizer, batches, result)
     bar = _progress(steps, options.progress)
-    running, initial, opt_time, t_train = torch.zeros((), device=device), None, 0.0, time.perf_counter()
-    for step in range(steps):
+    bar.update(first)
+    running, opt_time, t_train = torch.zeros((), device=device), 0.0, time.perf_counter()
+    for step in range(first, steps):
         batch = batches.next().to(device, non_blocking=True)
         x, y = batch[:, :-1], batch[:, 1:]
         if curvature is not None:
@@ -113,15 +120,20 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
             if not math.isfinite(mean) or mean > DIVERGENCE_FACTOR * initial:
                 result.status, result.reason = "diverged", f"train loss {mean:.3g} at step {step + 1}"
                 break
+            if ckpt and ckpt.due(step + 1, steps):
+                ckpt.save({"step": step + 1, "initial": initial, "curve": result.curve, "model": model.state_dict(),
+                           "optimizer": optimizer.state_dict(), "position": batches.position})
     bar.close()
-    train_time = time.perf_counter() - t_train
-    result.tokens_per_s = (step + 1) * batch_size * scale.seq_len / train_time
-    result.optimizer_step_ms = 1000 * opt_time / (step + 1)
+    done = max(1, step + 1 - first)
+    result.tokens_per_s = done * batch_size * scale.seq_len / (time.perf_counter() - t_train)
+    result.optimizer_step_ms = 1000 * opt_time / done
     result.flops = flops_per_token(scale, data.vocab_size) * result.tokens
     result.optimizer_state_bytes = _state_bytes(optimizer)
     result.peak_memory_bytes = _peak_memory(device)
     if result.status == "ok":
         _evaluate(spec, model, data, result, autocast)
+    if ckpt:
+        ckpt.remove()
 
 
 def _evaluate(spec: RunSpec, model: LlamaModel, data: TokenData, result: RunResult, autocast) -> None:
@@ -147,6 +159,25 @@ def _evaluate(spec: RunSpec, model: LlamaModel, data: TokenData, result: RunResu
     result.final_loss = loss
     result.bits_per_byte = loss / bytes_per_token(data) / math.log(2)
     result.loss_by_frequency = {b: float(s / c) for b, s, c in zip(BUCKETS, sums, counts) if c > 0}
+
+
+def _checkpointer(spec: RunSpec, options: RunOptions) -> Checkpointer | None:
+    if not options.checkpoint_dir or options.checkpoint_every <= 0:
+        return None
+    every = -(-options.checkpoint_every // options.log_every) * options.log_every
+    return Checkpointer(Path(options.checkpoint_dir), spec.key, every)
+
+
+def _resume(ckpt, model, optimizer, batches, result) -> tuple[int, float | None]:
+    """Load the last checkpoint if there is one: (first step to run, initial logged loss)."""
+    state = ckpt.load() if ckpt else None
+    if state is None:
+        return 0, None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    batches.position = state["position"]
+    result.curve = [tuple(p) for p in state["curve"]]
+    return state["step"], state["initial"]
 
 
 def _autocast(spec: RunSpec, device: torch.device):

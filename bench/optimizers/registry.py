@@ -54,9 +54,9 @@ class OptimizerDef:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise UserError(f"search space file {path} is not valid JSON: {e}") from None
-        grid = data.get(ladder)
-        if not isinstance(grid, dict):
-            raise UserError(f"search space file {path} has no {ladder!r} grid")
+        grid = data.get(ladder) if isinstance(data, dict) else None
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise UserError(f"search space file {path} has no {ladder!r} grid of non-empty value lists")
         return grid
 
 
