@@ -55,7 +55,7 @@ def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
                        unigram_loss=unigram_loss(data), threads=torch.get_num_threads())
     try:
         _train(spec, data, options, result)
-    except (RuntimeError, ValueError, FloatingPointError) as e:
+    except Exception as e:  # an optimizer that raises fails its run, not the sweep around it
         result.status, result.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
     result.wall_time_s = time.perf_counter() - start
     return result

@@ -1,0 +1,194 @@
+"""SOAP (bench/optimizers/soap.py): Adam in the eigenbasis of Shampoo's preconditioner."""
+import pytest
+import torch
+
+from bench.optimizers.soap import Soap, power_qr
+
+from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests step tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+F64 = torch.float64
+
+
+def _grads(n: int, shape: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen, dtype=F64) for _ in range(n)]
+
+
+def _run(opt: torch.optim.Optimizer, param: torch.Tensor, grads: list[torch.Tensor]) -> None:
+    for g in grads:
+        param.grad = g.clone()
+        opt.step()
+
+
+def _assert_eigenbasis(q: torch.Tensor, gram: torch.Tensor) -> None:
+    """q is orthogonal and diagonalises gram with its eigenvalues in descending order."""
+    eye = torch.eye(q.shape[0], dtype=q.dtype)
+    torch.testing.assert_close(q.T @ q, eye, atol=1e-12, rtol=0)
+    descending = torch.linalg.eigvalsh(gram).flip(0)
+    torch.testing.assert_close(q.T @ gram @ q, torch.diag(descending), atol=1e-12, rtol=0)
+
+
+def test_preconditioners_and_eigenbases_match_a_direct_computation_on_a_2x3_problem():
+    w = torch.nn.Parameter(torch.zeros(2, 3, dtype=F64))
+    opt = Soap([w], lr=0.0, shampoo_beta=0.9, precondition_frequency=1)
+    grads = _grads(4, (2, 3))
+    _run(opt, w, grads[:1])
+    st = opt.state[w]
+    left, right = 0.1 * grads[0] @ grads[0].T, 0.1 * grads[0].T @ grads[0]
+    torch.testing.assert_close(st["L.0"], left)
+    torch.testing.assert_close(st["R.0"], right)
+    _assert_eigenbasis(st["QL.0"], left)
+    _assert_eigenbasis(st["QR.0"], right)  # rank 1: a 2-D null space, any orthonormal basis of it
+
+    for g in grads[1:]:
+        q_left, q_right = st["QL.0"].clone(), st["QR.0"].clone()
+        _run(opt, w, [g])
+        left, right = 0.9 * left + 0.1 * g @ g.T, 0.9 * right + 0.1 * g.T @ g
+        torch.testing.assert_close(st["L.0"], left)
+        torch.testing.assert_close(st["R.0"], right)
+        for q_old, gram, key in ((q_left, left, "QL.0"), (q_right, right, "QR.0")):
+            # one power-iteration step from the old basis, columns by Rayleigh quotient, then QR
+            order = torch.argsort(torch.diag(q_old.T @ gram @ q_old), descending=True, stable=True)
+            expected = torch.linalg.qr(gram @ q_old[:, order]).Q
+            torch.testing.assert_close(st[key], expected)
+
+
+def test_repeated_refreshes_converge_to_the_eigenbasis_of_a_fixed_preconditioner():
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(5, 5, generator=gen, dtype=F64)
+    gram = a @ a.T
+    q = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=F64)).Q
+    v = torch.zeros(5, 1, dtype=F64)
+    for _ in range(300):
+        q, v = power_qr(gram, q, v, dim=-2)
+    descending = torch.linalg.eigh(gram).eigenvectors.flip(-1)
+    torch.testing.assert_close((q.T @ descending).abs(), torch.eye(5, dtype=F64), atol=1e-6, rtol=0)
+
+
+def _reference_soap(w0, grads, lr, beta1, beta2, shampoo_beta, eps, wd, freq):
+    """The paper's equations written out for one unblocked matrix, float64."""
+    w = w0.clone()
+    g0 = grads[0]
+    left, right = (1 - shampoo_beta) * g0 @ g0.T, (1 - shampoo_beta) * g0.T @ g0
+    ql, qr = (torch.linalg.eigh(gram).eigenvectors.flip(-1) for gram in (left, right))
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    for t, g in enumerate(grads[1:], start=1):
+        m = beta1 * m + (1 - beta1) * g
+        g_rot = ql.T @ g @ qr
+        v = beta2 * v + (1 - beta2) * g_rot**2
+        u = ql @ ((ql.T @ m @ qr) / (v.sqrt() + eps)) @ qr.T
+        w = w * (1 - lr * wd) - lr * (1 - beta2**t) ** 0.5 / (1 - beta1**t) * u
+        left = shampoo_beta * left + (1 - shampoo_beta) * g @ g.T
+        right = shampoo_beta * right + (1 - shampoo_beta) * g.T @ g
+        if t % freq == 0:
+            for side in ("left", "right"):
+                gram, q = (left, ql) if side == "left" else (right, qr)
+                order = torch.argsort(torch.diag(q.T @ gram @ q), descending=True, stable=True)
+                q = torch.linalg.qr(gram @ q[:, order]).Q
+                v = v[order, :] if side == "left" else v[:, order]
+                ql, qr = (q, qr) if side == "left" else (ql, q)
+    return w
+
+
+@pytest.mark.parametrize("freq", [1, 2])
+def test_a_step_matches_a_hand_written_reference_of_the_paper_equations(freq):
+    hp = dict(lr=0.05, beta1=0.9, beta2=0.95, shampoo_beta=0.8, eps=1e-8, wd=0.1)
+    grads = _grads(7, (4, 3), seed=1)
+    w0 = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    w = torch.nn.Parameter(w0.clone())
+    opt = Soap([w], lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), shampoo_beta=hp["shampoo_beta"],
+               eps=hp["eps"], weight_decay=hp["wd"], precondition_frequency=freq)
+    _run(opt, w, grads)
+    torch.testing.assert_close(w.detach(), _reference_soap(w0, grads, freq=freq, **hp), atol=1e-12, rtol=0)
+
+
+def test_with_the_basis_held_at_identity_soap_is_adamw():
+    grads = _grads(6, (3, 4), seed=4)
+    w = torch.nn.Parameter(torch.ones(3, 4, dtype=F64))
+    opt = Soap([w], lr=0.01, betas=(0.9, 0.99), eps=0.0, weight_decay=0.1, precondition_frequency=10**9)
+    _run(opt, w, grads[:1])  # the first gradient only sets up the bases
+    opt.state[w]["QL.0"] = torch.eye(3, dtype=F64)
+    opt.state[w]["QR.0"] = torch.eye(4, dtype=F64)
+    ref = torch.nn.Parameter(torch.ones(3, 4, dtype=F64))
+    adamw = torch.optim.AdamW([ref], lr=0.01, betas=(0.9, 0.99), eps=0.0, weight_decay=0.1)
+    for g in grads[1:]:
+        _run(opt, w, [g])
+        _run(adamw, ref, [g])
+        torch.testing.assert_close(w.detach(), ref.detach(), atol=1e-14, rtol=1e-12)
+
+
+def test_1d_params_take_adam_after_the_skipped_first_step():
+    grads = _grads(5, (6,), seed=5)
+    b = torch.nn.Parameter(torch.ones(6, dtype=F64))
+    opt = Soap([b], lr=0.01, betas=(0.9, 0.99), eps=0.0, weight_decay=0.0)
+    ref = torch.nn.Parameter(torch.ones(6, dtype=F64))
+    adam = torch.optim.Adam([ref], lr=0.01, betas=(0.9, 0.99), eps=0.0)
+    _run(opt, b, grads[:1])
+    assert torch.equal(b.detach(), torch.ones(6, dtype=F64))
+    _run(opt, b, grads[1:])
+    _run(adam, ref, grads[1:])
+    torch.testing.assert_close(b.detach(), ref.detach(), atol=1e-14, rtol=1e-12)
+
+
+def test_a_blocked_matrix_is_updated_as_independent_blocks():
+    """block_size 2 on a 4x5 matrix: blocks 2x2, 2x2, 2x1 per row pair; each its own SOAP."""
+    grads = _grads(5, (4, 5), seed=6)
+    w = torch.nn.Parameter(torch.zeros(4, 5, dtype=F64))
+    opt = Soap([w], lr=0.1, block_size=2, eps=1e-8, precondition_frequency=2)
+    _run(opt, w, grads)
+    for rows in (slice(0, 2), slice(2, 4)):
+        for cols in (slice(0, 2), slice(2, 4), slice(4, 5)):
+            part = torch.nn.Parameter(torch.zeros(2, cols.stop - cols.start, dtype=F64))
+            alone = Soap([part], lr=0.1, block_size=2, eps=1e-8, precondition_frequency=2)
+            _run(alone, part, [g[rows, cols] for g in grads])
+            torch.testing.assert_close(w.detach()[rows, cols], part.detach(), atol=1e-12, rtol=0)
+    assert sorted(k for k in opt.state[w] if k.startswith("QL")) == [f"QL.{k}" for k in range(6)]
+
+
+def test_a_vocabulary_sized_side_gets_no_preconditioner():
+    w = torch.nn.Parameter(torch.zeros(10000, 2))
+    opt = Soap([w], lr=0.01)
+    _run(opt, w, [torch.randn(10000, 2) for _ in range(2)])
+    assert {"R.0", "QR.0"} <= set(opt.state[w]) and not {"L.0", "QL.0"} & set(opt.state[w])
+    assert opt.state[w]["QR.0"].shape == (2, 2)
+
+
+def test_eigh_runs_once_and_qr_only_at_the_preconditioning_frequency(monkeypatch):
+    calls = {"eigh": 0, "geqrf": 0}
+    for module, name in ((torch.linalg, "eigh"), (torch, "geqrf")):
+        real = getattr(module, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+    w = torch.nn.Parameter(torch.zeros(3, 4))
+    opt = Soap([w], lr=0.01, precondition_frequency=3)
+    _run(opt, w, [torch.randn(3, 4) for _ in range(7)])  # init, then steps 1..6: refresh at 3 and 6
+    assert calls == {"eigh": 2, "geqrf": 4}  # one (batched) eigh per side at init; QR per side per refresh
+
+
+def test_trains_a_tiny_model():
+    model = tiny_model()
+    losses = train(model, build("soap", model, block_size=8), range(25))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("overrides", [dict(block_size=8, precondition_frequency=2), dict()])
+def test_resume_from_a_checkpoint_is_bitwise_identical(overrides):
+    assert_resume_is_bitwise("soap", **overrides)
+
+
+def test_registered_with_complete_defaults_and_loadable_spaces():
+    assert_registered("soap")
