@@ -1,0 +1,99 @@
+"""One cell's tuning as results come in: its protocol's runs (seed 0), then the winner again with
+seeds 1..N-1 so the analysis can average and bootstrap over seeds.
+
+A cell knows nothing of Ray or the store: the driver asks it what it wants and tells it results
+(fresh or read back from the store; both count the same, which is what makes a rerun resume).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from bench.spec import RunResult, RunSpec
+from sweeps.grid import Config, config_id
+from sweeps.plan import Cell
+from sweeps.protocol import TuningProtocol
+
+APPROX_BEST_TOL = 3e-3  # the study's "approximately best": within 3e-3 of the best loss
+
+
+@dataclass(frozen=True)
+class Request:
+    spec: RunSpec
+    config: Config
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+
+@dataclass
+class CellTuning:
+    cell: Cell
+    protocol: TuningProtocol
+    grid: dict[str, list]
+    seeds: int = 1
+    device: str = "cpu"
+    losses: dict[str, float] = field(default_factory=dict)  # config id -> seed-0 loss
+    configs: dict[str, Config] = field(default_factory=dict)  # config id -> config
+    results: dict[str, RunResult] = field(default_factory=dict)  # run key -> result, every seed
+    trained: int = 0  # runs this invocation trained
+    reused: int = 0  # runs found in the store
+    error: str = ""  # a task that raised (not a run that failed): the cell stops, a rerun retries
+
+    def wanted(self) -> list[Request]:
+        """Runs whose results the cell needs now (some may be running already)."""
+        if self.error:
+            return []
+        proposal = self.protocol.propose(self.losses)
+        if proposal is not None:
+            return [self._request(c, 0) for c in proposal]
+        best = self.best_config()
+        if best is None:
+            return []
+        seeds = [self._request(best, s) for s in range(1, self.seeds)]
+        return [r for r in seeds if r.key not in self.results]
+
+    @property
+    def done(self) -> bool:
+        return not self.wanted()
+
+    def record(self, request: Request, result: RunResult, reused: bool) -> None:
+        self.results[result.run_key] = result
+        self.reused += reused
+        self.trained += not reused
+        if request.seed == 0:
+            self.configs[config_id(request.config)] = request.config
+            self.losses[config_id(request.config)] = loss_of(result)
+
+    def best_config(self) -> Config | None:
+        """The lowest seed-0 loss (ties: the smaller config id, so a resume picks the same)."""
+        finite = [(loss, cid) for cid, loss in self.losses.items() if math.isfinite(loss)]
+        return self.configs[min(finite)[1]] if finite else None
+
+    def best_loss(self) -> float:
+        return min(self.losses.values(), default=math.inf)
+
+    def approx_best(self) -> list[Config]:
+        """Configs within 3e-3 of the best seed-0 loss, best first (the study records them)."""
+        best = self.best_loss()
+        near = sorted((loss, cid) for cid, loss in self.losses.items() if loss <= best + APPROX_BEST_TOL)
+        return [self.configs[cid] for _, cid in near]
+
+    def seed_losses(self) -> list[float]:
+        """The best config's finished losses over all its seeds."""
+        best = self.best_config()
+        if best is None:
+            return []
+        keys = {self.cell.spec(best, s, self.device).key for s in range(self.seeds)}
+        return [loss_of(r) for k, r in self.results.items() if k in keys and math.isfinite(loss_of(r))]
+
+    def _request(self, config: Config, seed: int) -> Request:
+        return Request(self.cell.spec(config, seed, self.device), config, seed)
+
+
+def loss_of(result: RunResult) -> float:
+    """The loss a protocol sees: the final loss of a finished run, +inf (the worst) otherwise."""
+    ok = result.status == "ok" and result.final_loss is not None and math.isfinite(result.final_loss)
+    return float(result.final_loss) if ok else math.inf

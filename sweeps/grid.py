@@ -1,0 +1,104 @@
+"""Search grids: an optimizer's grid on a ladder, a start point snapped onto it, and the order in
+which a coordinate sweep visits the hyperparameters (the ones that matter most first).
+
+A config is a dict over the grid's keys only; every other hyperparameter keeps the optimizer's
+default when the config becomes a RunSpec.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping
+
+from bench.optimizers import registry
+from bench.scales import get_scale
+from bench.spec import RunSpec
+
+Config = dict[str, Any]
+
+
+def load_grid(optimizer: str, ladder: str) -> dict[str, list]:
+    """The grid of `optimizer` for `ladder` ("cpu" or "paper"), from sweeps/spaces/<name>.json."""
+    return {key: list(values) for key, values in registry.get(optimizer).space(ladder).items()}
+
+
+def start_config(optimizer: str, scale: str, grid: Mapping[str, list]) -> Config:
+    """The optimizer's defaults (batch: the scale's default) snapped onto the grid."""
+    return snap_config(RunSpec(optimizer, get_scale(scale).name).hparams, grid)
+
+
+def snap_config(hparams: Mapping[str, Any], grid: Mapping[str, list]) -> Config:
+    """The grid keys of `hparams`, each moved to its nearest grid value."""
+    return {key: snap(hparams[key], choices) for key, choices in grid.items() if key in hparams}
+
+
+def snap(value: Any, choices: list) -> Any:
+    """The grid value equal to `value`, else the nearest number (log scale for positive numbers);
+    a non-number that is not on the grid stays as it is (a coordinate sweep still tries it)."""
+    for choice in choices:
+        if _same(choice, value):
+            return choice
+    numbers = [c for c in choices if _is_number(c)]
+    if not (_is_number(value) and numbers):
+        return value
+    log = value > 0 and all(c > 0 for c in numbers)
+    return min(numbers, key=lambda c: abs(math.log(c / value)) if log else abs(c - value))
+
+
+def importance_order(keys) -> list[str]:
+    """Learning rate first, then auxiliary learning rates, decay, schedule, momenta, the rest,
+    clipping and batch; epsilons last (the study found them nearly always irrelevant)."""
+    return sorted(keys, key=lambda k: (_rank(k), k))
+
+
+def centre_out(choices: list, current: Any) -> list:
+    """The grid values nearest the current one first (current, below, above, ...), so a small
+    budget spends its runs around the baseline; an off-grid current value comes first."""
+    index = next((i for i, c in enumerate(choices) if _same(c, current)), None)
+    if index is None:
+        return [current, *choices]
+    order = sorted(range(len(choices)), key=lambda i: (abs(i - index), i > index))
+    return [choices[i] for i in order]
+
+
+def config_id(config: Mapping[str, Any]) -> str:
+    """A canonical text form: equal configs give equal ids."""
+    return json.dumps(dict(sorted(config.items())), default=str)
+
+
+def unique_configs(configs: list[Config]) -> list[Config]:
+    """`configs` without repeats, first occurrence kept."""
+    ids: set[str] = set()
+    out = []
+    for c in configs:
+        if config_id(c) not in ids:
+            ids.add(config_id(c))
+            out.append(c)
+    return out
+
+
+def _rank(key: str) -> int:
+    if key == "learning_rate":
+        return 0
+    if key.endswith("_lr"):
+        return 1
+    if key == "weight_decay":
+        return 2
+    if key in ("warmup", "decay"):
+        return 3
+    if "epsilon" in key:
+        return 7
+    if key in ("max_grad_norm", "train_batch_size"):
+        return 6
+    if "beta" in key or key == "momentum":
+        return 4
+    return 5
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and both bool or both not (True == 1 in Python, but not on a grid)."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b

@@ -1,0 +1,126 @@
+"""A sweep's cells (optimizer x scale x ratio, one Optuna study each) and what it will cost.
+
+The cost is an upper bound: every cell's protocol may stop early (coordinate descent when a pass
+improves nothing), and runs already in the store are reused when a protocol asks for them again
+(which of them it asks for is known only as it goes, so they are counted, not subtracted). Time
+comes from
+runs of this scale already in the store when there are some (they include data loading and
+evaluation), else from bench.estimate's measured training burst on this machine.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from bench.estimate import achieved_flops, flops_per_token
+from bench.scales import get_scale
+from bench.spec import RunSpec
+from sweeps.grid import Config
+
+
+@dataclass(frozen=True)
+class Cell:
+    optimizer: str
+    scale: str
+    ratio: float
+    protocol: str  # coordinate | tpe | gp | predict
+
+    @property
+    def study_name(self) -> str:
+        """The Optuna study's name, grouped by path in optuna-dashboard."""
+        return f"optbench/{self.scale}/{self.ratio:g}x/{self.optimizer}/{self.protocol}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.optimizer} {self.ratio:g}x"
+
+    def spec(self, config: Config, seed: int = 0, device: str = "cpu") -> RunSpec:
+        precision = "bf16" if device == "cuda" else "fp32"  # DESIGN.md: bf16 autocast on CUDA
+        return RunSpec(self.optimizer, self.scale, self.ratio, dict(config), seed,
+                       precision=precision, device=device)
+
+
+@dataclass(frozen=True)
+class CellCost:
+    cell: Cell
+    label: str  # the protocol's description
+    max_runs: int  # protocol runs plus extra seeds
+    stored: int  # runs of this cell already in the store
+
+    @property
+    def tokens_per_run(self) -> int:
+        return get_scale(self.cell.scale).tokens(self.cell.ratio)
+
+
+@dataclass(frozen=True)
+class Cost:
+    runs: int
+    tokens: int
+    flops: float
+    seconds: float  # wall time with the given workers; nan when unknown
+    time_source: str
+
+
+def estimate_cost(cells: list[CellCost], workers: int, threads: int, device: str,
+                  frame: pd.DataFrame) -> Cost:
+    """Runs, tokens, FLOPs and wall time of every run the protocols may ask for (an upper bound)."""
+    runs = sum(c.max_runs for c in cells)
+    tokens = sum(c.max_runs * c.tokens_per_run for c in cells)
+    flops = sum(c.max_runs * c.tokens_per_run * flops_per_token(get_scale(c.cell.scale)) for c in cells)
+    per_token, source = seconds_per_token(cells[0].cell.scale, threads, device, frame)
+    return Cost(runs, tokens, flops, tokens * per_token / max(1, workers), source)
+
+
+def seconds_per_token(scale: str, threads: int, device: str, frame: pd.DataFrame) -> tuple[float, str]:
+    """Measured seconds per training token at `scale`, and where the figure comes from."""
+    ok = frame[(frame["scale"] == scale) & (frame["status"] == "ok") & (frame["tokens"] > 0)] \
+        if len(frame) else frame
+    if len(ok):
+        rate = float((ok["wall_time_s"] / ok["tokens"]).median())
+        return rate, f"the median of {len(ok)} stored run(s) at {scale}, loading and evaluation included"
+    if device == "cuda":
+        return math.nan, "no stored runs at this scale and no GPU throughput measured"
+    flops = achieved_flops(threads)
+    rate = flops_per_token(get_scale(scale)) / flops
+    return rate, (f"a measured training burst, {flops / 1e9:.1f} GFLOP/s per {threads}-thread process "
+                  f"(optimistic for the smallest scales, where overheads dominate)")
+
+
+def stored_runs(frame: pd.DataFrame, cell: Cell) -> int:
+    """Runs of this optimizer x scale x ratio already in the store (any protocol, any seed)."""
+    if not len(frame):
+        return 0
+    same = (frame["optimizer"] == cell.optimizer) & (frame["scale"] == cell.scale) \
+        & (frame["ratio"] == cell.ratio)
+    return int(same.sum())
+
+
+def format_plan(cells: list[CellCost], cost: Cost, settings: dict[str, Any]) -> str:
+    """The plan as the user sees it before confirming."""
+    scale = get_scale(cells[0].cell.scale)
+    lines = [f"Sweep at {scale.name} ({scale.non_embedding_params:,} non-embedding params), "
+             f"protocol {cells[0].cell.protocol}, {len(cells)} cells:",
+             f"  {'cell':16} {'runs (most)':>11} {'stored':>7} {'tokens/run':>12}  protocol"]
+    for c in cells:
+        lines.append(f"  {c.cell.label:16} {c.max_runs:11d} {c.stored:7d} {c.tokens_per_run:12,}  {c.label}")
+    when = f"about {_duration(cost.seconds)}" if math.isfinite(cost.seconds) else "unknown time"
+    stored = sum(c.stored for c in cells)
+    lines += [f"Cost (at most): {cost.runs} runs, {cost.tokens:,} tokens, {cost.flops:.3g} FLOPs, "
+              f"{when} with {settings['workers']} worker(s) x {settings['threads']} thread(s) on "
+              f"{settings['device']}",
+              f"  (time from {cost.time_source})"]
+    if stored:
+        lines.append(f"  {stored} runs of these cells are in the store already: those the protocols "
+                     f"ask for are read back, not trained (a rerun resumes)")
+    lines += [f"Results store: {settings['store']}", f"Optuna studies: {settings['optuna']}"]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"

@@ -1,0 +1,83 @@
+"""Every trial of a sweep recorded in Optuna storage, one study per cell, for optuna-dashboard.
+
+Storage: a Journal file under results/ by default (fast and lock-free under many workers, see
+MEASUREMENTS.md), or any RDB URL Optuna accepts. The record follows the results store, which is
+the source of truth: each run is added once (by run key) when its result is known, fresh or read
+back from the store, so after an interruption a rerun fills in whatever the record missed.
+Diverged and failed runs are recorded as failed trials with their status and reason.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState, create_trial
+
+from bench.paths import results_dir
+from bench.spec import RunResult
+from sweeps.cell import CellTuning, Request, loss_of
+
+
+def default_target() -> str:
+    return str(results_dir() / "optuna.journal")
+
+
+def open_storage(target: str | None) -> optuna.storages.BaseStorage:
+    """A URL with '://' is an RDB storage; anything else is a Journal file path."""
+    target = target or default_target()
+    if "://" in target:
+        return optuna.storages.RDBStorage(target)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(target))
+
+
+class StudyRecorder:
+    def __init__(self, storage: optuna.storages.BaseStorage):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.storage = storage
+        self._studies: dict[str, optuna.Study] = {}
+        self._keys: dict[str, set[str]] = {}
+
+    def record(self, tuning: CellTuning, request: Request, result: RunResult) -> None:
+        """Add the run as a trial of the cell's study unless it is there already."""
+        study = self.study(tuning)
+        if result.run_key in self._keys[study.study_name]:
+            return
+        params = {k: v for k, v in request.config.items() if k in tuning.grid and v in tuning.grid[k]}
+        loss = loss_of(result)
+        study.add_trial(create_trial(
+            params=params, distributions={k: CategoricalDistribution(tuning.grid[k]) for k in params},
+            value=loss if math.isfinite(loss) else None,
+            state=TrialState.COMPLETE if math.isfinite(loss) else TrialState.FAIL,
+            user_attrs={"run_key": result.run_key, "seed": request.seed, "status": result.status,
+                        "reason": result.reason, "hparams": dict(result.spec["hparams"]),
+                        "steps": result.steps, "tokens": result.tokens,
+                        "wall_time_s": round(result.wall_time_s, 2)}))
+        self._keys[study.study_name].add(result.run_key)
+
+    def finish(self, tuning: CellTuning) -> None:
+        """Store the cell's outcome on its study: best config and loss, approximately-best set."""
+        study = self.study(tuning)
+        best = tuning.best_config()
+        study.set_user_attr("best_config", best)
+        study.set_user_attr("best_loss", tuning.best_loss() if best is not None else None)
+        study.set_user_attr("approx_best", tuning.approx_best())
+        study.set_user_attr("runs", len(tuning.losses))
+
+    def study(self, tuning: CellTuning) -> optuna.Study:
+        name = tuning.cell.study_name
+        if name not in self._studies:
+            study = optuna.create_study(study_name=name, storage=self.storage, direction="minimize",
+                                        load_if_exists=True)
+            cell = tuning.cell
+            for key, value in (("optimizer", cell.optimizer), ("scale", cell.scale),
+                               ("ratio", cell.ratio), ("protocol", cell.protocol),
+                               ("description", tuning.protocol.label)):
+                study.set_user_attr(key, value)
+            self._studies[name] = study
+            self._keys[name] = {t.user_attrs.get("run_key") for t in study.get_trials(deepcopy=False)}
+        return self._studies[name]

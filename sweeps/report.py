@@ -1,0 +1,91 @@
+"""What a sweep prints at the end: the best config of every cell and the speedup over AdamW.
+
+Speedups come from the analysis package (analysis.cells.summarize_cells, then
+analysis.speedups.estimate_speedups) applied to this sweep's runs only, so the table reflects the
+protocol and budget that were run. The study's law L(D) = alpha * D^(-B) + beta has three
+parameters, so a scale needs AdamW at three or more ratios for a speedup; with fewer the analysis
+says so and the best-loss table stands alone.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis.cells import summarize_cells
+from analysis.reproduce import format_frame
+from analysis.speedups import SpeedupOptions, estimate_speedups
+from sweeps.cell import CellTuning
+
+
+def summary(tunings: list[CellTuning], frame: pd.DataFrame) -> str:
+    """The best-config table and the speedup section, as text."""
+    keys = set().union(*(t.results for t in tunings))
+    runs = frame[frame["run_key"].isin(keys)]
+    return "\n\n".join([best_table(tunings), best_configs(tunings), speedup_section(runs)])
+
+
+def best_table(tunings: list[CellTuning]) -> str:
+    frame = pd.DataFrame([_best_row(t) for t in tunings])
+    for optional in ("seeds", "note"):  # shown only when some cell has one
+        if not (frame[optional] != "").any():
+            frame = frame.drop(columns=optional)
+    return ("Best loss per cell (seed 0; 'approx. best': configs within 3e-3 of the best):\n"
+            + format_frame(frame))
+
+
+def _best_row(t: CellTuning) -> dict:
+    seeds = t.seed_losses()
+    return {"optimizer": t.cell.optimizer, "ratio": f"{t.cell.ratio:g}x", "runs": len(t.losses),
+            "diverged/failed": sum(not math.isfinite(v) for v in t.losses.values()),
+            "best loss": _loss(t.best_loss()) if t.losses else "-",
+            "seeds": (f"{np.mean(seeds):.4f} +- {np.std(seeds, ddof=1):.4f} ({len(seeds)})"
+                      if len(seeds) >= 2 else ""),
+            "approx. best": len(t.approx_best()),
+            "note": f"stopped: {t.error} (run again to retry)" if t.error else ""}
+
+
+def best_configs(tunings: list[CellTuning]) -> str:
+    lines = ["Best config per cell:"]
+    for t in tunings:
+        best = t.best_config()
+        text = " ".join(f"{k}={v}" for k, v in best.items()) if best is not None else "(none finished)"
+        lines.append(f"  {t.cell.label:14} {text}")
+    return "\n".join(lines)
+
+
+def speedup_section(runs: pd.DataFrame) -> str:
+    """Speedup over AdamW per ratio, or why there is none."""
+    if not len(runs) or not np.isfinite(pd.to_numeric(runs["final_loss"], errors="coerce")).any():
+        return "Speedup over AdamW: no finished runs."
+    if "adamw" not in set(runs["optimizer"]):
+        return "Speedup over AdamW: needs AdamW in the sweep (add it to --optimizers)."
+    result = estimate_speedups(summarize_cells(runs), SpeedupOptions())
+    lines = [f"note: {n}" for n in result.notes]
+    shown = result.speedups[np.isfinite(result.speedups["speedup"])]
+    if not len(shown):
+        return "\n".join(["Speedup over AdamW: none (the AdamW fit needs 3+ ratios at a scale).", *lines])
+    lines += ["Speedup over AdamW (AdamW-equivalent data / data used; 90% interval where there is "
+              "one; * = loss outside AdamW's fitted range):", format_frame(speedup_grid(shown))]
+    return "\n".join(lines)
+
+
+def speedup_grid(speedups: pd.DataFrame) -> pd.DataFrame:
+    """Optimizer rows, one column per ratio (scale too when there are several)."""
+    several = speedups["scale"].nunique() > 1
+    columns = [f"{s} {r:g}x" if several else f"{r:g}x"
+               for s, r in zip(speedups["scale"], speedups["ratio"])]
+    text = speedups.assign(column=columns, text=[_speedup_text(row) for _, row in speedups.iterrows()])
+    grid = text.pivot_table(index="optimizer", columns="column", values="text", aggfunc="first", sort=False)
+    return grid.fillna("").reset_index().rename_axis(columns=None)
+
+
+def _speedup_text(row: pd.Series) -> str:
+    mark = "*" if row["extrapolated"] else ""
+    interval = f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]" if np.isfinite(row["ci_low"]) else ""
+    return f"{row['speedup']:.2f}{mark}{interval}"
+
+
+def _loss(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "diverged"

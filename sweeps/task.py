@@ -1,0 +1,15 @@
+"""The Ray task of a sweep: one training run in a worker process, its result as a plain dict.
+
+A module of its own so workers import only what a run needs. Ray reuses worker processes, so the
+run sets its own torch thread count every time (RunOptions.threads).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def train_task(spec: dict[str, Any], threads: int) -> dict[str, Any]:
+    from bench.spec import RunSpec
+    from bench.train import RunOptions, run
+
+    return run(RunSpec.from_dict(spec), RunOptions(threads=threads, progress=False)).to_dict()

@@ -1,0 +1,48 @@
+"""`optbench sweep` before anything runs: the plan and its cost, the confirmation rule, bad input
+as one line with exit code 2. (Nothing here starts Ray; tests/test_sweep_ray.py does.)"""
+import pytest
+
+from bench.cli import main
+from bench.scales import get_scale
+from sweeps.commands import DEFAULT_MAX_TRIALS, parse_optimizers, parse_ratios
+
+
+def sweep(*args, store_url):
+    return main(["sweep", "--scale", "cpu-xs", "--store", store_url, *args])
+
+
+def test_dry_run_prints_the_plan_and_its_cost_and_runs_nothing(store_url, capsys):
+    assert sweep("--ratios", "1,2", "--optimizers", "adamw,muon", "--workers", "2", "--threads", "1",
+                 "--dry-run", store_url=store_url) == 0
+    out = capsys.readouterr().out
+    assert "adamw 1x" in out and "muon 2x" in out and "coordinate descent (Phase I)" in out
+    runs = 4 * DEFAULT_MAX_TRIALS
+    tokens = 2 * DEFAULT_MAX_TRIALS * (get_scale("cpu-xs").tokens(1) + get_scale("cpu-xs").tokens(2))
+    assert f"{runs} runs, {tokens:,} tokens" in out
+    assert "2 worker(s) x 1 thread(s)" in out
+
+
+def test_without_yes_and_without_a_terminal_it_refuses(store_url, capsys):
+    assert sweep("--ratios", "0.05", "--optimizers", "adamw", store_url=store_url) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--yes" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizers", "adamw,nosuch"], "unknown optimizer 'nosuch'"),
+    (["--ratios", "1,-2"], "--ratios"),
+    (["--ratios", "1,x"], "--ratios"),
+    (["--max-trials", "0"], "--max-trials must be at least 1"),
+    (["--protocol", "grid"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, message, store_url, capsys):
+    assert sweep(*args, "--dry-run", store_url=store_url) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_all_means_every_optimizer_with_a_grid_for_the_ladder():
+    names = parse_optimizers("all", "cpu")
+    assert {"adamw", "muon", "lion", "soap"} <= set(names)
+    assert parse_optimizers("muon, adamw,muon", "cpu") == ["muon", "adamw"]
+    assert parse_ratios("1,2,0.5,2") == [1.0, 2.0, 0.5]

@@ -1,0 +1,81 @@
+"""Which protocol a cell gets from what the store holds: Phase I, Phase II (from a smaller scale's
+best, only the keys that moved), Phase III (predicted), or a sampler."""
+import pandas as pd
+import pytest
+
+from bench.errors import UserError
+from bench.scales import get_scale
+from bench.spec import RunSpec
+from sweeps.coordinate import CoordinateDescent
+from sweeps.phases import make_protocol, study_keys, tuned_cells
+from sweeps.plan import Cell
+from sweeps.protocol import FixedConfig
+from sweeps.samplers import SamplerSearch
+
+
+def frame(rows):
+    """Runs in the shape of ResultStore.frame(): (optimizer, scale, ratio, loss, hparams)."""
+    records = []
+    for optimizer, scale, ratio, loss, hp in rows:
+        spec = RunSpec(optimizer, scale, ratio, hp)
+        records.append({"run_key": spec.key, "optimizer": optimizer, "scale": spec.scale,
+                        "ladder": get_scale(scale).ladder, "ratio": ratio, "seed": 0, "status": "ok",
+                        "final_loss": loss, "non_embedding_params": get_scale(scale).non_embedding_params,
+                        "tokens": 1, "wall_time_s": 1.0, "hparams": dict(spec.hparams)})
+    return pd.DataFrame.from_records(records)
+
+
+EMPTY = frame([])
+
+
+def test_an_empty_store_gives_phase_one_over_every_key_learning_rate_first():
+    protocol, grid = make_protocol(Cell("adamw", "cpu-s", 1.0, "coordinate"), 10, EMPTY)
+    assert isinstance(protocol, CoordinateDescent) and "Phase I" in protocol.label
+    assert set(protocol.keys) == set(grid) and protocol.keys[0] == "learning_rate"
+
+
+def test_a_tuned_smaller_scale_gives_phase_two_from_its_best_with_the_study_keys():
+    runs = frame([("adamw", "cpu-xs", 1.0, 3.0, {"learning_rate": 0.016, "warmup": 0.1}),
+                  ("adamw", "cpu-xs", 1.0, 3.5, {"learning_rate": 0.004}),
+                  ("adamw", "cpu-xs", 2.0, 2.0, {"learning_rate": 0.064})])  # another ratio
+    protocol, _ = make_protocol(Cell("adamw", "cpu-s", 1.0, "coordinate"), 10, runs)
+    assert "Phase II from cpu-xs" in protocol.label
+    assert protocol.start["learning_rate"] == 0.016 and protocol.start["warmup"] == 0.1
+    assert protocol.keys == ["learning_rate", "weight_decay", "train_batch_size"]  # the study's
+
+
+def test_two_tuned_smaller_scales_give_the_keys_that_moved_between_them():
+    runs = frame([("lion", "cpu-xs", 1.0, 3.0, {"learning_rate": 0.004, "beta1": 0.9}),
+                  ("lion", "cpu-s", 1.0, 2.8, {"learning_rate": 0.002, "beta1": 0.9})])
+    protocol, _ = make_protocol(Cell("lion", "cpu-m", 1.0, "coordinate"), 10, runs)
+    assert protocol.keys == ["learning_rate"] and protocol.start["learning_rate"] == 0.002
+
+
+def test_study_keys_map_the_study_names_and_default_to_learning_rate():
+    from sweeps.grid import load_grid
+
+    assert study_keys("soap", load_grid("soap", "cpu"))[0] == "learning_rate"  # study: 'soape'
+    assert study_keys("nadamw", load_grid("nadamw", "cpu")) == []
+    assert study_keys("normuon", load_grid("normuon", "cpu")) == ["learning_rate"]
+
+
+def test_larger_scales_and_other_ladders_never_count_as_tuned():
+    runs = frame([("adamw", "cpu-m", 1.0, 3.0, {}), ("adamw", "0.1B", 1.0, 3.0, {})])
+    assert tuned_cells(runs, "adamw", "cpu-s") == []
+
+
+def test_predict_fits_over_two_tuned_scales_and_needs_them():
+    cell = Cell("adamw", "cpu-m", 1.0, "predict")
+    with pytest.raises(UserError, match="needs 2"):
+        make_protocol(cell, 10, frame([("adamw", "cpu-xs", 1.0, 3.0, {})]))
+    runs = frame([("adamw", s, r, 3.0, {"learning_rate": lr / r})
+                  for s, lr in (("cpu-xs", 0.032), ("cpu-s", 0.016)) for r in (1.0, 2.0)])
+    protocol, _ = make_protocol(cell, 10, runs)
+    assert isinstance(protocol, FixedConfig)
+    assert 0 < protocol.config["learning_rate"] < 0.016  # falls on with model size
+    RunSpec("adamw", "cpu-m", 1.0, protocol.config)  # a valid run
+
+
+def test_samplers_get_the_whole_grid_and_the_budget():
+    protocol, grid = make_protocol(Cell("muon", "cpu-xs", 1.0, "gp"), 7, EMPTY)
+    assert isinstance(protocol, SamplerSearch) and protocol.max_runs == 7 and protocol.grid == grid
