@@ -12,7 +12,7 @@ SCALE      ?= cpu-xs
 RATIOS     ?= 0.25,0.5,1
 OPTIMIZERS ?= adamw,muon,lion
 WORKERS    ?= 2
-MAX_TRIALS ?= 6
+MAX_TRIALS ?= 5
 
 .PHONY: setup run test sweep reproduce regress bench clean
 
