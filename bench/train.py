@@ -29,7 +29,10 @@ from bench.schedules import lr_multiplier
 from bench.spec import RunResult, RunSpec
 
 BUCKETS = ("frequent", "middle", "rare")
-DIVERGENCE_FACTOR = 1.5  # a smoothed train loss this many times the initial loss means diverged
+# Diverged: a non-finite loss, or a smoothed train loss this many times ln(vocab), the loss of the
+# uniform prediction a freshly initialised model starts near (a fixed reference, so a run that is
+# already exploding at its first log point is still caught).
+DIVERGENCE_FACTOR = 1.5
 
 
 @dataclass
@@ -88,7 +91,8 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     autocast = _autocast(spec, device)
     curvature = getattr(optimizer, "curvature_step", None)
     ckpt = _checkpointer(spec, options)
-    first, initial = _resume(ckpt, model, optimizer, batches, result)
+    first = _resume(ckpt, model, optimizer, batches, result)
+    limit = DIVERGENCE_FACTOR * math.log(data.vocab_size)
     bar = _progress(steps, options.progress)
     bar.update(first)
     running, opt_time, t_train = torch.zeros((), device=device), 0.0, time.perf_counter()
@@ -114,14 +118,13 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
             mean = running.item() / ((step % options.log_every) + 1)  # the only sync point
             running.zero_()
             result.curve.append((step + 1, mean))
-            initial = initial or mean
             bar.update(step + 1 - bar.n)
             bar.set_postfix(loss=f"{mean:.3f}")
-            if not math.isfinite(mean) or mean > DIVERGENCE_FACTOR * initial:
+            if not math.isfinite(mean) or mean > limit:
                 result.status, result.reason = "diverged", f"train loss {mean:.3g} at step {step + 1}"
                 break
             if ckpt and ckpt.due(step + 1, steps):
-                ckpt.save({"step": step + 1, "initial": initial, "curve": result.curve, "model": model.state_dict(),
+                ckpt.save({"step": step + 1, "curve": result.curve, "model": model.state_dict(),
                            "optimizer": optimizer.state_dict(), "position": batches.position})
     bar.close()
     done = max(1, step + 1 - first)
@@ -168,16 +171,16 @@ def _checkpointer(spec: RunSpec, options: RunOptions) -> Checkpointer | None:
     return Checkpointer(Path(options.checkpoint_dir), spec.key, every)
 
 
-def _resume(ckpt, model, optimizer, batches, result) -> tuple[int, float | None]:
-    """Load the last checkpoint if there is one: (first step to run, initial logged loss)."""
+def _resume(ckpt, model, optimizer, batches, result) -> int:
+    """Load the last checkpoint if there is one; the first step to run."""
     state = ckpt.load() if ckpt else None
     if state is None:
-        return 0, None
+        return 0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     batches.position = state["position"]
     result.curve = [tuple(p) for p in state["curve"]]
-    return state["step"], state["initial"]
+    return state["step"]
 
 
 def _autocast(spec: RunSpec, device: torch.device):

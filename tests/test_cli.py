@@ -16,12 +16,12 @@ def _run(*args, store=None):
 
 
 def test_run_prints_json_and_stores_the_result_once(store_url):
-    p = _run("run", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "0.05", "--set", "lr=8e-3",
+    p = _run("run", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "0.15", "--set", "lr=8e-3",
              "--json", store=store_url)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["status"] == "ok" and out["final_loss"] < out["unigram_loss"]
-    again = json.loads(_run("run", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "0.05",
+    again = json.loads(_run("run", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "0.15",
                             "--json", store=store_url).stdout)
     assert again["run_key"] == out["run_key"]  # lr=8e-3 is the default: the same run, read back
     from bench.store import ResultStore
