@@ -11,7 +11,7 @@ import sys
 from bench.errors import UserError
 
 # Each module has register(subparsers): one place per part of the tree adds its commands.
-COMMAND_MODULES = ("bench.commands", "sweeps.commands", "analysis.commands")
+COMMAND_MODULES = ("bench.commands", "sweeps.commands", "sweeps.regress_commands", "analysis.commands")
 
 
 class _Parser(argparse.ArgumentParser):
