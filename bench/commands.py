@@ -145,7 +145,8 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.benchmark import format_report, run_benchmarks, write_report
+    from bench.bench_goals import format_report
+    from bench.benchmark import run_benchmarks, write_report
     from bench.optimizers.registry import get
     from bench.scales import get_scale
 

@@ -100,11 +100,12 @@ class ResultStore:
 
     def frame(self):
         """One row per run: run_key, optimizer, scale, ladder, ratio, seed, status, final_loss, steps,
-        tokens, non_embedding_params, wall_time_s, hparams (dict), created_at."""
+        tokens, non_embedding_params, wall_time_s, hparams (dict), created_at, reason (why a run
+        failed or diverged; empty for a finished one)."""
         import pandas as pd
 
         columns = ["run_key", "optimizer", "scale", "ladder", "ratio", "seed", "status", "final_loss",
-                   "steps", "tokens", "non_embedding_params", "wall_time_s", "hparams", "created_at"]
+                   "steps", "tokens", "non_embedding_params", "wall_time_s", "hparams", "created_at", "reason"]
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(RUNS.c.result_json, RUNS.c.created_at)).all()
         records = [_record(json.loads(text), created) for text, created in rows]
@@ -167,4 +168,5 @@ def _record(d: dict[str, Any], created_at: str) -> dict[str, Any]:
         "status": d["status"], "final_loss": d["final_loss"] if d["final_loss"] is not None else float("nan"),
         "steps": d["steps"], "tokens": d["tokens"], "non_embedding_params": d["non_embedding_params"],
         "wall_time_s": d["wall_time_s"], "hparams": spec["hparams"], "created_at": created_at,
+        "reason": d.get("reason") or "",
     }

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench import faults
 from bench.checkpoint import Checkpointer
 from bench.estimate import flops_per_token
 from bench.data import (Batches, TokenData, bytes_per_token, eval_batches, load_data, token_buckets,
@@ -56,15 +57,17 @@ def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
     data = load_data(spec.data, spec.eval_data, spec.tokenizer, scale.tokens(spec.ratio))
     result = RunResult(run_key=spec.key, spec=spec.to_dict(), status="ok", final_loss=None,
                        unigram_loss=unigram_loss(data), threads=torch.get_num_threads())
+    fault = faults.planned(result.spec)  # None unless a reliability test injects one
     try:
-        _train(spec, data, options, result)
+        _train(spec, data, options, result, fault)
     except Exception as e:  # an optimizer that raises fails its run, not the sweep around it
         result.status, result.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
     result.wall_time_s = time.perf_counter() - start
     return result
 
 
-def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResult) -> None:
+def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResult,
+           fault: faults.Fault | None = None) -> None:
     scale, hp = get_scale(spec.scale), spec.hparams
     device = torch.device(spec.device)
     torch.manual_seed(spec.seed)
@@ -103,6 +106,8 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
             curvature(step, model, x)
         with autocast:
             loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+        if fault is not None:
+            loss = fault.apply(step, loss)
         loss.backward()
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)

@@ -51,9 +51,17 @@ def start_local(resources: Resources) -> None:
     """A local Ray instance sized for the sweep (stopped again by ray.shutdown())."""
     import ray
 
+    fair_share_workers()
     gpus = resources.workers if resources.device == "cuda" else 0
     # "local": a new instance even when another one runs on this machine (address=None would join it)
     ray.init(address="local", num_cpus=resources.workers * resources.threads, num_gpus=gpus, **_QUIET)
+
+
+def fair_share_workers() -> None:
+    """Run a local instance's workers at normal priority. Ray starts them at niceness 15, so on a
+    machine with any other busy process a trial gets a few percent of a core (measured: 5% beside
+    two training processes) and its wall time, and every throughput figure, means nothing."""
+    os.environ.setdefault("RAY_worker_niceness", "0")  # read by the raylet ray.init starts
 
 
 class Driver:

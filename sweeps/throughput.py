@@ -19,6 +19,9 @@ RATIO = 0.1  # 32 optimizer steps of cpu-xs: long enough to dominate Ray's fixed
 def _batch(workers: int, threads: int, trials: int) -> dict[str, Any]:
     import ray
 
+    from sweeps.driver import fair_share_workers
+
+    fair_share_workers()
     ray.init(address="local", num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(train_task).options(num_cpus=threads)

@@ -27,7 +27,7 @@ def test_frame_has_the_columns_analysis_reads(store_url):
     frame = store.frame().sort_values("seed")
     assert list(frame.columns) == ["run_key", "optimizer", "scale", "ladder", "ratio", "seed", "status",
                                    "final_loss", "steps", "tokens", "non_embedding_params", "wall_time_s",
-                                   "hparams", "created_at"]
+                                   "hparams", "created_at", "reason"]
     assert frame.status.tolist() == ["ok", "diverged"]
     assert frame.ladder.tolist() == ["cpu", "cpu"]
     assert frame.hparams.iloc[0]["learning_rate"] > 0

@@ -1,14 +1,19 @@
 """Real sweeps through Ray in a subprocess, as users run them: every run stored once and recorded
-in its Optuna study; a rerun trains nothing; a sweep killed with SIGKILL resumes without re-running
-or losing a finished run. Tiny budgets (cpu-xs at 0.05x Chinchilla, a few seconds per run)."""
+in its Optuna study; a rerun trains nothing; a driver killed with SIGKILL at several points resumes
+without re-running or losing a finished run; a worker killed mid-trial is retried; runs that raise
+or go non-finite are stored as such and count as the worst. Tiny budgets (cpu-xs at 0.05x
+Chinchilla, a few seconds per run)."""
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
+import pytest
 
 from bench.store import ResultStore
 from sweeps.record import open_storage
@@ -17,13 +22,13 @@ STARTED = re.compile(r"started  .* run ([0-9a-f]{20})")
 STORED = re.compile(r"stored   .* run ([0-9a-f]{20})")
 
 
-def sweep_command(store_url, journal, *args):
-    return [sys.executable, "-m", "bench.cli", "sweep", "--scale", "cpu-xs", "--ratios", "0.05",
+def sweep_command(store_url, journal, *args, ratio="0.05"):
+    return [sys.executable, "-m", "bench.cli", "sweep", "--scale", "cpu-xs", "--ratios", ratio,
             "--threads", "1", "--store", store_url, "--optuna-storage", str(journal), "--yes", *args]
 
 
-def run(command):
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+def run(command, env=None):
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -50,20 +55,27 @@ def test_a_sweep_stores_and_records_each_run_once_and_a_rerun_trains_nothing(sto
     assert len(ResultStore(store_url).frame()) == 6
 
 
-def test_a_sweep_killed_with_sigkill_resumes_without_rerunning_or_losing_runs(store_url, tmp_path):
+@pytest.mark.parametrize("stored_before_kill", [0, 1, 2])
+def test_a_sweep_killed_with_sigkill_resumes_without_rerunning_or_losing_runs(
+        stored_before_kill, store_url, tmp_path):
+    """Kill points: mid-way through the first run (nothing stored yet), and after one and after
+    two of the sweep's three runs are stored (the next one is then already training)."""
     journal = tmp_path / "optuna.journal"
     command = sweep_command(store_url, journal, "--optimizers", "adamw", "--max-trials", "3",
                             "--workers", "1")
     store = ResultStore(store_url)
-    with open(tmp_path / "first.log", "w") as log:
+    with open(tmp_path / "first.log", "w+") as log:
         first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for_a_stored_run(store, first)
+            if stored_before_kill:
+                wait_until(lambda: len(store.frame()) >= stored_before_kill, first)
+            else:
+                wait_until(lambda: STARTED.search(Path(log.name).read_text()), first)
         finally:
             kill_session(first)
     before = store.frame()
     kept = dict(zip(before["run_key"], before["created_at"]))
-    assert 1 <= len(kept) < 3
+    assert stored_before_kill <= len(kept) < 3
 
     second = run(command)
     after = store.frame()
@@ -79,18 +91,92 @@ def test_a_sweep_killed_with_sigkill_resumes_without_rerunning_or_losing_runs(st
     assert sorted(keys) == sorted(after["run_key"])  # the record re-synced, no trial twice
 
 
-def wait_for_a_stored_run(store, proc, timeout=300):
+def test_a_worker_killed_mid_trial_is_retried_and_the_sweep_completes(store_url, tmp_path):
+    """SIGKILL of the Ray worker process while it trains (as the OOM killer or a lost node does):
+    Ray retries the task, the run is stored once with its real result, the sweep ends normally."""
+    journal = tmp_path / "optuna.journal"
+    command = sweep_command(store_url, journal, "--optimizers", "adamw", "--max-trials", "2",
+                            "--workers", "1", ratio="0.2")
+    with open(tmp_path / "sweep.log", "w+") as log:
+        sweep = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            key = wait_until(lambda: STARTED.search(Path(log.name).read_text()), sweep).group(1)
+            worker = wait_until(lambda: worker_running(key), sweep)
+            os.kill(worker, signal.SIGKILL)
+            assert sweep.wait(timeout=600) == 0, Path(log.name).read_text()[-3000:]
+        finally:
+            kill_session(sweep)
+        output = Path(log.name).read_text()
+    runs = ResultStore(store_url).frame()
+    assert runs["run_key"].is_unique and len(runs) == 2 and key in set(runs["run_key"])
+    assert set(runs["status"]) == {"ok"} and "error    " not in output  # no task error reached the driver
+    assert not alive(worker)
+
+
+def test_runs_that_raise_or_go_non_finite_are_stored_as_failed_and_count_as_the_worst(
+        store_url, tmp_path):
+    """Of the three learning rates coordinate descent tries first, one raises at its third step
+    and one's loss turns NaN (bench/faults.py): both are stored with their status and reason,
+    recorded as failed trials, and the finite one is the cell's best; the sweep exits 0."""
+    journal = tmp_path / "optuna.journal"
+    command = sweep_command(store_url, journal, "--optimizers", "adamw", "--max-trials", "3",
+                            "--workers", "2")
+    faults = "raise@2:learning_rate=0.004;nan@2:learning_rate=0.016"
+    done = run(command, env={**os.environ, "OPTBENCH_FAULT": faults})
+    runs = ResultStore(store_url).frame()
+    lr = runs["hparams"].map(lambda h: h["learning_rate"])
+    status = dict(zip(lr, zip(runs["status"], runs["reason"], runs["final_loss"])))
+    assert status[0.004][:2] == ("failed", "RuntimeError: injected fault (OPTBENCH_FAULT): raise at step 2")
+    assert status[0.016][0] == "diverged" and "nan" in status[0.016][1]
+    assert math.isnan(status[0.004][2]) and math.isnan(status[0.016][2])
+    assert status[0.008][0] == "ok" and status[0.008][2] > 0
+    study = optuna.load_study(study_name="optbench/cpu-xs/0.05x/adamw/coordinate",
+                              storage=open_storage(str(journal)))
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "FAIL", "FAIL"]
+    assert study.best_trial.user_attrs["hparams"]["learning_rate"] == 0.008
+    assert "2 diverged/failed" in done.stdout + done.stderr
+
+
+def wait_until(condition, proc, timeout=300):
+    """Poll `condition` until it is truthy (its value is returned) while `proc` still runs."""
     deadline = time.monotonic() + timeout
-    while not len(store.frame()):
-        assert proc.poll() is None, "the sweep ended before a run was stored"
-        assert time.monotonic() < deadline, "no run stored in time"
-        time.sleep(0.2)
+    while not (value := condition()):
+        assert proc.poll() is None, "the sweep ended first"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+    return value
+
+
+def worker_running(run_key):
+    """The pid of the Ray worker whose task (named after the run key) is running, or None."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith("ray::optbench") and run_key in cmdline:
+                return int(entry)
+    return None
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def kill_session(proc):
     """SIGKILL the sweep's process group, then anything else left in its session: Ray starts its
     workers in process groups of their own (they exit once their raylet dies; this makes sure)."""
-    os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had ended, and its group with it
+        pass
     proc.wait()
     for pid in session_members(proc.pid):
         try:

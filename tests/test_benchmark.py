@@ -1,0 +1,44 @@
+"""`optbench bench` on the smallest scale: every figure present, finite and a ratio of the same run;
+goals checked against the report. No timing is asserted (that is what the benchmark is for)."""
+import json
+import math
+
+from bench import cli
+from bench.bench_goals import HEAVY, check_goals
+
+
+def test_bench_writes_every_figure_and_checks_the_goals(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPTBENCH_RESULTS", str(tmp_path))
+    code = cli.main(["bench", "--scales", "cpu-xs", "--optimizers", "adamw,muon,soap", "--steps", "1",
+                     "--threads", "1", "--no-sweep"])
+    assert code == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    entry = report["scales"]["cpu-xs"]
+    assert all(entry["training"][p]["share_of_matmul_peak"] > 0 for p in ("fp32", "bf16"))
+    assert list(entry["optimizers"]) == ["adamw", "muon", "soap"]
+    assert entry["optimizers"]["adamw"]["step_time_vs_adamw"] == 1.0
+    assert all(0 < row["share_of_training_step"] < 1 for row in entry["optimizers"].values())
+    assert entry["optimizers"]["muon"]["state_memory_vs_adamw"] < 1  # momentum only on hidden matrices
+    ns = entry["newton_schulz"]
+    assert ns["matrices"] == 4 * 7 and math.isfinite(ns["times_the_peak_time"]) and ns["times_the_peak_time"] > 1
+    goals = {g["goal"]: g for g in report["goals"]}
+    assert "cpu-xs soap step, share of a training step" in goals and "soap" in HEAVY
+    assert goals["cpu-xs soap step, share of a training step"]["target"] == "<= 0.15"
+    out = capsys.readouterr().out
+    assert "goals:" in out and "Newton-Schulz" in out
+
+
+def test_a_goal_is_met_or_missed_by_the_measured_value():
+    report = {"scales": {"cpu-s": {"training": {"fp32": {"share_of_matmul_peak": 0.7}},
+                                   "optimizers": {"adamw": {"share_of_training_step": 0.02},
+                                                  "kron": {"share_of_training_step": 0.2}},
+                                   "newton_schulz": {"times_the_peak_time": 1.5}}},
+              "sweep": {"one_worker": {"ray_overhead_s": 0.5}, "2_workers": {"ray_overhead_s": 2.5},
+                        "speedup_many_vs_one": 1.9}}
+    met = {g["goal"]: g["met"] for g in check_goals(report)}
+    assert met == {"cpu-s training, share of fp32 matmul peak": True,
+                   "cpu-s adamw step, share of a training step": True,
+                   "cpu-s kron step, share of a training step": False,
+                   "cpu-s Newton-Schulz, times its FLOPs' time at peak": True,
+                   "sweep trials/hour, 2 workers vs 1": True,
+                   "Ray overhead per trial, s": False}

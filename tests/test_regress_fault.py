@@ -1,0 +1,72 @@
+"""The regression check bites: real training runs, a tiny baseline made here, a planted fault.
+
+The baseline is made by the same code as `optbench regress --update-baseline`, with the committed
+baseline's tuned AdamW and Lion at small budgets of cpu-xs and three seeds; then
+`optbench regress --baseline FILE` runs on it: an unchanged tree (two worker processes) must
+reproduce the baseline and pass; with `--workers 1` the runs train in this process, so a fault
+planted in the optimizer registry is what trains: Lion with its two betas swapped (the issue's
+example) must fail with exit code 1 and be named.
+
+Budgets: AdamW at 0.1, 0.2 and 0.4x (its law), Lion at 0.4x, where its loss (3.83-3.92 over the
+seeds) lies inside AdamW's range and the fault costs 0.3-0.7 nats (4.11-4.58). At smaller budgets
+Lion is still in its early plateau and Muon without momentum or with swapped AdamW betas trains
+about as well as Muon, so neither would test the mechanism. At the committed baseline's budgets
+the same Lion fault is flagged with five seeds (results/baselines/README.md).
+"""
+import dataclasses
+
+import pytest
+
+from bench import cli
+from bench.optimizers import registry
+from bench.spec import RunSpec
+from sweeps import regress_baseline as files
+from sweeps.regress import Layout, measure, new_baseline, updated
+from sweeps.regress_runs import train_all
+
+LAYOUT = Layout(seeds=(0, 1, 2), threads=1, reference_ratios=(0.1, 0.2, 0.4), ratios=(0.4,),
+                optimizers=("adamw", "lion"), ratios_of=())
+EVAL_TOKENS = 1 << 13
+
+
+@pytest.fixture(scope="module")
+def baseline_path(tmp_path_factory):
+    tuned = files.load(files.DEFAULT_PATH).optimizers
+    baseline = new_baseline({name: tuned[name].hparams for name in LAYOUT.optimizers}, LAYOUT)
+    baseline.eval_tokens = EVAL_TOKENS
+    runs, seconds = measure(baseline, workers=2)
+    path = tmp_path_factory.mktemp("regress") / "baseline.json"
+    files.save(updated(baseline, runs, seconds), path)
+    return path
+
+
+def _regress(path, capsys, workers):
+    code = cli.main(["regress", "--baseline", str(path), "--workers", str(workers)])
+    return code, capsys.readouterr().out
+
+
+def test_an_unchanged_tree_reproduces_every_loss_and_passes(baseline_path, capsys):
+    code, out = _regress(baseline_path, capsys, workers=2)
+    assert code == 0, out
+    assert "no regression in 2 optimizers" in out
+    assert all(row.split()[-1] == "ok" and "+0% [" in row for row in out.splitlines() if row.startswith("lion"))
+
+
+def test_lion_with_swapped_betas_fails_the_check_by_name(baseline_path, capsys, monkeypatch):
+    lion = registry.get("lion")
+
+    def swapped(params, hp, model):
+        return lion.build(params, {**hp, "beta1": hp["beta2"], "beta2": hp["beta1"]}, model)
+
+    monkeypatch.setitem(registry._REGISTRY, "lion", dataclasses.replace(lion, build=swapped))
+    code, out = _regress(baseline_path, capsys, workers=1)  # in this process: the planted fault trains
+    assert code == 1, out
+    lion_row = next(line for line in out.splitlines() if line.startswith("lion"))
+    assert lion_row.endswith("REGRESSION") and "regression: lion" in out
+
+
+def test_a_pool_of_workers_gives_the_same_losses_as_this_process():
+    specs = [RunSpec("adamw", "cpu-xs", 0.02, {}, seed, eval_tokens=EVAL_TOKENS) for seed in (0, 1)]
+    here = [r.final_loss for r in train_all(specs, threads=1, workers=1)]
+    pool = [r.final_loss for r in train_all(specs, threads=1, workers=2)]
+    assert here == pool and here[0] != here[1]
