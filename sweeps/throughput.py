@@ -1,8 +1,9 @@
 """Sweep throughput for `optbench bench`: trials per hour with 1 and 2 workers, and Ray's overhead.
 
-The same batch of small trials (cpu-xs, different seeds) runs as Ray tasks twice: one worker with
-all threads, then one worker per core with one thread each. Ray's per-trial overhead is a task's
-wall time (submitted to result back) minus the run's own wall time.
+The same batch of small trials (cpu-xs, different seeds) runs as Ray tasks three times: one worker
+with one thread (the baseline the scaling goal is judged against), one worker per core with one
+thread each, and one worker with every core's thread (the other way to use the cores). Ray's
+per-trial overhead is a task's wall time (submitted to result back) minus the run's own wall time.
 """
 from __future__ import annotations
 
@@ -44,8 +45,10 @@ def _batch(workers: int, threads: int, trials: int) -> dict[str, Any]:
 
 
 def measure(trials: int = 6) -> dict[str, Any]:
-    cores = os.cpu_count() or 2
-    one = _batch(1, cores, trials)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    one = _batch(1, 1, trials)
     many = _batch(cores, 1, trials)
-    return {"one_worker": one, f"{cores}_workers": many,
-            "speedup_many_vs_one": many["trials_per_hour"] / one["trials_per_hour"]}
+    threaded = _batch(1, cores, trials)
+    return {"one_worker": one, f"{cores}_workers": many, f"one_worker_{cores}_threads": threaded,
+            "speedup_many_vs_one": many["trials_per_hour"] / one["trials_per_hour"],
+            "speedup_many_vs_one_threaded": many["trials_per_hour"] / threaded["trials_per_hour"]}

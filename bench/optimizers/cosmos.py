@@ -15,7 +15,7 @@ rank-r basis P (cols x r) of the columns' second moment:
   U = A + gamma sqrt(rows cols) B;   W <- W (1 - lr wd) - lr lr_ratio sqrt(rows cols) U / ||U||_F
 so every hidden matrix moves by RMS lr * lr_ratio per step. The paper writes m as an EMA with
 bias correction and no Nesterov term; we follow the code. Newton-Schulz runs in bf16 on CUDA (as
-the reference) and in the parameters' dtype elsewhere; r is capped at cols (the reference fails
+the reference) and for CPU matrices 64 wide or more (newton_schulz.ns_dtype); r is capped at cols (the reference fails
 for cols < r).
 
 Parameters: COSMOS for the hidden matrices; embeddings, the head and norm gains take AdamW at
@@ -33,7 +33,7 @@ from torch import Tensor
 
 from bench.optimizers.common import TRAIN_DEFAULTS, make_adamw
 from bench.optimizers.hybrid import HybridOptimizer
-from bench.optimizers.newton_schulz import newton_schulz
+from bench.optimizers.newton_schulz import newton_schulz, ns_dtype
 from bench.optimizers.registry import OptimizerDef, register
 from bench.optimizers.soap import eigenbasis
 from bench.roles import Role, TaggedParam, split_by_role
@@ -98,7 +98,7 @@ class Cosmos(torch.optim.Optimizer):
         hp = h @ basis
         adam = (hp / ((v / (1.0 - beta2**t)).sqrt() + group["eps"])) @ basis.mT
         rest = h - hp @ basis.mT
-        muon = newton_schulz(rest, steps=5, dtype=torch.bfloat16 if rest.is_cuda else None)
+        muon = newton_schulz(rest, steps=5, dtype=ns_dtype(rest))
         muon = muon / (muon.norm(dim=(-2, -1), keepdim=True) + group["eps"])
         size = math.sqrt(rows * cols)
         update = adam + group["gamma"] * size * muon

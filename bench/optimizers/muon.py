@@ -15,9 +15,10 @@ train loop clips all gradients together.
 
 torch.optim.Muon (torch 2.13) was checked and not used: its momentum is the EMA form (equal up to the
 factor 1 - momentum, which changes how muon_epsilon, a study hyperparameter, acts), it always runs
-Newton-Schulz in bf16 (slower than fp32 for small matrices on CPU, MEASUREMENTS.md) and one matrix at a
-time; its "original" adjust_lr_fn is the same sqrt(max(1, rows/cols)) scale. Here the working dtype is
-bf16 on CUDA and fp32 elsewhere, and same-shape matrices share one batched Newton-Schulz call.
+Newton-Schulz in bf16 (slower than fp32 below 64-wide matrices on CPU) and one matrix at a time; its
+"original" adjust_lr_fn is the same sqrt(max(1, rows/cols)) scale. Here the working dtype is bf16 on
+CUDA and for CPU matrices 64 wide or more (ns_dtype), fp32 below, and same-shape matrices share one
+batched Newton-Schulz call.
 
 `Muon` is the matrix optimizer the Muon family builds on: subclasses override `_active` (which
 matrices update this step) and `_direction` (what is done after orthogonalisation).
@@ -32,7 +33,7 @@ import torch
 from bench.optimizers.common import TRAIN_DEFAULTS
 from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
 from bench.optimizers.momentum import nesterov_ema, nesterov_sum
-from bench.optimizers.newton_schulz import muon_scale, newton_schulz
+from bench.optimizers.newton_schulz import muon_scale, newton_schulz, ns_dtype
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
 
@@ -45,12 +46,11 @@ def _by_shape(tensors: list[torch.Tensor]) -> dict[torch.Size, list[int]]:
 
 
 def orthogonalise(updates: list[torch.Tensor], steps: int, eps: float) -> list[torch.Tensor]:
-    """Newton-Schulz on every matrix, one batched call per shape; bf16 on CUDA, fp32 elsewhere."""
+    """Newton-Schulz on every matrix, one batched call per shape, in ns_dtype's working precision."""
     out: dict[int, torch.Tensor] = {}
     for idx in _by_shape(updates).values():
         stacked = torch.stack([updates[i] for i in idx])
-        dtype = torch.bfloat16 if stacked.is_cuda else torch.float32
-        out.update(zip(idx, newton_schulz(stacked, steps=steps, eps=eps, dtype=dtype)))
+        out.update(zip(idx, newton_schulz(stacked, steps=steps, eps=eps, dtype=ns_dtype(stacked))))
     return [out[i] for i in range(len(updates))]
 
 

@@ -9,7 +9,8 @@ arXiv 2510.05491. Implementation: ours, following the authors' reference code li
   O' = O / (sqrt(v) + 1e-10);  O' *= ||O||_F / (||O'||_F + 1e-10)   (same Frobenius norm as O)
   W <- W * (1 - lr * weight_decay) - lr * sqrt(max(1, rows/cols)) * O'
 Rows are output neurons (nn.Linear weights are [out, in]). Differences from the reference: Newton-
-Schulz runs in fp32 on CPU (bf16 on CUDA, as there), batched over same-shape matrices. The
+Schulz runs in bf16 on CUDA (as there) and on CPU from 64-wide matrices up (fp32 below: faster
+there), batched over same-shape matrices. The
 hyperparameter `normuon_beta2` is the reference's `beta2` (renamed: `beta2` is the auxiliary AdamW's
 in the study's naming). The authors' README says Muon's settings carry over and only lr and weight
 decay usually need tuning, so the defaults are Muon's (muon.MUON_DEFAULTS).
