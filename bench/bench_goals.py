@@ -5,7 +5,8 @@ Goals (from the performance issue), judged at the largest CPU scale measured:
 - optimizer step <= 5% of a training step, <= 15% for the optimizers that keep and refresh
   preconditioner bases or curvature estimates (Soap, Kron, Sophia, and by the same token COSMOS and
   Conda);
-- Muon's Newton-Schulz within 2x of the time its FLOPs take at the fp32 matmul peak;
+- Muon's Newton-Schulz within 2x of the time its FLOPs take at the matmul peak of its working
+  precision (bf16 from 64-wide matrices up, fp32 below);
 - sweeps: 2 workers on 2 cores >= 1.7x the trials per hour of 1 worker (both 1 thread a trial;
   1 worker with 2 threads is reported beside them); Ray overhead < 2 s a trial.
 A goal not met is reported, not hidden: the table says "missed" with the measured figure.

@@ -90,7 +90,7 @@ def check(baseline: Baseline, now_runs: list[dict[str, Any]],
     names = list(baseline.optimizers)
     base_cells, now_cells = cells_of(baseline, baseline.runs), cells_of(baseline, now_runs)
     base = measure_side(base_cells, options, stream=0)
-    now = measure_side(now_cells, options, stream=1, weights=base.weights)
+    now = measure_side(now_cells, options, stream=1)
     diff = change(base_cells, now_cells, base, now, options)
     verdicts = compare(base, now, diff, names, options, failure_notes(baseline.runs, now_runs))
     return Outcome(verdicts, options.level(len(names)), options.alpha, seconds)
@@ -173,14 +173,10 @@ def summary(side: Side, names: list[str], level: float = SUMMARY_LEVEL) -> list[
             rows.append({"optimizer": name, "statistic": "mean loss over its ratios",
                          "value": side.point[name], "ci_low": low, "ci_high": high, "level": level})
         else:
-            rows.append({"optimizer": name, "statistic": "weighted geometric-mean speedup over its ratios",
+            rows.append({"optimizer": name, "statistic": "geometric-mean speedup over its ratios",
                          "value": math.exp(side.point.get(name, math.nan)), "ci_low": math.exp(low),
-                         "ci_high": math.exp(high), "level": level, "weights": _ratio_weights(side, name)})
+                         "ci_high": math.exp(high), "level": level})
     return [_finite(r) for r in rows]
-
-
-def _ratio_weights(side: Side, name: str) -> dict[str, float]:
-    return {f"{r:g}": round(w, 4) for r, w in side.weights.get(name, {}).items()}
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

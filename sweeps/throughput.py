@@ -26,7 +26,10 @@ def _batch(workers: int, threads: int, trials: int) -> dict[str, Any]:
     ray.init(address="local", num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(train_task).options(num_cpus=threads)
-        ray.get(task.remote(RunSpec("adamw", "cpu-xs", 0.01, {}, seed=999).to_dict(), threads))  # warm
+        # warm every worker process (a cold one spends seconds importing torch), as a sweep's first
+        # trials do once and its hundreds of later trials do not
+        warm = RunSpec("adamw", "cpu-xs", 0.01, {}, seed=999).to_dict()
+        ray.get([task.remote(warm, threads) for _ in range(workers)])
         start, pending, overheads = time.perf_counter(), {}, []
         for seed in range(trials):
             spec = RunSpec("adamw", "cpu-xs", RATIO, {}, seed=seed).to_dict()
