@@ -91,7 +91,7 @@ def _build(name: str, model, scale_name: str):
     return get(name).build(model.tagged_parameters(), hp, model)
 
 
-def training_throughput(scale_name: str, steps: int, peaks: dict[str, float]) -> dict[str, Any]:
+def training_throughput(scale_name: str, steps: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for precision, autocast in (("fp32", nullcontext),
                                 ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
@@ -100,8 +100,7 @@ def training_throughput(scale_name: str, steps: int, peaks: dict[str, float]) ->
         step_s, _ = _timed_steps(model, opt, x, steps, autocast)
         tokens_s = x.size(0) * scale.seq_len / step_s
         flops = tokens_s * flops_per_token(scale, VOCAB)
-        out[precision] = {"tokens_per_s": tokens_s, "flops_per_s": flops,
-                          "share_of_matmul_peak": flops / peaks[precision]}
+        out[precision] = {"tokens_per_s": tokens_s, "flops_per_s": flops}
     return out
 
 
@@ -121,17 +120,15 @@ def optimizer_overheads(scale_name: str, steps: int, names: list[str]) -> dict[s
     return rows
 
 
-def newton_schulz_efficiency(scale_name: str, peaks: dict[str, float], repeats: int = 10) -> dict[str, Any]:
+def newton_schulz_efficiency(scale_name: str, repeats: int = 10) -> dict[str, Any]:
     """Muon's orthogonalisation of every hidden matrix of the scale (batched by shape, as the
-    optimizer runs it): its time, and the time its FLOPs take at the matmul peak of the precision
-    each matrix is orthogonalised in (newton_schulz.ns_dtype: bf16 from 64-wide matrices up)."""
+    optimizer runs it): its time, and its FLOPs by the precision each matrix is orthogonalised in
+    (newton_schulz.ns_dtype: bf16 from 64-wide matrices up)."""
     _, model, _ = _model_and_batch(scale_name)
     grads = [torch.randn_like(t.param) for t in model.tagged_parameters() if t.role == Role.HIDDEN]
     seconds = _best_time(lambda: orthogonalise(grads, NS_STEPS, 1e-7), repeats)
-    flops = {p: sum(_ns_flops(*g.shape) for g in grads if _precision(g) == p) for p in peaks}
-    ideal = sum(flops[p] / peaks[p] for p in peaks)
-    return {"matrices": len(grads), "ms": 1000 * seconds, "flops_by_precision": flops,
-            "ms_at_peak": 1000 * ideal, "times_the_peak_time": seconds / ideal}
+    flops = {p: sum(_ns_flops(*g.shape) for g in grads if _precision(g) == p) for p in ("fp32", "bf16")}
+    return {"matrices": len(grads), "ms": 1000 * seconds, "flops_by_precision": flops}
 
 
 def _precision(x: torch.Tensor) -> str:
@@ -156,16 +153,20 @@ def run_benchmarks(scales: list[str], optimizers: list[str] | None, steps: int, 
     torch.set_num_threads(threads)
     names = optimizers or [o.name for o in all_optimizers()]
     progress("bench: matmul peak")
-    peaks = _peaks()
-    report: dict[str, Any] = {"machine": _machine(threads), "matmul_peak_flops": peaks, "scales": {}}
+    before = _peaks()
+    report: dict[str, Any] = {"machine": _machine(threads), "scales": {}}
     for scale in scales:
         progress(f"bench: {scale}: training throughput")
-        entry = {"training": training_throughput(scale, steps, peaks)}
+        entry = {"training": training_throughput(scale, steps)}
         progress(f"bench: {scale}: {len(names)} optimizers")
         entry["optimizers"] = optimizer_overheads(scale, steps, names)
-        entry["newton_schulz"] = newton_schulz_efficiency(scale, peaks)
+        entry["newton_schulz"] = newton_schulz_efficiency(scale)
         report["scales"][scale] = entry
-    _raise_peaks(report, _peaks())
+    # measured before and after the scales, the higher kept: a burst of load during one
+    # measurement must not flatter every share of peak
+    after = _peaks()
+    report["matmul_peak_flops"] = {p: max(before[p], after[p]) for p in before}
+    _add_shares(report)
     if sweep:
         report["sweep"] = _sweep_throughput(progress)
     report["goals"] = check_goals(report)
@@ -176,21 +177,15 @@ def _peaks() -> dict[str, float]:
     return {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
 
 
-def _raise_peaks(report: dict[str, Any], again: dict[str, float]) -> None:
-    """The peak is measured before and after the scales and the higher one kept, so a burst of
-    load during one measurement cannot flatter every share of peak; shares are rescaled to it."""
-    for precision, value in again.items():
-        old = report["matmul_peak_flops"][precision]
-        if value <= old:
-            continue
-        report["matmul_peak_flops"][precision] = value
-        for entry in report["scales"].values():
-            entry["training"][precision]["share_of_matmul_peak"] *= old / value
-    for entry in report["scales"].values():  # Newton-Schulz's ideal time at the final peaks
-        ns, peaks = entry["newton_schulz"], report["matmul_peak_flops"]
-        ideal = sum(f / peaks[p] for p, f in ns["flops_by_precision"].items())
-        ns["times_the_peak_time"] *= ns["ms_at_peak"] / (1000 * ideal)
-        ns["ms_at_peak"] = 1000 * ideal
+def _add_shares(report: dict[str, Any]) -> None:
+    """Training FLOP/s as a share of the peak, and Newton-Schulz against its FLOPs' time at peak."""
+    peaks = report["matmul_peak_flops"]
+    for entry in report["scales"].values():
+        for precision, row in entry["training"].items():
+            row["share_of_matmul_peak"] = row["flops_per_s"] / peaks[precision]
+        ns = entry["newton_schulz"]
+        ideal_ms = 1000 * sum(f / peaks[p] for p, f in ns["flops_by_precision"].items())
+        ns["ms_at_peak"], ns["times_the_peak_time"] = ideal_ms, ns["ms"] / ideal_ms
 
 
 def _machine(threads: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ below it, large ones near it, so estimates for the smallest scales are optimisti
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import torch
@@ -15,6 +16,11 @@ import torch.nn.functional as F
 from bench.model import LlamaModel
 from bench.paths import cache_dir
 from bench.scales import Scale, get_scale
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
 
 CALIBRATION_SCALE = "cpu-s"
 CALIBRATION_VOCAB = 512

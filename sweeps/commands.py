@@ -106,9 +106,10 @@ def resolve_resources(args: argparse.Namespace, cluster: dict | None) -> Resourc
     """Workers, threads and device from the flags and what this machine (or cluster) has."""
     import torch
 
+    from bench.estimate import usable_cpus
     from sweeps.driver import Resources
 
-    cpus = int(cluster.get("CPU", 1)) if cluster else os.cpu_count() or 1
+    cpus = int(cluster.get("CPU", 1)) if cluster else usable_cpus()
     gpus = int(cluster.get("GPU", 0)) if cluster else torch.cuda.device_count()
     device = args.device if args.device != "auto" else ("cuda" if gpus else "cpu")
     if device == "cuda" and not gpus:

@@ -35,6 +35,7 @@ import torch
 
 from analysis.cells import summarize_cells
 from bench.errors import UserError
+from bench.estimate import usable_cpus
 from bench.spec import RunSpec
 from sweeps.regress_baseline import REFERENCE, Baseline, Entry, run_record, runs_frame
 from sweeps.regress_runs import Report, train_all
@@ -134,12 +135,17 @@ def new_baseline(tuned: dict[str, dict[str, Any]], layout: Layout = Layout()) ->
     return Baseline(layout.scale, layout.seeds, layout.threads, entries)
 
 
-def tuned_configs(store_url: str, scale: str, ratio: float, optimizers: list[str]) -> dict[str, dict]:
-    """Each optimizer's best config (lowest mean loss) in the sweep store at `scale` and `ratio`."""
+def tuning_runs(store_url: str, scale: str, ratio: float) -> pd.DataFrame:
+    """The sweep store's runs at `scale` and `ratio`, read once for tuned_configs and tuning_record."""
     from bench.store import ResultStore
 
     frame = ResultStore(store_url).frame()
-    frame = frame[(frame["scale"] == scale) & (frame["ratio"].astype(float) == float(ratio))]
+    return frame[(frame["scale"] == scale) & (frame["ratio"].astype(float) == float(ratio))]
+
+
+def tuned_configs(frame: pd.DataFrame, store_url: str, scale: str, ratio: float,
+                  optimizers: list[str]) -> dict[str, dict]:
+    """Each optimizer's best config (lowest mean loss) among the sweep's runs (tuning_runs)."""
     cells = summarize_cells(frame) if len(frame) else pd.DataFrame(columns=["optimizer"])
     best = {row["optimizer"]: row for _, row in cells.iterrows()}
     missing = [n for n in optimizers if n not in best or not best[n]["hparams"]]
@@ -149,12 +155,9 @@ def tuned_configs(store_url: str, scale: str, ratio: float, optimizers: list[str
     return {n: dict(best[n]["hparams"]) for n in optimizers}
 
 
-def tuning_record(store_url: str, scale: str, ratio: float, command: str) -> dict[str, Any]:
+def tuning_record(frame: pd.DataFrame, store_url: str, scale: str, ratio: float,
+                  command: str) -> dict[str, Any]:
     """Provenance of the tuned hyperparameters: the sweep, its store, and when its runs ran."""
-    from bench.store import ResultStore
-
-    frame = ResultStore(store_url).frame()
-    frame = frame[(frame["scale"] == scale) & (frame["ratio"].astype(float) == float(ratio))]
     trials = frame.groupby("optimizer").size().to_dict() if len(frame) else {}
     return {"command": command, "store": store_url, "scale": scale, "ratio": ratio,
             "trials": {k: int(v) for k, v in trials.items()},
@@ -210,7 +213,7 @@ def environment() -> dict[str, Any]:
             "command": shlex.join(["optbench", *sys.argv[1:]]),
             "torch": torch.__version__, "python": platform.python_version(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "cpus": _cpus()}
+            "cpus": usable_cpus()}
 
 
 def _git(*args: str) -> str:
@@ -221,7 +224,3 @@ def _git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

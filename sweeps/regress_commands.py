@@ -11,7 +11,6 @@ optimizer), 2 bad input such as a missing or corrupt baseline file.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from bench.errors import UserError
@@ -95,12 +94,13 @@ def _update(baseline, args, path, seeds, tuning=None) -> int:
 
 
 def _new_baseline(args, path, seeds) -> int:
-    from sweeps.regress import Layout, new_baseline, tuned_configs, tuning_record
+    from sweeps.regress import Layout, new_baseline, tuned_configs, tuning_record, tuning_runs
 
     names = [n.strip() for n in (args.optimizers or ",".join(Layout().optimizers)).split(",") if n.strip()]
     layout = Layout()
-    tuned = tuned_configs(args.tuned_from, layout.scale, args.tune_ratio, names)
-    tuning = tuning_record(args.tuned_from, layout.scale, args.tune_ratio, args.sweep_command)
+    runs = tuning_runs(args.tuned_from, layout.scale, args.tune_ratio)
+    tuned = tuned_configs(runs, args.tuned_from, layout.scale, args.tune_ratio, names)
+    tuning = tuning_record(runs, args.tuned_from, layout.scale, args.tune_ratio, args.sweep_command)
     return _update(new_baseline(tuned, layout), args, path, seeds, tuning)
 
 
@@ -126,8 +126,9 @@ def _parse_seeds(text: str | None) -> tuple[int, ...] | None:
 
 
 def _workers(args: argparse.Namespace, threads: int) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return args.workers or max(1, cpus // threads)
+    from bench.estimate import usable_cpus
+
+    return args.workers or max(1, usable_cpus() // threads)
 
 
 def _fmt(value) -> str:

@@ -7,10 +7,10 @@ per-trial overhead is a task's wall time (submitted to result back) minus the ru
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
+from bench.estimate import usable_cpus
 from bench.spec import RunSpec
 from sweeps.task import train_task
 
@@ -48,7 +48,7 @@ def _batch(workers: int, threads: int, trials: int) -> dict[str, Any]:
 
 
 def measure(trials: int = 6) -> dict[str, Any]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    cores = usable_cpus()
     one = _batch(1, 1, trials)
     many = _batch(cores, 1, trials)
     threaded = _batch(1, cores, trials)
