@@ -13,6 +13,7 @@ RATIOS     ?= 0.25,0.5,1
 OPTIMIZERS ?= adamw,muon,lion
 WORKERS    ?= 2
 MAX_TRIALS ?= 5
+SWEEP_ARGS ?=
 
 .PHONY: setup run test sweep reproduce regress bench clean
 
@@ -34,7 +35,7 @@ test: $(STAMP)
 
 sweep: $(STAMP)
 	$(OPTBENCH) sweep --scale $(SCALE) --ratios $(RATIOS) --optimizers $(OPTIMIZERS) --workers $(WORKERS) \
-		--max-trials $(MAX_TRIALS) --yes
+		--max-trials $(MAX_TRIALS) --yes $(SWEEP_ARGS)
 
 reproduce: $(STAMP)
 	$(OPTBENCH) reproduce

@@ -19,10 +19,9 @@ from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from bench.estimate import flops_per_token
-from bench.model import LlamaModel
+from bench.model import LlamaModel, compile_model, head_loss
 from bench.optimizers.muon import orthogonalise
 from bench.optimizers.newton_schulz import ns_dtype
 from bench.optimizers.registry import all_optimizers, get
@@ -32,6 +31,7 @@ from bench.scales import get_scale
 from bench.spec import RunSpec
 
 VOCAB = 512  # the default bpe-512 tokenizer's size
+SOAP_SPARSE_REFRESH = 10  # the SOAP paper's precondition_frequency, reported beside the default 1
 NS_STEPS = 5
 
 
@@ -60,9 +60,11 @@ def _model_and_batch(scale_name: str):
     return scale, model, x
 
 
-def _timed_steps(model, opt, x, steps: int, autocast=nullcontext) -> tuple[float, float]:
-    """(median seconds per training step, median seconds per optimizer step) after two warm-ups
-    (the first step of several optimizers builds their state, e.g. SOAP's eigenbases)."""
+def _timed_steps(model, opt, x, steps: int, autocast=nullcontext, loss_fn=head_loss,
+                 mean: bool = False) -> tuple[float, float]:
+    """(seconds per training step, seconds per optimizer step), medians after two warm-ups (the
+    first step of several optimizers builds their state, e.g. SOAP's eigenbases); `mean`: means,
+    for an optimizer whose costly steps come every few steps."""
     total, inner = [], []
     curvature = getattr(opt, "curvature_step", None)
     for i in range(steps + 2):
@@ -70,7 +72,7 @@ def _timed_steps(model, opt, x, steps: int, autocast=nullcontext) -> tuple[float
         if curvature is not None:
             curvature(i, model, x[:, :-1])
         with autocast():
-            loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1).float(), x[:, 1:].flatten())
+            loss = loss_fn(model, model.trunk(x[:, :-1]), x[:, 1:])
         loss.backward()
         t1 = time.perf_counter()
         opt.step()
@@ -79,28 +81,33 @@ def _timed_steps(model, opt, x, steps: int, autocast=nullcontext) -> tuple[float
         if i >= 2:
             total.append(t2 - t0)
             inner.append(t2 - t1)
-    return _median(total), _median(inner)
+    average = (lambda xs: sum(xs) / len(xs)) if mean else _median
+    return average(total), average(inner)
 
 
 def _median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
 
-def _build(name: str, model, scale_name: str):
-    hp = RunSpec(name, scale_name).hparams
+def _build(name: str, model, scale_name: str, **overrides):
+    hp = RunSpec(name, scale_name, hparams=overrides).hparams
     return get(name).build(model.tagged_parameters(), hp, model)
 
 
 def training_throughput(scale_name: str, steps: int) -> dict[str, Any]:
+    """fp32 eager and compiled (RunOptions.compile), and bf16 autocast; each with fused AdamW."""
     out: dict[str, Any] = {}
-    for precision, autocast in (("fp32", nullcontext),
-                                ("bf16", lambda: torch.autocast("cpu", dtype=torch.bfloat16))):
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    for name, precision, autocast, compiled in (("fp32", "fp32", nullcontext, False),
+                                                ("fp32-compiled", "fp32", nullcontext, True),
+                                                ("bf16", "bf16", bf16, False)):
         scale, model, x = _model_and_batch(scale_name)
+        loss_fn = compile_model(model) if compiled else head_loss
         opt = _build("adamw", model, scale_name)
-        step_s, _ = _timed_steps(model, opt, x, steps, autocast)
+        step_s, _ = _timed_steps(model, opt, x, steps, autocast, loss_fn)
         tokens_s = x.size(0) * scale.seq_len / step_s
         flops = tokens_s * flops_per_token(scale, VOCAB)
-        out[precision] = {"tokens_per_s": tokens_s, "flops_per_s": flops}
+        out[name] = {"tokens_per_s": tokens_s, "flops_per_s": flops, "precision": precision}
     return out
 
 
@@ -113,6 +120,13 @@ def optimizer_overheads(scale_name: str, steps: int, names: list[str]) -> dict[s
         step_s, opt_s = _timed_steps(model, opt, x, steps)
         rows[name] = {"optimizer_step_ms": 1000 * opt_s, "training_step_ms": 1000 * step_s,
                       "share_of_training_step": opt_s / step_s, "state_bytes": _state_bytes(opt)}
+    if "soap" in rows:  # its bases are refreshed every step by default; every 10 is the SOAP paper's
+        scale, model, x = _model_and_batch(scale_name)
+        opt = _build("soap", model, scale_name, precondition_frequency=SOAP_SPARSE_REFRESH)
+        step_s, opt_s = _timed_steps(model, opt, x, SOAP_SPARSE_REFRESH, mean=True)
+        rows[f"soap (every {SOAP_SPARSE_REFRESH})"] = {
+            "optimizer_step_ms": 1000 * opt_s, "training_step_ms": 1000 * step_s,
+            "share_of_training_step": opt_s / step_s, "state_bytes": _state_bytes(opt)}
     base = rows["adamw"]
     for row in rows.values():
         row["step_time_vs_adamw"] = row["optimizer_step_ms"] / base["optimizer_step_ms"]
@@ -181,8 +195,8 @@ def _add_shares(report: dict[str, Any]) -> None:
     """Training FLOP/s as a share of the peak, and Newton-Schulz against its FLOPs' time at peak."""
     peaks = report["matmul_peak_flops"]
     for entry in report["scales"].values():
-        for precision, row in entry["training"].items():
-            row["share_of_matmul_peak"] = row["flops_per_s"] / peaks[precision]
+        for row in entry["training"].values():
+            row["share_of_matmul_peak"] = row["flops_per_s"] / peaks[row["precision"]]
         ns = entry["newton_schulz"]
         ideal_ms = 1000 * sum(f / peaks[p] for p, f in ns["flops_by_precision"].items())
         ns["ms_at_peak"], ns["times_the_peak_time"] = ideal_ms, ns["ms"] / ideal_ms

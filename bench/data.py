@@ -47,9 +47,6 @@ class TokenData:
 
 def load_data(data: str, eval_data: str, tokenizer: str, need_tokens: int | None = None) -> TokenData:
     """Tokenize (once, cached) the training mixture and the evaluation set."""
-    import datasets
-
-    datasets.disable_progress_bars()
     default = Source("default")
     tok = load_tokenizer(tokenizer, lambda: iter(_split(load_documents(default))[0]))
     limit = None if need_tokens is None else need_tokens * 8  # hub streams: enough characters

@@ -114,11 +114,15 @@ class LlamaModel(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def trunk(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The last block's output (before the final norm and the head)."""
         x = self.embed(tokens)
         for layer in self.layers:
             x = layer(x, self.rope_cos, self.rope_sin)
-        return self.head(self.norm(x))
+        return x
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.trunk(tokens)))
 
     def tagged_parameters(self) -> list[TaggedParam]:
         """Every parameter with its role; the roles come from the owning module's type (the output
@@ -146,3 +150,18 @@ def _role(module: nn.Module, p_name: str) -> Role:
         return Role.HIDDEN
     raise ValueError(f"no role for parameter {p_name} of {type(module).__name__}")
 
+
+def head_loss(model: LlamaModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy from the trunk's output, with logits in fp32. A function of its
+    own so it can be compiled apart from the blocks: compiled, the fp32 copy of the logits (half of
+    the memory traffic at a 128k vocabulary) is fused away."""
+    logits = model.head(model.norm(hidden))
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def compile_model(model: LlamaModel):
+    """Compile each block in place (they share one compiled graph, so this takes seconds where the
+    whole unrolled model takes minutes), and return the compiled head_loss."""
+    for layer in model.layers:
+        layer.compile()
+    return torch.compile(head_loss)

@@ -146,6 +146,8 @@ class RunResult:
     optimizer_step_ms: float = 0.0
     non_embedding_params: int = 0
     threads: int = 0  # torch threads used (bitwise results hold at a fixed thread count)
+    micro_batch: int = 0  # sequences per forward/backward (0: the whole batch)
+    compiled: bool = False  # the blocks and the loss head ran through torch.compile
     roles: dict[str, str] = field(default_factory=dict)  # parameter name -> role
 
     def to_dict(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from bench.checkpoint import Checkpointer
 from bench.estimate import flops_per_token
 from bench.data import (Batches, TokenData, bytes_per_token, eval_batches, load_data, token_buckets,
                         unigram_loss, warn_epochs)
-from bench.model import LlamaModel
+from bench.model import LlamaModel, compile_model, head_loss
 from bench.optimizers import registry
 from bench.scales import get_scale
 from bench.schedules import lr_multiplier
@@ -34,6 +34,7 @@ BUCKETS = ("frequent", "middle", "rare")
 # uniform prediction a freshly initialised model starts near (a fixed reference, so a run that is
 # already exploding at its first log point is still caught).
 DIVERGENCE_FACTOR = 1.5
+EVAL_BATCH = 32  # sequences per evaluation forward pass
 
 
 @dataclass
@@ -45,6 +46,11 @@ class RunOptions:
     log_every: int = 10
     checkpoint_dir: str | None = None  # where mid-run checkpoints go (None: no checkpoints)
     checkpoint_every: int = 0  # steps between checkpoints; rounded up to a multiple of log_every
+    # Sequences per forward/backward pass (0: the whole batch); gradients accumulate to the batch, so
+    # the update is the same up to rounding. Paper scales need it: one 0.1B batch of 128 x 4096
+    # tokens with a 128k vocabulary has 270 GB of logits.
+    micro_batch: int = 0
+    compile: bool = False  # torch.compile the blocks and the loss head (same math, fused kernels)
 
 
 def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
@@ -72,6 +78,8 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     device = torch.device(spec.device)
     torch.manual_seed(spec.seed)
     model = LlamaModel(scale, data.vocab_size).to(device)
+    loss_fn = compile_model(model) if options.compile else head_loss
+    result.compiled, result.micro_batch = options.compile, options.micro_batch
     tagged = model.tagged_parameters()
     result.roles = {t.name: t.role.value for t in tagged}
     result.non_embedding_params = scale.non_embedding_params
@@ -100,15 +108,11 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     bar.update(first)
     running, opt_time, t_train = torch.zeros((), device=device), 0.0, time.perf_counter()
     for step in range(first, steps):
-        batch = batches.next().to(device, non_blocking=True)
+        batch = _to_device(batches.next(), device)
         x, y = batch[:, :-1], batch[:, 1:]
         if curvature is not None:
             curvature(step, model, x)
-        with autocast:
-            loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
-        if fault is not None:
-            loss = fault.apply(step, loss)
-        loss.backward()
+        loss = _forward_backward(model, loss_fn, x, y, options.micro_batch, autocast, fault, step)
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         mult = lr_multiplier(step, steps, hp["warmup"], hp["lr_schedule"], hp["decay"], hp["min_lr_ratio"])
@@ -139,20 +143,46 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     result.optimizer_state_bytes = _state_bytes(optimizer)
     result.peak_memory_bytes = _peak_memory(device)
     if result.status == "ok":
-        _evaluate(spec, model, data, result, autocast)
+        _evaluate(spec, model, data, result, autocast, options.micro_batch or EVAL_BATCH)
     if ckpt:
         ckpt.remove()
 
 
-def _evaluate(spec: RunSpec, model: LlamaModel, data: TokenData, result: RunResult, autocast) -> None:
+def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Pinned host memory makes the copy asynchronous, so the GPU never waits on the data."""
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch
+
+
+def _forward_backward(model: LlamaModel, loss_fn, x: torch.Tensor, y: torch.Tensor, micro_batch: int,
+                      autocast, fault: faults.Fault | None, step: int) -> torch.Tensor:
+    """The batch's mean next-token loss, its gradient accumulated over micro-batches of equal tokens
+    per row (each chunk's mean weighted by its share of the rows)."""
+    chunks = list(zip(x.split(micro_batch), y.split(micro_batch))) if micro_batch else [(x, y)]
+    total = None
+    for xs, ys in chunks:
+        with autocast:
+            loss = loss_fn(model, model.trunk(xs), ys)
+        if len(chunks) > 1:
+            loss = loss * (xs.size(0) / x.size(0))
+        if fault is not None:
+            loss = fault.apply(step, loss)
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
+def _evaluate(spec: RunSpec, model: LlamaModel, data: TokenData, result: RunResult, autocast,
+              batch_size: int) -> None:
     """End-of-budget held-out loss, overall and by the training frequency of the target token."""
     scale = get_scale(spec.scale)
     buckets = token_buckets(data).numpy()
     sums, counts = np.zeros(len(BUCKETS)), np.zeros(len(BUCKETS))
     model.eval()
     with torch.no_grad(), autocast:
-        for batch in eval_batches(data, scale.seq_len, spec.eval_tokens, 32):
-            batch = batch.to(spec.device)
+        for batch in eval_batches(data, scale.seq_len, spec.eval_tokens, batch_size):
+            batch = _to_device(batch, torch.device(spec.device))
             logits = model(batch[:, :-1]).float()
             losses = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
             # numpy's sequential bincount keeps the sums bitwise equal across thread counts

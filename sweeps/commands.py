@@ -44,6 +44,11 @@ def register(subparsers) -> None:
                    help="torch threads per trial (default: CPUs / workers, or 1)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: one GPU per trial when there are GPUs")
+    p.add_argument("--micro-batch", type=int, default=0, metavar="SEQS",
+                   help="sequences per forward/backward, gradients accumulated (for batches that do "
+                        "not fit in memory; default: the whole batch)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer blocks and the loss head")
     p.add_argument("--store", default=None, help="results store URL (default: sqlite under results/)")
     p.add_argument("--optuna-storage", default=None,
                    help="Optuna storage: a Journal file path or an RDB URL (default: results/optuna.journal)")
@@ -61,6 +66,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.micro_batch < 0:
+        raise UserError(f"--micro-batch must be 0 or more, got {args.micro_batch}")
     scale = get_scale(args.scale)
     optimizers, ratios = parse_optimizers(args.optimizers, scale.ladder), parse_ratios(args.ratios)
     store = ResultStore(args.store)  # opened first: a bad store fails before anything starts
@@ -120,7 +127,8 @@ def resolve_resources(args: argparse.Namespace, cluster: dict | None) -> Resourc
     else:
         threads = args.threads or (max(1, cpus // args.workers) if args.workers else 1)
         workers = args.workers or max(1, cpus // threads)
-    return Resources(workers, threads, device, cluster.get("address") if cluster else None)
+    return Resources(workers, threads, device, cluster.get("address") if cluster else None,
+                     args.micro_batch, args.compile)
 
 
 def _has_grid(opt, ladder: str) -> bool:

@@ -36,6 +36,8 @@ class Resources:
     threads: int  # torch threads (and Ray CPUs) per trial
     device: str  # cpu | cuda (one GPU per trial)
     address: str | None = None  # an existing cluster (RAY_ADDRESS); None: start a local one
+    micro_batch: int = 0  # sequences per forward/backward in each trial (0: the whole batch)
+    compile: bool = False  # torch.compile each trial's blocks and loss head
 
 
 def connect(address: str) -> dict:
@@ -123,7 +125,8 @@ class Driver:
         options = {"num_cpus": self.resources.threads,
                    "num_gpus": 1 if self.resources.device == "cuda" else 0,
                    "name": f"optbench {tuning.cell.label} {request.key}"}
-        ref = self._remote().options(**options).remote(request.spec.to_dict(), self.resources.threads)
+        ref = self._remote().options(**options).remote(request.spec.to_dict(), self.resources.threads,
+                                                       self.resources.micro_batch, self.resources.compile)
         self.pending[ref] = (tuning, request)
         self.progress.started(tuning, request)
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def train_task(spec: dict[str, Any], threads: int) -> dict[str, Any]:
+def train_task(spec: dict[str, Any], threads: int, micro_batch: int = 0, compile: bool = False) -> dict[str, Any]:
     from bench.spec import RunSpec
     from bench.train import RunOptions, run
 
-    return run(RunSpec.from_dict(spec), RunOptions(threads=threads, progress=False)).to_dict()
+    options = RunOptions(threads=threads, progress=False, micro_batch=micro_batch, compile=compile)
+    return run(RunSpec.from_dict(spec), options).to_dict()

@@ -3,6 +3,7 @@ token shards are built once per session in it, then shared by every test)."""
 import os
 
 import pytest
+import torch
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -20,3 +21,20 @@ def results_dir(tmp_path_factory):
 @pytest.fixture
 def store_url(tmp_path):
     return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    yield from _threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    yield from _threads(2)

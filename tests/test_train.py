@@ -34,3 +34,23 @@ def test_a_huge_learning_rate_is_reported_as_diverged_not_as_a_result():
     r = run(RunSpec("adamw", "cpu-xs", 0.1, {"learning_rate": 50.0, "max_grad_norm": 0.0, "warmup": 0.0}),
             RunOptions(threads=2))
     assert r.status == "diverged" and r.final_loss is None and r.reason
+
+
+def test_micro_batches_accumulate_to_the_same_training():
+    # 4 micro-batches of 8 rows: the same gradient up to fp32 rounding, so the same run to ~1e-5
+    spec = RunSpec("adamw", "cpu-xs", 0.05, {})
+    whole = run(spec, RunOptions(threads=2))
+    micro = run(spec, RunOptions(threads=2, micro_batch=8))
+    assert micro.status == "ok" and micro.micro_batch == 8 and micro.steps == whole.steps
+    assert abs(micro.final_loss - whole.final_loss) < 1e-4
+    assert all(abs(a[1] - b[1]) < 1e-4 for a, b in zip(micro.curve, whole.curve))
+    # a different split is not a no-op: the micro-batches really ran
+    assert micro.final_loss != whole.final_loss
+
+
+def test_compiled_blocks_train_like_eager_ones():
+    spec = RunSpec("muon", "cpu-xs", 0.05, {})
+    eager = run(spec, RunOptions(threads=2))
+    compiled = run(spec, RunOptions(threads=2, compile=True))
+    assert compiled.status == "ok" and compiled.compiled and not eager.compiled
+    assert abs(compiled.final_loss - eager.final_loss) < 2e-3

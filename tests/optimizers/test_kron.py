@@ -9,13 +9,8 @@ from bench.optimizers.kron import DAMPING, SEED, Kron, norm_lower_bound, update_
 from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests step tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _grads(n: int, shape: tuple[int, ...], seed: int = 0, dtype=torch.float32) -> list[torch.Tensor]:
@@ -152,10 +147,12 @@ def kron_torch(monkeypatch):
     import kron_torch.kron as kron_module
     import torch._dynamo
 
-    monkeypatch.setattr(torch._dynamo.config, "disable", True)
     original = kron_module._calc_A_and_conjB
     monkeypatch.setattr(kron_module, "_calc_A_and_conjB", lambda expr, g, q: original(expr, g.clone(), q))
-    return kron_module
+    # config.patch, not monkeypatch: monkeypatch's undo deletes the config entry, which breaks every
+    # later torch.compile in the session
+    with torch._dynamo.config.patch(disable=True):
+        yield kron_module
 
 
 def test_matches_kron_torch_step_by_step(kron_torch):

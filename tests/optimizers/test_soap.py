@@ -7,13 +7,8 @@ from bench.optimizers.soap import Soap, power_qr
 from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests step tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 F64 = torch.float64
