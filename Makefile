@@ -15,7 +15,7 @@ WORKERS    ?= 2
 MAX_TRIALS ?= 5
 SWEEP_ARGS ?=
 
-.PHONY: setup run test sweep reproduce regress bench clean
+.PHONY: setup run test sweep reproduce regress bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -45,6 +45,9 @@ regress: $(STAMP)
 
 bench: $(STAMP)
 	$(OPTBENCH) bench
+
+bench-gpu: $(STAMP)  ## the paper scales on a GPU: tokens/s, MFU, optimizer steps
+	$(OPTBENCH) bench --device cuda
 
 clean:
 	rm -rf $(VENV) results/cache

@@ -121,7 +121,8 @@ def _hub_documents(source: Source, limit_chars: int | None) -> list[tuple[str, s
     try:
         stream = _datasets().load_dataset(source.target, source.config or None, split="train", streaming=True)
     except Exception as e:  # offline, unknown name, gated: one line for the user
-        raise UserError(f"cannot load hub dataset {source.target!r}: {type(e).__name__}: {e}".splitlines()[0]) from None
+        message = f"cannot load hub dataset {source.target!r}: {type(e).__name__}: {e}"
+        raise UserError(message.splitlines()[0]) from None
     docs, chars = [], 0
     for i, row in enumerate(stream):
         text = str(row[source.field])

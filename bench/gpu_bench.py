@@ -196,7 +196,8 @@ def _variants(scale: str, micro_batch: int, repeats: int, vocab: int) -> dict[st
     """What else would move throughput: twice the micro-batch, and cuDNN's attention (GPU only)."""
     rows: dict[str, Any] = {}
     try:
-        rows[f"compiled, micro {2 * micro_batch}"] = training_throughput(scale, 2 * micro_batch, True, repeats, vocab)
+        rows[f"compiled, micro {2 * micro_batch}"] = training_throughput(scale, 2 * micro_batch, True,
+                                                                         repeats, vocab)
     except torch.OutOfMemoryError:
         rows[f"compiled, micro {2 * micro_batch}"] = {"error": "out of memory"}
     if torch.cuda.is_available():
@@ -281,6 +282,23 @@ def format_report(report: dict[str, Any]) -> str:
                          f"{r['optimizer_step_ms']:8.2f} ms  {r['step_time_vs_adamw']:6.2f}x AdamW  "
                          f"{r['share_of_training_step']:6.2%} of a step"))
     return "\n".join(lines)
+
+
+def measured_gpu_flops(scale: str) -> tuple[float, str] | None:
+    """The best training FLOP/s results/bench-gpu.json holds for `scale` (else for its largest
+    measured scale, which underrates a larger model), and where the figure comes from."""
+    path = results_dir() / "bench-gpu.json"
+    try:
+        report = json.loads(path.read_text())
+        measured = {name: max(r["model_flops_per_s"] for r in entry["training"].values() if "error" not in r)
+                    for name, entry in report["scales"].items()}
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: no estimate
+        return None
+    if not measured:
+        return None
+    name = scale if scale in measured else max(measured, key=lambda n: get_scale(n).non_embedding_params)
+    return measured[name], (f"the GPU benchmark in {path} ({report['machine']['device']}, best mode at {name}: "
+                            f"{measured[name] / 1e12:.0f} TFLOP/s)")
 
 
 def write_report(report: dict[str, Any], path: str | None = None) -> str:

@@ -111,7 +111,7 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
         batch = _to_device(batches.next(), device)
         x, y = batch[:, :-1], batch[:, 1:]
         if curvature is not None:
-            curvature(step, model, x)
+            curvature(step, model, x, options.micro_batch)
         loss = _forward_backward(model, loss_fn, x, y, options.micro_batch, autocast, fault, step)
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)

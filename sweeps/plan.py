@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from bench.estimate import achieved_flops, flops_per_token
+from bench.gpu_bench import measured_gpu_flops
 from bench.scales import get_scale
 from bench.spec import RunSpec
 from sweeps.grid import Config
@@ -82,7 +83,11 @@ def seconds_per_token(scale: str, threads: int, device: str, frame: pd.DataFrame
         rate = float((ok["wall_time_s"] / ok["tokens"]).median())
         return rate, f"the median of {len(ok)} stored run(s) at {scale}, loading and evaluation included"
     if device == "cuda":
-        return math.nan, "no stored runs at this scale and no GPU throughput measured"
+        measured = measured_gpu_flops(scale)
+        if measured is None:
+            return math.nan, "no stored runs at this scale and no GPU throughput measured (make bench-gpu)"
+        flops, source = measured
+        return flops_per_token(get_scale(scale)) / flops, source
     flops = achieved_flops(threads)
     rate = flops_per_token(get_scale(scale)) / flops
     return rate, (f"a measured training burst, {flops / 1e9:.1f} GFLOP/s per {threads}-thread process "

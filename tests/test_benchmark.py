@@ -9,14 +9,16 @@ from bench.bench_goals import HEAVY, check_goals
 
 def test_bench_writes_every_figure_and_checks_the_goals(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OPTBENCH_RESULTS", str(tmp_path))
-    code = cli.main(["bench", "--scales", "cpu-xs", "--optimizers", "adamw,muon,soap", "--steps", "1",
+    code = cli.main(["bench", "--scales", "cpu-xs", "--optimizers", "adamw,muon,soap,kron", "--steps", "1",
                      "--threads", "1", "--no-sweep"])
     assert code == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     entry = report["scales"]["cpu-xs"]
     assert all(entry["training"][p]["share_of_matmul_peak"] > 0 for p in ("fp32", "fp32-compiled", "bf16"))
-    # SOAP is also measured refreshing its bases every 10 steps, averaged over those 10
-    assert list(entry["optimizers"]) == ["adamw", "muon", "soap", "soap (every 10)"]
+    # SOAP is also measured refreshing its bases every 10 steps, averaged over those 10, and Kron
+    # averaged over a whole run of its schedule (at cpu-xs 1x: all 320 steps fit its factors)
+    assert list(entry["optimizers"]) == ["adamw", "muon", "soap", "kron", "soap (every 10)", "kron (1x run)"]
+    assert entry["optimizers"]["kron (1x run)"]["steps_fitting_factors"] == 1.0
     assert entry["optimizers"]["adamw"]["step_time_vs_adamw"] == 1.0
     assert all(0 < row["share_of_training_step"] < 1 for row in entry["optimizers"].values())
     assert entry["optimizers"]["muon"]["state_memory_vs_adamw"] < 1  # momentum only on hidden matrices

@@ -2,17 +2,21 @@
 (its figures there mean nothing; tests/test_cuda.py and `optbench bench --device cuda` run it on a GPU)."""
 import json
 
+import pandas as pd
 import pytest
 import torch
 
-from bench.gpu_bench import datasheet_peak, format_report, run_gpu_benchmarks, write_report
 from bench.cli import main
-
+from bench.estimate import flops_per_token
+from bench.gpu_bench import datasheet_peak, format_report, run_gpu_benchmarks, write_report
+from bench.scales import get_scale
+from sweeps.plan import seconds_per_token
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 
 
-def test_report_has_throughput_mfu_and_optimizer_shares(tmp_path):
+def test_report_has_throughput_mfu_and_optimizer_shares(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTBENCH_RESULTS", str(tmp_path))
     report = run_gpu_benchmarks(["cpu-xs"], ["muon", "soap", "lion"], micro_batch=8, repeats=2, vocab=512,
                                 peak_n=256, progress=lambda m: None)
     training = report["scales"]["cpu-xs"]["training"]
@@ -22,7 +26,8 @@ def test_report_has_throughput_mfu_and_optimizer_shares(tmp_path):
         assert row["tokens_per_s"] > 0 and 0 < row["mfu_vs_measured_peak"]
         # 32 rows as micro-batches, plus one optimizer step
         passes = 32 // row["micro_batch"]
-        assert row["training_step_s"] == pytest.approx(passes * row["micro_step_ms"] / 1000 + row["adamw_step_ms"] / 1000)
+        step_ms = passes * row["micro_step_ms"] + row["adamw_step_ms"]
+        assert row["training_step_s"] == pytest.approx(step_ms / 1000)
     profile = report["scales"]["cpu-xs"]["profile"]
     assert 0 < len(profile) <= 12 and all(k["ms"] > 0 for k in profile)
     assert sum(k["share"] for k in profile) <= 1 + 1e-9
@@ -33,6 +38,12 @@ def test_report_has_throughput_mfu_and_optimizer_shares(tmp_path):
     assert "muon" in format_report(report)
     path = write_report(report, str(tmp_path / "gpu.json"))
     assert json.loads(open(path).read())["scales"]["cpu-xs"]["optimizers"]["muon"]["optimizer_step_ms"] > 0
+    # a sweep on GPUs estimates its time from the written report
+    assert seconds_per_token("cpu-xs", 1, "cuda", pd.DataFrame())[1].startswith("no stored runs")
+    write_report(report)
+    rate, source = seconds_per_token("cpu-xs", 1, "cuda", pd.DataFrame())
+    best = max(r["model_flops_per_s"] for r in training.values())
+    assert rate == pytest.approx(flops_per_token(get_scale("cpu-xs")) / best) and "GPU benchmark" in source
 
 
 def test_datasheet_peaks_tell_the_pcie_h100_from_the_sxm_one():

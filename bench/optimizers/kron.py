@@ -57,6 +57,23 @@ def update_probability(step: int, min_prob: float, flat_start: int) -> float:
     return min(max(math.exp(-PROB_DECAY * (step - flat_start)), min_prob), 1.0)
 
 
+def _tick(step: int, counter: int, min_prob: float, flat_start: int) -> tuple[bool, int]:
+    """One step of the deterministic schedule: (fit the factors now?, the counter after)."""
+    counter += 1
+    if counter < 1.0 / update_probability(step, min_prob, flat_start):
+        return False, counter
+    return True, 0
+
+
+def update_fraction(steps: int, min_prob: float, flat_start: int) -> float:
+    """The share of a `steps`-long run's steps that fit the preconditioner factors."""
+    counter, updates = 0, 0
+    for step in range(1, steps + 1):
+        update, counter = _tick(step, counter, min_prob, flat_start)
+        updates += update
+    return updates / max(1, steps)
+
+
 class _Job(NamedTuple):
     """One block of one parameter; a 1-D parameter is one block with only a (diagonal) right factor."""
 
@@ -190,13 +207,12 @@ class Kron(torch.optim.Optimizer):
     def _schedule(self, glob: dict[str, Any]) -> tuple[bool, bool]:
         """Advance the counters: does this step fit the factors, and rebalance them first?"""
         glob["step"] += 1
-        glob["update_counter"] += 1
         first = self.param_groups[0]  # one schedule for all params, as both references
-        prob = update_probability(glob["step"], first["preconditioner_update_probability"],
-                                  first["update_prob_flat_start"])
-        if glob["update_counter"] < 1.0 / prob:
+        update, glob["update_counter"] = _tick(glob["step"], glob["update_counter"],
+                                               first["preconditioner_update_probability"],
+                                               first["update_prob_flat_start"])
+        if not update:
             return False, False
-        glob["update_counter"] = 0
         glob["balance_counter"] += 1
         if glob["balance_counter"] < BALANCE_EVERY:
             return True, False

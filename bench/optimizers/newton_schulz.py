@@ -37,10 +37,14 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
     if tall:  # iterate on the wide orientation so A = XX^T is the small Gram matrix
         x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)  # spectral norm <= Frobenius norm <= 1
+    batch_shape = x.shape[:-2]
+    x = x.reshape(-1, *x.shape[-2:])
     for _ in range(steps):
         gram = x @ x.mT
-        poly = b * gram + c * (gram @ gram)
-        x = a * x + poly @ x
+        # b A + c A^2 and a X + B X, each one fused multiply-add in BLAS, as torch.optim.Muon does
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, poly, x, beta=a)
+    x = x.reshape(*batch_shape, *x.shape[-2:])
     if tall:
         x = x.mT
     return x.to(g.dtype)

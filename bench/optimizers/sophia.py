@@ -42,12 +42,39 @@ def lm_loss(model: torch.nn.Module, x: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1))
 
 
+def gaussian_probes(params: list[Tensor], generator: torch.Generator) -> list[Tensor]:
+    return [torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype) for p in params]
+
+
+def hessian_vector(loss: Tensor, params: list[Tensor], vectors: list[Tensor]) -> list[Tensor]:
+    """H v by double backward (zeros for params the loss does not reach twice)."""
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    hvps = torch.autograd.grad(grads, params, grad_outputs=vectors, allow_unused=True)
+    return [hv if hv is not None else torch.zeros_like(v) for v, hv in zip(vectors, hvps)]
+
+
 def hutchinson(loss: Tensor, params: list[Tensor], generator: torch.Generator) -> list[Tensor]:
     """u * (H u) for one Gaussian probe u: an unbiased estimate of diag(H)."""
-    grads = torch.autograd.grad(loss, params, create_graph=True)
-    probes = [torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype) for p in params]
-    hvps = torch.autograd.grad(grads, params, grad_outputs=probes, allow_unused=True)
-    return [u * hu if hu is not None else torch.zeros_like(u) for u, hu in zip(probes, hvps)]
+    probes = gaussian_probes(params, generator)
+    return [u * hu for u, hu in zip(probes, hessian_vector(loss, params, probes))]
+
+
+def batch_hutchinson(model: torch.nn.Module, x: Tensor, params: list[Tensor], generator: torch.Generator,
+                     micro_batch: int = 0) -> list[Tensor]:
+    """hutchinson() of the batch's loss, with H u summed over micro-batches of `micro_batch` rows
+    (one probe for all: H of the batch's mean loss is the row-weighted sum of the chunks' H)."""
+    probes = gaussian_probes(params, generator)
+    chunks = x.split(micro_batch) if micro_batch else [x]
+    total = None
+    # The math SDPA kernel is the one with a double backward on every device.
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+        for chunk in chunks:
+            loss = lm_loss(model, chunk)
+            if len(chunks) > 1:
+                loss = loss * (chunk.size(0) / x.size(0))
+            part = hessian_vector(loss, params, probes)
+            total = part if total is None else [a + b for a, b in zip(total, part)]
+    return [u * hu for u, hu in zip(probes, total)]
 
 
 class SophiaH(torch.optim.Optimizer):
@@ -74,11 +101,12 @@ class SophiaH(torch.optim.Optimizer):
             gen.set_state(saved["rng"])
         return gen
 
-    def curvature_step(self, step: int, model: torch.nn.Module, x: Tensor) -> None:
+    def curvature_step(self, step: int, model: torch.nn.Module, x: Tensor, micro_batch: int = 0) -> None:
         """Refresh the Hessian EMA when a positive multiple of update_interval updates are done.
 
         `step` (the train loop's counter) is not used: the decision rests on this optimizer's own
         step count so that it survives a checkpoint and does not depend on the loop's indexing.
+        `micro_batch` splits the double backward as the training step's passes are split.
         """
         n = self.steps_taken()
         saved = self.state.get("hutchinson")
@@ -86,9 +114,7 @@ class SophiaH(torch.optim.Optimizer):
             return
         params = self._params()
         gen = self._generator(params[0].device)
-        # The math SDPA kernel is the one with a double backward on every device.
-        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-            estimates = hutchinson(lm_loss(model, x), params, gen)
+        estimates = batch_hutchinson(model, x, params, gen, micro_batch)
         # Replace (never mutate) the entry: a state_dict() taken earlier shares the old one.
         self.state["hutchinson"] = {"rng": gen.get_state(), "at_step": n}
         estimate_of = dict(zip(params, estimates))

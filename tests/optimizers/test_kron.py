@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from bench.optimizers.kron import DAMPING, SEED, Kron, norm_lower_bound, update_probability
+from bench.optimizers.kron import DAMPING, SEED, Kron, norm_lower_bound, update_fraction, update_probability
 
 from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
@@ -190,3 +190,14 @@ def test_resume_from_a_checkpoint_is_bitwise_identical(overrides):
 
 def test_registered_with_complete_defaults_and_loadable_spaces():
     assert_registered("kron")
+
+
+def test_update_fraction_counts_the_steps_the_schedule_fits():
+    # all steps before flat_start fit; far beyond it, one in 1/min_prob (plus the decay's tail)
+    assert update_fraction(500, 0.05, 2000) == 1.0
+    assert 0.05 <= update_fraction(100_000, 0.05, 0) < 0.06
+    # the same count as the optimizer's own schedule
+    opt = Kron([torch.nn.Parameter(torch.randn(4, 3))], lr=0.01, update_prob_flat_start=100)
+    glob = opt._global(torch.device("cpu"))
+    fits = sum(opt._schedule(glob)[0] for _ in range(3000))
+    assert fits == round(update_fraction(3000, 0.05, 100) * 3000)

@@ -4,9 +4,9 @@ included) and registration."""
 import torch
 
 from bench.optimizers.registry import get
-from bench.optimizers.sophia import hutchinson
+from bench.optimizers.sophia import batch_hutchinson, hutchinson
 from bench.roles import Role
-from .adam_family_testkit import (assert_registered, assert_resume_is_bitwise, build, random_grads, step_with,
+from .adam_family_testkit import (assert_registered, assert_resume_is_bitwise, batch, build, random_grads, step_with,
                                   tagged, tiny_model, train)
 
 HP = {"learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.95, "epsilon": 1e-7, "gamma": 0.05, "weight_decay": 0.1}
@@ -82,3 +82,15 @@ def test_resume_from_checkpoint_is_bitwise():
 
 def test_registered_with_complete_defaults_and_space():
     assert_registered("sophia", {"beta1", "beta2", "epsilon", "gamma", "weight_decay", "update_interval"})
+
+
+def test_micro_batched_hutchinson_is_the_whole_batch_estimate():
+    # one probe, H u summed over chunks weighted by rows: the whole batch's estimate to rounding
+    model = tiny_model().double()
+    x = torch.cat([batch(0), batch(1)])[:6]
+    params = list(model.parameters())
+    whole = batch_hutchinson(model, x, params, torch.Generator().manual_seed(0))
+    split = batch_hutchinson(model, x, params, torch.Generator().manual_seed(0), micro_batch=2)
+    for a, b in zip(whole, split):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert any(a.abs().sum() > 0 for a in whole)
