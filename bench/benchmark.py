@@ -16,6 +16,7 @@ import json
 import platform
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -30,6 +31,7 @@ from bench.paths import results_dir
 from bench.roles import Role
 from bench.scales import get_scale
 from bench.spec import RunSpec
+from bench.train import state_bytes
 
 VOCAB = 512  # the default bpe-512 tokenizer's size
 SOAP_SPARSE_REFRESH = 10  # the SOAP paper's precondition_frequency, reported beside the default 1
@@ -90,7 +92,8 @@ def _median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
 
-def _build(name: str, model, scale_name: str, **overrides):
+def build_optimizer(name: str, model, scale_name: str, **overrides):
+    """The optimizer with its registry defaults for the scale, `overrides` on top."""
     hp = RunSpec(name, scale_name, hparams=overrides).hparams
     return get(name).build(model.tagged_parameters(), hp, model)
 
@@ -104,7 +107,7 @@ def training_throughput(scale_name: str, steps: int) -> dict[str, Any]:
                                                 ("bf16", "bf16", bf16, False)):
         scale, model, x = _model_and_batch(scale_name)
         loss_fn = compile_model(model) if compiled else head_loss
-        opt = _build("adamw", model, scale_name)
+        opt = build_optimizer("adamw", model, scale_name)
         step_s, _ = _timed_steps(model, opt, x, steps, autocast, loss_fn)
         tokens_s = x.size(0) * scale.seq_len / step_s
         flops = tokens_s * flops_per_token(scale, VOCAB)
@@ -114,20 +117,10 @@ def training_throughput(scale_name: str, steps: int) -> dict[str, Any]:
 
 def optimizer_overheads(scale_name: str, steps: int, names: list[str]) -> dict[str, Any]:
     """Per optimizer: step time vs fused AdamW, share of a training step, state memory vs AdamW."""
-    rows: dict[str, Any] = {}
-    for name in ["adamw", *[n for n in names if n != "adamw"]]:
-        scale, model, x = _model_and_batch(scale_name)
-        opt = _build(name, model, scale_name)
-        step_s, opt_s = _timed_steps(model, opt, x, steps)
-        rows[name] = {"optimizer_step_ms": 1000 * opt_s, "training_step_ms": 1000 * step_s,
-                      "share_of_training_step": opt_s / step_s, "state_bytes": _state_bytes(opt)}
+    rows = {name: _overhead(name, scale_name, steps) for name in ["adamw", *[n for n in names if n != "adamw"]]}
     if "soap" in rows:  # its bases are refreshed every step by default; every 10 is the SOAP paper's
-        scale, model, x = _model_and_batch(scale_name)
-        opt = _build("soap", model, scale_name, precondition_frequency=SOAP_SPARSE_REFRESH)
-        step_s, opt_s = _timed_steps(model, opt, x, SOAP_SPARSE_REFRESH, mean=True)
-        rows[f"soap (every {SOAP_SPARSE_REFRESH})"] = {
-            "optimizer_step_ms": 1000 * opt_s, "training_step_ms": 1000 * step_s,
-            "share_of_training_step": opt_s / step_s, "state_bytes": _state_bytes(opt)}
+        rows[f"soap (every {SOAP_SPARSE_REFRESH})"] = _overhead(
+            "soap", scale_name, SOAP_SPARSE_REFRESH, mean=True, precondition_frequency=SOAP_SPARSE_REFRESH)
     if "kron" in rows:
         rows["kron (1x run)"] = _kron_run_average(scale_name, steps, rows["kron"])
     base = rows["adamw"]
@@ -137,23 +130,30 @@ def optimizer_overheads(scale_name: str, steps: int, names: list[str]) -> dict[s
     return rows
 
 
+def _overhead(name: str, scale_name: str, steps: int, mean: bool = False, **overrides) -> dict[str, Any]:
+    scale, model, x = _model_and_batch(scale_name)
+    opt = build_optimizer(name, model, scale_name, **overrides)
+    step_s, opt_s = _timed_steps(model, opt, x, steps, mean=mean)
+    return {"optimizer_step_ms": 1000 * opt_s, "training_step_ms": 1000 * step_s,
+            "share_of_training_step": opt_s / step_s, "state_bytes": state_bytes(opt)}
+
+
 def _kron_run_average(scale_name: str, steps: int, fitting: dict[str, Any]) -> dict[str, Any]:
     """Kron's mean step over a whole 1x-Chinchilla run. Its schedule fits the preconditioner factors
     on every step for the first update_prob_flat_start steps, then ever more rarely: the bench's
     early steps (`fitting`) all fit; steps that do not are timed at the schedule's floor (one step
     in 20 fits; the median skips it), and the two are weighted by the schedule's share of fitting
     steps over the run."""
-    scale, model, x = _model_and_batch(scale_name)
+    plain = _overhead("kron", scale_name, steps, update_prob_flat_start=-10**6)
     hp = RunSpec("kron", scale_name).hparams
-    opt = _build("kron", model, scale_name, update_prob_flat_start=-10**6)
-    step_s, plain_s = _timed_steps(model, opt, x, steps)
-    share = update_fraction(scale.steps(1.0, hp["train_batch_size"]), hp["preconditioner_update_probability"],
-                            hp["update_prob_flat_start"])
-    opt_s = plain_s + share * (fitting["optimizer_step_ms"] / 1000 - plain_s)
-    training_s = step_s - plain_s + opt_s
-    return {"optimizer_step_ms": 1000 * opt_s, "training_step_ms": 1000 * training_s,
-            "share_of_training_step": opt_s / training_s, "state_bytes": _state_bytes(opt),
-            "steps_fitting_factors": share, "step_without_fitting_ms": 1000 * plain_s}
+    share = update_fraction(get_scale(scale_name).steps(1.0, hp["train_batch_size"]),
+                            hp["preconditioner_update_probability"], hp["update_prob_flat_start"])
+    plain_ms = plain["optimizer_step_ms"]
+    opt_ms = plain_ms + share * (fitting["optimizer_step_ms"] - plain_ms)
+    training_ms = plain["training_step_ms"] - plain_ms + opt_ms
+    return {"optimizer_step_ms": opt_ms, "training_step_ms": training_ms,
+            "share_of_training_step": opt_ms / training_ms, "state_bytes": plain["state_bytes"],
+            "steps_fitting_factors": share, "step_without_fitting_ms": plain_ms}
 
 
 def newton_schulz_efficiency(scale_name: str, repeats: int = 10) -> dict[str, Any]:
@@ -175,11 +175,6 @@ def _ns_flops(rows: int, cols: int) -> float:
     """One quintic step on the wide orientation (m <= n): X X^T, A A, (bA + cA^2) X."""
     m, n = min(rows, cols), max(rows, cols)
     return NS_STEPS * (4 * m * m * n + 2 * m**3)
-
-
-def _state_bytes(opt) -> int:
-    return sum(v.numel() * v.element_size() for s in opt.state_dict()["state"].values()
-               for v in s.values() if torch.is_tensor(v))
 
 
 def run_benchmarks(scales: list[str], optimizers: list[str] | None, steps: int, threads: int,
@@ -236,8 +231,9 @@ def _sweep_throughput(progress) -> dict[str, Any]:
     return measure()
 
 
-def write_report(report: dict[str, Any]) -> str:
-    path = results_dir() / "bench.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    return str(path)
+def write_report(report: dict[str, Any], path: str | Path | None = None, name: str = "bench.json") -> str:
+    """Write the report as JSON to `path`, by default results/`name`."""
+    target = Path(path) if path else results_dir() / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2))
+    return str(target)

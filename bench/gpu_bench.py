@@ -20,20 +20,18 @@ import time
 from contextlib import nullcontext
 from typing import Any, Callable
 
-from pathlib import Path
-
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bench.benchmark import SOAP_SPARSE_REFRESH, build_optimizer
+from bench.benchmark import write_report as bench_write_report
 from bench.estimate import flops_per_token
 from bench.model import LlamaModel, compile_model, head_loss
-from bench.optimizers.registry import all_optimizers, get
+from bench.optimizers.registry import all_optimizers
 from bench.paths import results_dir
 from bench.scales import get_scale
-from bench.spec import RunSpec
 
 LLAMA3_VOCAB = 128_256
-SOAP_SPARSE_REFRESH = 10
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets (FLOP/s), by a substring of the device name;
 # the first match wins, so the PCIe H100 is listed before the SXM one.
 DATASHEET_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
@@ -98,17 +96,13 @@ def _micro_step(model: LlamaModel, loss_fn, batch: torch.Tensor, attention=None)
         loss.backward()
 
 
-def _build(name: str, model: LlamaModel, scale_name: str, **overrides):
-    return get(name).build(model.tagged_parameters(), RunSpec(name, scale_name, hparams=overrides).hparams, model)
-
-
 def training_throughput(scale_name: str, micro_batch: int, compiled: bool, repeats: int,
                         vocab: int = LLAMA3_VOCAB, attention=None) -> dict[str, Any]:
     """tokens/s and MFU of the scale's batch as micro-batches plus one fused AdamW step
     (`attention`: an SDPA backend to force, else torch's choice)."""
     scale = get_scale(scale_name)
     model, loss_fn = _model(scale_name, compiled, vocab)
-    opt = _build("adamw", model, scale_name)
+    opt = build_optimizer("adamw", model, scale_name)
     batch = _tokens(scale_name, micro_batch, vocab)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -127,18 +121,19 @@ def optimizer_steps(scale_name: str, names: list[str], passes_s: float, repeats:
                     vocab: int = LLAMA3_VOCAB) -> dict[str, Any]:
     """Each optimizer's step on random gradients: ms, vs fused AdamW, and its share of a training
     step whose forward/backward passes take `passes_s`."""
-    rows: dict[str, Any] = {}
-    for name in ["adamw", *[n for n in names if n != "adamw"]]:
+    def row(name: str, every: int = 0) -> dict[str, Any]:
         try:
-            opt_s = _step_time(name, scale_name, repeats, vocab)
+            opt_s = _step_time(name, scale_name, repeats, vocab, every)
         except Exception as e:  # a broken CUDA path is a finding, not a crash of the whole bench
-            rows[name] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
-            continue
-        rows[name] = {"optimizer_step_ms": 1000 * opt_s, "share_of_training_step": opt_s / (passes_s + opt_s)}
-    if "optimizer_step_ms" in rows.get("soap", {}):  # bases refreshed every 10 steps, the SOAP paper's default
-        opt_s = _step_time("soap", scale_name, repeats, vocab, every=SOAP_SPARSE_REFRESH)
-        rows[f"soap (every {SOAP_SPARSE_REFRESH})"] = {"optimizer_step_ms": 1000 * opt_s,
-                                                      "share_of_training_step": opt_s / (passes_s + opt_s)}
+            return {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the last optimizer's state is garbage by now
+        return {"optimizer_step_ms": 1000 * opt_s, "share_of_training_step": opt_s / (passes_s + opt_s)}
+
+    rows = {name: row(name) for name in ["adamw", *[n for n in names if n != "adamw"]]}
+    if "optimizer_step_ms" in rows.get("soap", {}):  # also refreshing every 10 steps, as the SOAP paper
+        rows[f"soap (every {SOAP_SPARSE_REFRESH})"] = row("soap", SOAP_SPARSE_REFRESH)
     base = rows["adamw"]["optimizer_step_ms"]
     for row in rows.values():
         if "error" not in row:
@@ -150,17 +145,12 @@ def _step_time(name: str, scale_name: str, repeats: int, vocab: int, every: int 
     """Median seconds of a step on random gradients; with `every`, SOAP refreshing its bases every
     that many steps, timed as the mean over one such period."""
     model, _ = _model(scale_name, False, vocab)
-    opt = _build(name, model, scale_name, **({"precondition_frequency": every} if every else {}))
+    opt = build_optimizer(name, model, scale_name, **({"precondition_frequency": every} if every else {}))
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
-    try:
-        if every:
-            return _time(lambda: [opt.step() for _ in range(every)], repeats=2, warmup=1) / every
-        return _time(opt.step, repeats, warmup=3)  # the warm-up builds state (SOAP's bases)
-    finally:
-        del opt, model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    if every:
+        return _time(lambda: [opt.step() for _ in range(every)], repeats=2, warmup=1) / every
+    return _time(opt.step, repeats, warmup=3)  # the warm-up builds state (SOAP's bases)
 
 
 def run_gpu_benchmarks(scales: list[str], optimizers: list[str] | None, micro_batch: int, repeats: int,
@@ -234,7 +224,7 @@ def step_profile(name: str, scale: str, vocab: int, top: int = 8) -> list[dict[s
     from torch.profiler import ProfilerActivity, profile
 
     model, _ = _model(scale, False, vocab)
-    opt = _build(name, model, scale)
+    opt = build_optimizer(name, model, scale)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     opt.step()
@@ -302,10 +292,7 @@ def measured_gpu_flops(scale: str) -> tuple[float, str] | None:
 
 
 def write_report(report: dict[str, Any], path: str | None = None) -> str:
-    target = Path(path) if path else results_dir() / "bench-gpu.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2))
-    return str(target)
+    return bench_write_report(report, path, "bench-gpu.json")
 
 
 def main(argv: list[str] | None = None) -> int:

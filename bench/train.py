@@ -140,7 +140,7 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     result.tokens_per_s = done * batch_size * scale.seq_len / (time.perf_counter() - t_train)
     result.optimizer_step_ms = 1000 * opt_time / done
     result.flops = flops_per_token(scale, data.vocab_size) * result.tokens
-    result.optimizer_state_bytes = _state_bytes(optimizer)
+    result.optimizer_state_bytes = state_bytes(optimizer)
     result.peak_memory_bytes = _peak_memory(device)
     if result.status == "ok":
         _evaluate(spec, model, data, result, autocast, options.micro_batch or EVAL_BATCH)
@@ -224,13 +224,10 @@ def _autocast(spec: RunSpec, device: torch.device):
     return nullcontext()
 
 
-def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    total = 0
-    for state in optimizer.state_dict()["state"].values():
-        for value in state.values():
-            if torch.is_tensor(value):
-                total += value.numel() * value.element_size()
-    return total
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors in the optimizer's state."""
+    return sum(v.numel() * v.element_size() for s in optimizer.state_dict()["state"].values()
+               for v in s.values() if torch.is_tensor(v))
 
 
 def _peak_memory(device: torch.device) -> int:

@@ -53,16 +53,11 @@ def hessian_vector(loss: Tensor, params: list[Tensor], vectors: list[Tensor]) ->
     return [hv if hv is not None else torch.zeros_like(v) for v, hv in zip(vectors, hvps)]
 
 
-def hutchinson(loss: Tensor, params: list[Tensor], generator: torch.Generator) -> list[Tensor]:
-    """u * (H u) for one Gaussian probe u: an unbiased estimate of diag(H)."""
-    probes = gaussian_probes(params, generator)
-    return [u * hu for u, hu in zip(probes, hessian_vector(loss, params, probes))]
-
-
 def batch_hutchinson(model: torch.nn.Module, x: Tensor, params: list[Tensor], generator: torch.Generator,
                      micro_batch: int = 0) -> list[Tensor]:
-    """hutchinson() of the batch's loss, with H u summed over micro-batches of `micro_batch` rows
-    (one probe for all: H of the batch's mean loss is the row-weighted sum of the chunks' H)."""
+    """Hutchinson's u * (H u) for one Gaussian probe u, an unbiased estimate of diag(H), for the
+    batch's loss. H u is summed over micro-batches of `micro_batch` rows (one probe for all: H of
+    the batch's mean loss is the row-weighted sum of the chunks' H)."""
     probes = gaussian_probes(params, generator)
     chunks = x.split(micro_batch) if micro_batch else [x]
     total = None

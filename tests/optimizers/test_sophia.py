@@ -4,7 +4,7 @@ included) and registration."""
 import torch
 
 from bench.optimizers.registry import get
-from bench.optimizers.sophia import batch_hutchinson, hutchinson
+from bench.optimizers.sophia import batch_hutchinson, gaussian_probes, hessian_vector
 from bench.roles import Role
 from .adam_family_testkit import (assert_registered, assert_resume_is_bitwise, batch, build, random_grads, step_with,
                                   tagged, tiny_model, train)
@@ -27,11 +27,17 @@ def test_no_entry_moves_more_than_lr_without_weight_decay():
     assert any(h.abs().sum() > 0 for h in hessians)  # the bound held with a live curvature estimate
 
 
+def _hutchinson(loss, w, gen):
+    u = gaussian_probes([w], gen)[0]
+    return u * hessian_vector(loss, [w], [u])[0]
+
+
 def test_hutchinson_estimates_the_hessian_diagonal():
+    # u * (H u), u Gaussian, as batch_hutchinson builds it from these two pieces
     a = torch.tensor([[2.0, 0.5, 0.0], [0.5, 1.0, -0.3], [0.0, -0.3, 4.0]], dtype=torch.float64)
     w = torch.randn(3, dtype=torch.float64, requires_grad=True)
     gen = torch.Generator().manual_seed(0)
-    estimates = torch.stack([hutchinson(0.5 * w @ a @ w, [w], gen)[0] for _ in range(4000)])
+    estimates = torch.stack([_hutchinson(0.5 * w @ a @ w, w, gen) for _ in range(4000)])
     probe = torch.randn(3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(estimates[0], probe * (a @ probe))  # one draw: u * (H u)
     # var(u_i (Hu)_i) = 2 H_ii^2 + sum_j!=i H_ij^2, so 10% is over 4 standard errors here
