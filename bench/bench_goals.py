@@ -73,11 +73,14 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _scale_lines(scale: str, entry: dict[str, Any]) -> list[str]:
-    tr, ns = entry["training"], entry["newton_schulz"]
+    tr, ns, ceiling = entry["training"], entry["newton_schulz"], entry["ceiling"]
     speeds = ", ".join(f"{mode} {row['tokens_per_s']:,.0f} tok/s ({row['share_of_matmul_peak']:.0%} of "
                        f"{row['precision']} peak)" for mode, row in tr.items())
-    lines = [f"\n{scale}: {speeds}; Newton-Schulz {ns['ms']:.2f} ms = {ns['times_the_peak_time']:.1f}x its "
-             "peak time",
+    lines = [f"\n{scale}: {speeds}",
+             f"  ceiling at these shapes (products and attention alone): {ceiling['share_of_matmul_peak']:.0%} "
+             f"of fp32 peak",
+             f"  Newton-Schulz {ns['ms']:.2f} ms = {ns['times_the_peak_time']:.1f}x its peak time "
+             f"(its products alone: {ns['matmuls_alone_times_the_peak_time']:.1f}x)",
              f"  {'optimizer':16} {'step ms':>8} {'vs adamw':>9} {'% of step':>10} {'state vs adamw':>15}"]
     for name, row in entry["optimizers"].items():
         lines.append(f"  {name:16} {row['optimizer_step_ms']:8.2f} {row['step_time_vs_adamw']:9.2f} "

@@ -5,7 +5,10 @@
   bf16 autocast);
 - each optimizer's step time relative to fused AdamW and as a share of a whole training step, per
   scale, and its optimizer-state memory relative to AdamW's;
-- Muon's Newton-Schulz: its time against the time its FLOPs take at its precision's peak;
+- the ceiling at each scale's own shapes: its step's matrix products and attention timed alone
+  (bench/ceilings.py), the share of peak that no implementation of those shapes beats here;
+- Muon's Newton-Schulz: its time against the time its FLOPs take at its precision's peak, and
+  against its batched products timed alone;
 - sweep throughput with 1 and 2 workers and Ray's per-trial overhead (sweeps/throughput.py).
 The goals of the performance issue are checked in bench/bench_goals.py. Writes results/bench.json.
 Machines are noisy (+-20% run to run): read the ratios, not the seconds.
@@ -17,10 +20,12 @@ import platform
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from collections import Counter
+from typing import Any
 
 import torch
 
+from bench.ceilings import best_time, newton_schulz_matmuls_ms, training_ceiling
 from bench.estimate import flops_per_token
 from bench.model import LlamaModel, compile_model, head_loss
 from bench.optimizers.kron import update_fraction
@@ -41,17 +46,7 @@ NS_STEPS = 5
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     """Best-of FLOP/s of an n x n matrix product: the machine's practical peak."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    return 2 * n**3 / _best_time(lambda: torch.mm(a, b), repeats)
-
-
-def _best_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up: first-call allocations and kernel selection
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return 2 * n**3 / best_time(lambda: torch.mm(a, b), repeats)
 
 
 def _model_and_batch(scale_name: str):
@@ -67,9 +62,16 @@ def _timed_steps(model, opt, x, steps: int, autocast=nullcontext, loss_fn=head_l
                  mean: bool = False) -> tuple[float, float]:
     """(seconds per training step, seconds per optimizer step), medians after two warm-ups (the
     first step of several optimizers builds their state, e.g. SOAP's eigenbases); `mean`: means,
-    for an optimizer whose costly steps come every few steps."""
+    for an optimizer whose costly steps come every few steps.
+
+    The weights are put back after each step (untimed): at its peak learning rate with no warm-up,
+    a step can blow the model up (SOAP's loss reaches ~3000 in 3 steps at cpu-l), and the overflowing
+    activations then slow the forward and backward passes by a third, inflating the step it is
+    compared with."""
     total, inner = [], []
     curvature = getattr(opt, "curvature_step", None)
+    params = list(model.parameters())
+    initial = [p.detach().clone() for p in params]
     for i in range(steps + 2):
         t0 = time.perf_counter()
         if curvature is not None:
@@ -81,6 +83,8 @@ def _timed_steps(model, opt, x, steps: int, autocast=nullcontext, loss_fn=head_l
         opt.step()
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_copy_(params, initial)
         if i >= 2:
             total.append(t2 - t0)
             inner.append(t2 - t1)
@@ -162,9 +166,12 @@ def newton_schulz_efficiency(scale_name: str, repeats: int = 10) -> dict[str, An
     (newton_schulz.ns_dtype: bf16 from 64-wide matrices up)."""
     _, model, _ = _model_and_batch(scale_name)
     grads = [torch.randn_like(t.param) for t in model.tagged_parameters() if t.role == Role.HIDDEN]
-    seconds = _best_time(lambda: orthogonalise(grads, NS_STEPS, 1e-7), repeats)
+    seconds = best_time(lambda: orthogonalise(grads, NS_STEPS, 1e-7), repeats)
     flops = {p: sum(_ns_flops(*g.shape) for g in grads if _precision(g) == p) for p in ("fp32", "bf16")}
-    return {"matrices": len(grads), "ms": 1000 * seconds, "flops_by_precision": flops}
+    groups = Counter((*sorted(g.shape), ns_dtype(g)) for g in grads)
+    matmuls_ms = newton_schulz_matmuls_ms([(n, *key) for key, n in groups.items()], NS_STEPS, repeats)
+    return {"matrices": len(grads), "ms": 1000 * seconds, "flops_by_precision": flops,
+            "matmuls_alone_ms": matmuls_ms}
 
 
 def _precision(x: torch.Tensor) -> str:
@@ -188,7 +195,7 @@ def run_benchmarks(scales: list[str], optimizers: list[str] | None, steps: int, 
     report: dict[str, Any] = {"machine": _machine(threads), "scales": {}}
     for scale in scales:
         progress(f"bench: {scale}: training throughput")
-        entry = {"training": training_throughput(scale, steps)}
+        entry = {"training": training_throughput(scale, steps), "ceiling": training_ceiling(scale, VOCAB)}
         progress(f"bench: {scale}: {len(names)} optimizers")
         entry["optimizers"] = optimizer_overheads(scale, steps, names)
         entry["newton_schulz"] = newton_schulz_efficiency(scale)
@@ -209,14 +216,20 @@ def _peaks() -> dict[str, float]:
 
 
 def _add_shares(report: dict[str, Any]) -> None:
-    """Training FLOP/s as a share of the peak, and Newton-Schulz against its FLOPs' time at peak."""
+    """Training FLOP/s as a share of the peak and of the ceiling (bench/ceilings.py), and
+    Newton-Schulz against its FLOPs' time at peak and its products' time alone."""
     peaks = report["matmul_peak_flops"]
     for entry in report["scales"].values():
+        ceiling = entry["ceiling"]
+        ceiling["share_of_matmul_peak"] = ceiling["flops_per_s"] / peaks["fp32"]
         for row in entry["training"].values():
             row["share_of_matmul_peak"] = row["flops_per_s"] / peaks[row["precision"]]
+            if row["precision"] == "fp32":
+                row["share_of_ceiling"] = row["flops_per_s"] / ceiling["flops_per_s"]
         ns = entry["newton_schulz"]
         ideal_ms = 1000 * sum(f / peaks[p] for p, f in ns["flops_by_precision"].items())
         ns["ms_at_peak"], ns["times_the_peak_time"] = ideal_ms, ns["ms"] / ideal_ms
+        ns["matmuls_alone_times_the_peak_time"] = ns["matmuls_alone_ms"] / ideal_ms
 
 
 def _machine(threads: int) -> dict[str, Any]:

@@ -24,12 +24,18 @@ def test_bench_writes_every_figure_and_checks_the_goals(tmp_path, monkeypatch, c
     assert entry["optimizers"]["muon"]["state_memory_vs_adamw"] < 1  # momentum only on hidden matrices
     ns = entry["newton_schulz"]
     assert ns["matrices"] == 4 * 7 and math.isfinite(ns["times_the_peak_time"]) and ns["times_the_peak_time"] > 1
+    # the ceiling at the scale's own shapes: products and attention alone, one step's FLOPs
+    ceiling = entry["ceiling"]
+    assert ceiling["ms"] == ceiling["matmul_ms"] + ceiling["attention_ms"] and ceiling["attention_ms"] > 0
+    assert entry["training"]["fp32"]["share_of_ceiling"] == (entry["training"]["fp32"]["flops_per_s"]
+                                                            / ceiling["flops_per_s"])
+    assert 0 < ns["matmuls_alone_ms"] and ns["matmuls_alone_times_the_peak_time"] > 0
     goals = {g["goal"]: g for g in report["goals"]}
     assert "cpu-xs soap step, share of a training step" in goals and "soap" in HEAVY
     assert goals["cpu-xs soap step, share of a training step"]["target"] == "<= 0.15"
     assert goals["cpu-xs soap (every 10) step, share of a training step"]["target"] == "<= 0.15"
     out = capsys.readouterr().out
-    assert "goals:" in out and "Newton-Schulz" in out
+    assert "goals:" in out and "Newton-Schulz" in out and "ceiling at these shapes" in out
 
 
 def test_a_goal_is_met_or_missed_by_the_measured_value():

@@ -50,3 +50,21 @@ def test_max_logit_tracking_matches_a_direct_computation():
         expected = logits.masked_fill(~mask, -1e9).amax(dim=(0, 2, 3))
     assert attn.max_logit.shape == (attn.n_heads,)
     assert torch.allclose(attn.max_logit, expected, atol=1e-5)
+
+
+def test_rotary_is_the_half_split_rotation_bitwise_and_depends_on_relative_position_only():
+    from bench.model import apply_rotary, rotary_tables
+
+    head_dim, t = 8, 6
+    cos, sin = rotary_tables(t, head_dim)
+    x = torch.randn(2, 3, t, head_dim, generator=torch.Generator().manual_seed(0))
+    angles = torch.outer(torch.arange(t, dtype=torch.float32),
+                         1.0 / 10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    x1, x2 = x.chunk(2, dim=-1)
+    textbook = torch.cat((x1 * angles.cos() - x2 * angles.sin(), x2 * angles.cos() + x1 * angles.sin()), -1)
+    assert torch.equal(apply_rotary(x, cos, sin), textbook)
+    # q at position i and k at position j: their product depends on i - j only
+    q, k = torch.randn(head_dim), torch.randn(head_dim)
+    rq = apply_rotary(q.expand(1, 1, t, head_dim), cos, sin)[0, 0]
+    rk = apply_rotary(k.expand(1, 1, t, head_dim), cos, sin)[0, 0]
+    assert torch.allclose(rq[3] @ rk[1], rq[5] @ rk[3], atol=1e-5)

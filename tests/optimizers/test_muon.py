@@ -56,6 +56,18 @@ def test_orthogonalised_update_has_singular_values_in_the_newton_schulz_band():
         assert NS_BAND[0] < s.min() and s.max() < NS_BAND[1]
 
 
+def test_a_matrix_and_its_transpose_share_one_batch_and_orthogonalise_alike():
+    gen = torch.Generator().manual_seed(1)
+    tall, wide, square = torch.randn(96, 64, generator=gen), torch.randn(64, 96, generator=gen), torch.randn(64, 64, generator=gen)
+    batched = orthogonalise([tall, wide, square], steps=5, eps=1e-7)
+    alone = [orthogonalise([m], steps=5, eps=1e-7)[0] for m in (tall, wide, square)]
+    assert [o.shape for o in batched] == [tall.shape, wide.shape, square.shape]
+    for b, a in zip(batched, alone):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    torch.testing.assert_close(batched[0], _newton_schulz_reference(tall.double(), 1e-7).float(),
+                               rtol=0, atol=0.05)  # bf16 working precision from 64 wide
+
+
 def test_first_step_is_lr_times_shape_scale_times_an_orthogonalised_matrix():
     w = torch.nn.Parameter(torch.randn(64, 32))
     w0 = w.detach().clone()
