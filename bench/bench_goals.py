@@ -76,6 +76,10 @@ def _scale_lines(scale: str, entry: dict[str, Any]) -> list[str]:
     tr, ns, ceiling = entry["training"], entry["newton_schulz"], entry["ceiling"]
     speeds = ", ".join(f"{mode} {row['tokens_per_s']:,.0f} tok/s ({row['share_of_matmul_peak']:.0%} of "
                        f"{row['precision']} peak)" for mode, row in tr.items())
+    compiled = tr.get("fp32-compiled", {})
+    if compiled.get("pays_back_after_steps"):
+        speeds += (f"; compiling took {compiled['compile_s']:.1f} s, repaid after "
+                   f"{compiled['pays_back_after_steps']:,.0f} steps")
     lines = [f"\n{scale}: {speeds}",
              f"  ceiling at these shapes (products and attention alone): {ceiling['share_of_matmul_peak']:.0%} "
              f"of fp32 peak",

@@ -59,16 +59,17 @@ def _model_and_batch(scale_name: str):
 
 
 def _timed_steps(model, opt, x, steps: int, autocast=nullcontext, loss_fn=head_loss,
-                 mean: bool = False) -> tuple[float, float]:
+                 mean: bool = False) -> tuple[float, float, float]:
     """(seconds per training step, seconds per optimizer step), medians after two warm-ups (the
-    first step of several optimizers builds their state, e.g. SOAP's eigenbases); `mean`: means,
-    for an optimizer whose costly steps come every few steps.
+    first step of several optimizers builds their state, e.g. SOAP's eigenbases), and the first
+    step's seconds (with torch.compile, the compilation); `mean`: means, for an optimizer whose
+    costly steps come every few steps.
 
     The weights are put back after each step (untimed): at its peak learning rate with no warm-up,
     a step can blow the model up (SOAP's loss reaches ~3000 in 3 steps at cpu-l), and the overflowing
     activations then slow the forward and backward passes by a third, inflating the step it is
     compared with."""
-    total, inner = [], []
+    total, inner, first = [], [], 0.0
     curvature = getattr(opt, "curvature_step", None)
     params = list(model.parameters())
     initial = [p.detach().clone() for p in params]
@@ -88,8 +89,10 @@ def _timed_steps(model, opt, x, steps: int, autocast=nullcontext, loss_fn=head_l
         if i >= 2:
             total.append(t2 - t0)
             inner.append(t2 - t1)
+        elif i == 0:
+            first = t2 - t0
     average = (lambda xs: sum(xs) / len(xs)) if mean else _median
-    return average(total), average(inner)
+    return average(total), average(inner), first
 
 
 def _median(xs: list[float]) -> float:
@@ -103,19 +106,29 @@ def build_optimizer(name: str, model, scale_name: str, **overrides):
 
 
 def training_throughput(scale_name: str, steps: int) -> dict[str, Any]:
-    """fp32 eager and compiled (RunOptions.compile), and bf16 autocast; each with fused AdamW."""
+    """fp32 eager and compiled (RunOptions.compile), and bf16 autocast; each with fused AdamW. The
+    compiled row also gives the compilation's seconds (its first step less a later one) and the
+    steps after which `--compile` has paid for it. Inductor caches compiled code on disk, so a
+    machine's very first compilation takes longer than the bench's."""
     out: dict[str, Any] = {}
     bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     for name, precision, autocast, compiled in (("fp32", "fp32", nullcontext, False),
                                                 ("fp32-compiled", "fp32", nullcontext, True),
                                                 ("bf16", "bf16", bf16, False)):
         scale, model, x = _model_and_batch(scale_name)
+        if compiled:  # as a fresh process would: no graphs from the previous scale's shapes
+            torch._dynamo.reset()
         loss_fn = compile_model(model) if compiled else head_loss
         opt = build_optimizer("adamw", model, scale_name)
-        step_s, _ = _timed_steps(model, opt, x, steps, autocast, loss_fn)
+        step_s, _, first_s = _timed_steps(model, opt, x, steps, autocast, loss_fn)
         tokens_s = x.size(0) * scale.seq_len / step_s
         flops = tokens_s * flops_per_token(scale, VOCAB)
-        out[name] = {"tokens_per_s": tokens_s, "flops_per_s": flops, "precision": precision}
+        out[name] = {"tokens_per_s": tokens_s, "flops_per_s": flops, "precision": precision,
+                     "step_ms": 1000 * step_s}
+        if compiled:
+            saved_s = out["fp32"]["step_ms"] / 1000 - step_s
+            out[name]["compile_s"] = first_s - step_s
+            out[name]["pays_back_after_steps"] = (first_s - step_s) / saved_s if saved_s > 0 else None
     return out
 
 
@@ -137,7 +150,7 @@ def optimizer_overheads(scale_name: str, steps: int, names: list[str]) -> dict[s
 def _overhead(name: str, scale_name: str, steps: int, mean: bool = False, **overrides) -> dict[str, Any]:
     scale, model, x = _model_and_batch(scale_name)
     opt = build_optimizer(name, model, scale_name, **overrides)
-    step_s, opt_s = _timed_steps(model, opt, x, steps, mean=mean)
+    step_s, opt_s, _ = _timed_steps(model, opt, x, steps, mean=mean)
     return {"optimizer_step_ms": 1000 * opt_s, "training_step_ms": 1000 * step_s,
             "share_of_training_step": opt_s / step_s, "state_bytes": state_bytes(opt)}
 

@@ -15,6 +15,7 @@ def test_bench_writes_every_figure_and_checks_the_goals(tmp_path, monkeypatch, c
     report = json.loads((tmp_path / "bench.json").read_text())
     entry = report["scales"]["cpu-xs"]
     assert all(entry["training"][p]["share_of_matmul_peak"] > 0 for p in ("fp32", "fp32-compiled", "bf16"))
+    assert entry["training"]["fp32-compiled"]["compile_s"] > 0  # its first step compiled the blocks
     # SOAP is also measured refreshing its bases every 10 steps, averaged over those 10, and Kron
     # averaged over a whole run of its schedule (at cpu-xs 1x: all 320 steps fit its factors)
     assert list(entry["optimizers"]) == ["adamw", "muon", "soap", "kron", "soap (every 10)", "kron (1x run)"]
