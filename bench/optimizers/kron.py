@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 import torch
 from torch import Tensor
 
-from bench.optimizers.blocks import Block, assemble, by_signature, partition
+from bench.optimizers.blocks import Block, Slot, adopt, assemble, by_signature, partition, stacked
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
@@ -313,13 +313,13 @@ class Kron(torch.optim.Optimizer):
                 return torch.stack([tensors[j.param] for j in jobs]).unsqueeze(-2)
             return torch.stack([tensors[j.param][j.block.rows, j.block.cols] for j in jobs])
 
-        def factors(key: str) -> list[Tensor]:
-            return [self.state[params[j.param]][f"{key}.{j.index}"] for j in jobs]
+        def factors(key: str) -> list[Slot]:
+            return [(self.state[params[j.param]], f"{key}.{j.index}") for j in jobs]
 
         ld, rd = jobs[0].left_diag, jobs[0].right_diag
         g = blocks(debiased)
-        ql = None if vector else torch.stack(factors("QL"))
-        qr = torch.stack(factors("QR"))
+        ql = None if vector else stacked(factors("QL"))
+        qr = stacked(factors("QR"))
         if balance and ql is not None:
             ql, qr = _balance(ql, qr)
         if probes is not None:
@@ -333,10 +333,10 @@ class Kron(torch.optim.Optimizer):
             if ql is not None:
                 ql = _fit(ql, _gram(a, ld, -2), _gram(b, ld, -2), lr, ld)
             qr = _fit(qr, _gram(a, rd, -1), _gram(b, rd, -1), lr, rd)
-        if probes is not None or balance:
+        if probes is not None or balance:  # new factors: the blocks' state becomes their slices
             for key, q in (("QL", ql), ("QR", qr)):
                 if q is not None:
-                    torch._foreach_copy_(factors(key), list(q.unbind(0)))
+                    adopt(factors(key), q)
         pre = g if ql is None else _left_t(ql, _left(ql, g, ld), ld)  # QL^T QL G
         pre = _right(_right_t(pre, qr, rd), qr, rd)  # ... QR^T QR
         return [u.squeeze(0) if vector else u for u in pre.unbind(0)]

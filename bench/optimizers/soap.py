@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 import torch
 from torch import Tensor
 
-from bench.optimizers.blocks import Block, assemble, by_signature, partition
+from bench.optimizers.blocks import Block, Slot, adopt, assemble, by_signature, partition, stacked
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
@@ -99,10 +99,6 @@ def power_qr(gram: Tensor, q: Tensor, v: Tensor, dim: int) -> tuple[Tensor, Tens
     return q_new, v.gather(dim, index.expand_as(v))
 
 
-def _store(targets: list[Tensor], stacked: Tensor) -> None:
-    torch._foreach_copy_(targets, list(stacked.unbind(0)))
-
-
 class Soap(torch.optim.Optimizer):
     """SOAP (see module doc). 1-D params and matrices too large on both sides take Adam."""
 
@@ -145,12 +141,9 @@ class Soap(torch.optim.Optimizer):
                 jobs += [_Job(i, k, b, left, right) for k, b in enumerate(blocks)]
         return jobs
 
-    def _targets(self, params: list[Tensor], jobs: list[_Job], key: str) -> list[Tensor]:
-        """The per-block state tensors `key` of `jobs` (e.g. "L" -> L.0, L.1, ...)."""
-        return [self.state[params[j.param]][f"{key}.{j.index}"] for j in jobs]
-
-    def _stack(self, params: list[Tensor], jobs: list[_Job], key: str) -> Tensor:
-        return torch.stack(self._targets(params, jobs, key))
+    def _slots(self, params: list[Tensor], jobs: list[_Job], key: str) -> list[Slot]:
+        """Where the blocks' state `key` lives (e.g. "L" -> L.0, L.1, ...; blocks.py)."""
+        return [(self.state[params[j.param]], f"{key}.{j.index}") for j in jobs]
 
     # -- first step: the preconditioners and their eigenbases, no update -----------------------
 
@@ -168,10 +161,8 @@ class Soap(torch.optim.Optimizer):
             for key, on, outer in sides:
                 if on:
                     gram = (1.0 - group["shampoo_beta"]) * outer()  # lerp from zero
-                    basis = eigenbasis(gram)
-                    for j, gm, q in zip(batch, gram.unbind(0), basis.unbind(0)):
-                        self.state[params[j.param]][f"{key}.{j.index}"] = gm.clone()
-                        self.state[params[j.param]][f"Q{key}.{j.index}"] = q.clone()
+                    adopt(self._slots(params, batch, key), gram)
+                    adopt(self._slots(params, batch, f"Q{key}"), eigenbasis(gram))
 
     # -- later steps ---------------------------------------------------------------------------
 
@@ -225,8 +216,8 @@ class Soap(torch.optim.Optimizer):
         v_targets = [s["exp_avg_sq"][b.rows, b.cols] for s, b in views]
         v = torch.stack(v_targets)
         left, right = jobs[0].left, jobs[0].right
-        ql = self._stack(params, jobs, "QL") if left else None
-        qr = self._stack(params, jobs, "QR") if right else None
+        ql = stacked(self._slots(params, jobs, "QL")) if left else None
+        qr = stacked(self._slots(params, jobs, "QR")) if right else None
 
         g_rot = _rotate(g, ql, qr)
         v.mul_(beta2).addcmul_(g_rot, g_rot, value=1.0 - beta2)
@@ -236,12 +227,11 @@ class Soap(torch.optim.Optimizer):
         for key, q, outer, dim in (("L", ql, lambda: g @ g.mT, -2), ("R", qr, lambda: g.mT @ g, -1)):
             if q is None:
                 continue
-            gram = self._stack(params, jobs, key).lerp_(outer(), 1.0 - group["shampoo_beta"])
-            _store(self._targets(params, jobs, key), gram)
+            gram = stacked(self._slots(params, jobs, key)).lerp_(outer(), 1.0 - group["shampoo_beta"])
             if refresh:
                 q, v = power_qr(gram, q, v, dim)
-                _store(self._targets(params, jobs, f"Q{key}"), q)
-        _store(v_targets, v)
+                adopt(self._slots(params, jobs, f"Q{key}"), q)
+        torch._foreach_copy_(v_targets, list(v.unbind(0)))  # v is slices of exp_avg_sq: copied back
         return list(update.unbind(0))
 
 
