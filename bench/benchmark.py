@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
-from collections import Counter
 from typing import Any
 
 import torch

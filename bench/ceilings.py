@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.estimate import flops_per_token
+from bench.optimizers.newton_schulz import NS_COEFFICIENTS
 from bench.scales import get_scale
 
 
@@ -66,10 +67,11 @@ def newton_schulz_matmuls_ms(shapes: list[tuple[int, int, int, torch.dtype]], st
                              repeats: int = 10) -> float:
     """Newton-Schulz's products alone: per (batch, rows <= cols, cols, dtype) group, `steps` times
     X X^T, bA + cA^2 and aX + BX, as newton_schulz runs them."""
+    a, b, c = NS_COEFFICIENTS
     total = 0.0
     for batch, m, n, dtype in shapes:
         x, gram = torch.randn(batch, m, n).to(dtype), torch.randn(batch, m, m).to(dtype)
-        products = (lambda: x @ x.mT, lambda: torch.baddbmm(gram, gram, gram, beta=-4.775, alpha=2.0315),
-                    lambda: torch.baddbmm(x, gram, x, beta=3.4445))
+        products = (lambda: x @ x.mT, lambda: torch.baddbmm(gram, gram, gram, beta=b, alpha=c),
+                    lambda: torch.baddbmm(x, gram, x, beta=a))
         total += steps * sum(best_time(p, repeats) for p in products)
     return 1000 * total
