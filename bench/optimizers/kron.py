@@ -54,6 +54,8 @@ STATE_KEY = "kron"
 
 def update_probability(step: int, min_prob: float, flat_start: int) -> float:
     """Levanter's precond_update_prob_schedule: 1 for `flat_start` steps, then exponential decay."""
+    if step <= flat_start:  # exp would give >= 1 (and overflow a float far before flat_start)
+        return 1.0
     return min(max(math.exp(-PROB_DECAY * (step - flat_start)), min_prob), 1.0)
 
 

@@ -76,6 +76,7 @@ def test_update_probability_schedule_and_deterministic_update_counter():
     assert update_probability(10, 0.05, 500) == 1.0
     assert update_probability(500 + 1000, 0.05, 500) == pytest.approx(math.exp(-1.0))
     assert update_probability(10**6, 0.05, 500) == 0.05
+    assert update_probability(1, 0.05, 10**6) == 1.0  # a flat start this long overflowed exp
     w = torch.nn.Parameter(torch.zeros(3, 3))
     opt = Kron([w], lr=0.01, preconditioner_update_probability=0.25, update_prob_flat_start=-10**5)
     updated = []
