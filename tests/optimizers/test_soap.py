@@ -150,6 +150,19 @@ def test_a_blocked_matrix_is_updated_as_independent_blocks():
     assert sorted(k for k in opt.state[w] if k.startswith("QL")) == [f"QL.{k}" for k in range(6)]
 
 
+def test_same_shaped_blocks_share_stacks_updated_in_place_between_steps():
+    a, b = (torch.nn.Parameter(torch.zeros(3, 4)) for _ in range(2))
+    opt = Soap([a, b], lr=0.01)
+    for step in range(3):  # the first builds the state
+        a.grad, b.grad = torch.randn(3, 4), torch.randn(3, 4)
+        opt.step()
+        left = opt.state[a]["L.0"]._base
+        assert left is not None and opt.state[b]["L.0"]._base is left
+        if step == 1:
+            kept = left.data_ptr()
+    assert left.data_ptr() == kept  # L took the step's gradient in place, no copy
+
+
 def test_a_vocabulary_sized_side_gets_no_preconditioner():
     w = torch.nn.Parameter(torch.zeros(10000, 2))
     opt = Soap([w], lr=0.01)
