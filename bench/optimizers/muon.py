@@ -52,8 +52,8 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 
 def orthogonalise(updates: list[torch.Tensor], steps: int, eps: float) -> list[torch.Tensor]:
     """Newton-Schulz on every matrix in ns_dtype's working precision, one batched call per shape
-    up to transposition (a Llama block's up and down projections share one: 1.1x faster at cpu-l,
-    bitwise the same result)."""
+    up to transposition (a Llama block's up and down projections share one: 1.1x faster at cpu-l;
+    the same result up to fp32 rounding, bitwise in bf16)."""
     wide = [_wide(u) for u in updates]
     out: dict[int, torch.Tensor] = {}
     for idx in _by_shape(wide).values():
