@@ -88,10 +88,10 @@ def seconds_per_token(scale: str, threads: int, device: str, frame: pd.DataFrame
             return math.nan, "no stored runs at this scale and no GPU throughput measured (make bench-gpu)"
         flops, source = measured
         return flops_per_token(get_scale(scale)) / flops, source
-    flops = achieved_flops(threads)
+    flops = achieved_flops(scale, threads)
     rate = flops_per_token(get_scale(scale)) / flops
-    return rate, (f"a measured training burst, {flops / 1e9:.1f} GFLOP/s per {threads}-thread process "
-                  f"(optimistic for the smallest scales, where overheads dominate)")
+    return rate, (f"a measured training burst at {scale}, {flops / 1e9:.1f} GFLOP/s per {threads}-thread "
+                  f"process; evaluation and data loading not included")
 
 
 def stored_runs(frame: pd.DataFrame, cell: Cell) -> int:

@@ -1,0 +1,16 @@
+"""Time estimates (bench/estimate.py): measured per CPU scale and thread count, cached."""
+import json
+import math
+
+from bench.estimate import achieved_flops, flops_per_token, run_seconds
+from bench.scales import get_scale
+
+
+def test_throughput_is_measured_per_scale_and_thread_count_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTBENCH_CACHE", str(tmp_path))
+    rate = achieved_flops("cpu-xs", threads=1)
+    assert math.isfinite(rate) and rate > 0
+    assert json.loads((tmp_path / "throughput.json").read_text()) == {"cpu-xs/1": rate}
+    assert achieved_flops("cpu-xs", threads=1) == rate  # read back, not measured again
+    scale = get_scale("cpu-xs")  # a run's estimate: its FLOPs at its own scale's rate
+    assert run_seconds(scale, 2.0, threads=1) == scale.tokens(2.0) * flops_per_token(scale) / rate
