@@ -59,8 +59,8 @@ def achieved_flops(scale_name: str, threads: int | None = None, refresh: bool = 
 
 
 def _measure(scale: Scale, steps: int = 5) -> float:
-    """FLOP/s over the median of `steps` steps after a warm-up one: a burst of other load during
-    one step does not go into the cache (it once made a 2-thread figure 9x too low)."""
+    """FLOP/s at the median of `steps` steps after a warm-up one, so that a burst of other load
+    during one step does not go into the cache."""
     torch.manual_seed(0)
     model = LlamaModel(scale, CALIBRATION_VOCAB)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
