@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from bench.ceilings import best_time, newton_schulz_matmuls_ms, training_ceiling
+from bench.ceilings import newton_schulz_matmuls_ms, training_ceiling
 from bench.estimate import flops_per_token
-from bench.model import LlamaModel, compile_model, head_loss
+from bench.model import compile_model, head_loss
 from bench.optimizers.kron import update_fraction
 from bench.optimizers.muon import orthogonalise
 from bench.optimizers.newton_schulz import ns_dtype
@@ -38,9 +38,9 @@ from bench.paths import results_dir
 from bench.roles import Role
 from bench.scales import get_scale
 from bench.spec import RunSpec
+from bench.timing import VOCAB, best_time, model_and_batch, timed_steps
 from bench.train import state_bytes
 
-VOCAB = 512  # the default bpe-512 tokenizer's size
 SOAP_SPARSE_REFRESH = 10  # the SOAP paper's precondition_frequency, reported beside the default 1
 NS_STEPS = 5
 
@@ -49,56 +49,6 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     """Best-of FLOP/s of an n x n matrix product: the machine's practical peak."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     return 2 * n**3 / best_time(lambda: torch.mm(a, b), repeats)
-
-
-def _model_and_batch(scale_name: str):
-    scale = get_scale(scale_name)
-    torch.manual_seed(0)
-    model = LlamaModel(scale, VOCAB)
-    x = torch.randint(0, VOCAB, (scale.default_batch, scale.seq_len + 1),
-                      generator=torch.Generator().manual_seed(0))
-    return scale, model, x
-
-
-def _timed_steps(model, opt, x, steps: int, autocast=nullcontext, loss_fn=head_loss,
-                 mean: bool = False) -> tuple[float, float, float]:
-    """(seconds per training step, seconds per optimizer step), medians after two warm-ups (the
-    first step of several optimizers builds their state, e.g. SOAP's eigenbases), and the first
-    step's seconds (with torch.compile, the compilation); `mean`: means, for an optimizer whose
-    costly steps come every few steps.
-
-    The weights are put back after each step (untimed): at its peak learning rate with no warm-up,
-    a step can blow the model up (SOAP's loss reaches ~3000 in 3 steps at cpu-l), and the overflowing
-    activations then slow the forward and backward passes by a third, inflating the step it is
-    compared with."""
-    total, inner, first = [], [], 0.0
-    curvature = getattr(opt, "curvature_step", None)
-    params = list(model.parameters())
-    initial = [p.detach().clone() for p in params]
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        if curvature is not None:
-            curvature(i, model, x[:, :-1])
-        with autocast():
-            loss = loss_fn(model, model.trunk(x[:, :-1]), x[:, 1:])
-        loss.backward()
-        t1 = time.perf_counter()
-        opt.step()
-        t2 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            torch._foreach_copy_(params, initial)
-        if i >= 2:
-            total.append(t2 - t0)
-            inner.append(t2 - t1)
-        elif i == 0:
-            first = t2 - t0
-    average = (lambda xs: sum(xs) / len(xs)) if mean else _median
-    return average(total), average(inner), first
-
-
-def _median(xs: list[float]) -> float:
-    return sorted(xs)[len(xs) // 2]
 
 
 def build_optimizer(name: str, model, scale_name: str, **overrides):
@@ -116,12 +66,12 @@ def training_throughput(scale_name: str, steps: int) -> dict[str, Any]:
     for name, precision, autocast, compiled in (("fp32", "fp32", nullcontext, False),
                                                 ("fp32-compiled", "fp32", nullcontext, True),
                                                 ("bf16", "bf16", bf16, False)):
-        scale, model, x = _model_and_batch(scale_name)
+        scale, model, x = model_and_batch(scale_name)
         if compiled:  # as a fresh process would: no graphs from the previous scale's shapes
             torch._dynamo.reset()
         loss_fn = compile_model(model) if compiled else head_loss
         opt = build_optimizer("adamw", model, scale_name)
-        step_s, _, first_s = _timed_steps(model, opt, x, steps, autocast, loss_fn)
+        step_s, _, first_s = timed_steps(model, opt, x, steps, autocast, loss_fn)
         tokens_s = x.size(0) * scale.seq_len / step_s
         flops = tokens_s * flops_per_token(scale, VOCAB)
         out[name] = {"tokens_per_s": tokens_s, "flops_per_s": flops, "precision": precision,
@@ -145,9 +95,9 @@ def compile_seconds(scale_name: str, threads: int) -> float:
 
 
 def _first_step_extra(scale_name: str) -> float:
-    _, model, x = _model_and_batch(scale_name)
+    _, model, x = model_and_batch(scale_name)
     loss_fn = compile_model(model)
-    step_s, _, first_s = _timed_steps(model, build_optimizer("adamw", model, scale_name), x, 3, loss_fn=loss_fn)
+    step_s, _, first_s = timed_steps(model, build_optimizer("adamw", model, scale_name), x, 3, loss_fn=loss_fn)
     return first_s - step_s
 
 
@@ -167,9 +117,9 @@ def optimizer_overheads(scale_name: str, steps: int, names: list[str]) -> dict[s
 
 
 def _overhead(name: str, scale_name: str, steps: int, mean: bool = False, **overrides) -> dict[str, Any]:
-    scale, model, x = _model_and_batch(scale_name)
+    scale, model, x = model_and_batch(scale_name)
     opt = build_optimizer(name, model, scale_name, **overrides)
-    step_s, opt_s, _ = _timed_steps(model, opt, x, steps, mean=mean)
+    step_s, opt_s, _ = timed_steps(model, opt, x, steps, mean=mean)
     return {"optimizer_step_ms": 1000 * opt_s, "training_step_ms": 1000 * step_s,
             "share_of_training_step": opt_s / step_s, "state_bytes": state_bytes(opt)}
 
@@ -196,7 +146,7 @@ def newton_schulz_efficiency(scale_name: str, repeats: int = 10) -> dict[str, An
     """Muon's orthogonalisation of every hidden matrix of the scale (batched by shape, as the
     optimizer runs it): its time, and its FLOPs by the precision each matrix is orthogonalised in
     (newton_schulz.ns_dtype: bf16 from 64-wide matrices up)."""
-    _, model, _ = _model_and_batch(scale_name)
+    _, model, _ = model_and_batch(scale_name)
     grads = [torch.randn_like(t.param) for t in model.tagged_parameters() if t.role == Role.HIDDEN]
     seconds = best_time(lambda: orthogonalise(grads, NS_STEPS, 1e-7), repeats)
     flops = {p: sum(_ns_flops(*g.shape) for g in grads if _precision(g) == p) for p in ("fp32", "bf16")}

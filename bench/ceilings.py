@@ -11,9 +11,8 @@ shapes gets there on this machine.
 """
 from __future__ import annotations
 
-import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,17 +20,7 @@ import torch.nn.functional as F
 from bench.estimate import flops_per_token
 from bench.optimizers.newton_schulz import NS_COEFFICIENTS
 from bench.scales import get_scale
-
-
-def best_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Best-of wall time of fn() in seconds, after one warm-up call."""
-    fn()  # first-call allocations and kernel selection
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from bench.timing import best_time
 
 
 def _linear_ms(tokens: int, fan_in: int, fan_out: int, repeats: int) -> float:

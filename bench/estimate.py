@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import torch
-import torch.nn.functional as F
 
-from bench.model import LlamaModel
 from bench.paths import cache_dir
 from bench.scales import Scale, get_scale
+from bench.timing import VOCAB, model_and_batch, timed_steps
+
 
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-CALIBRATION_VOCAB = 512
 LARGEST_CPU_SCALE = "cpu-l"
 
 
-def flops_per_token(scale: Scale, vocab_size: int = CALIBRATION_VOCAB) -> float:
+def flops_per_token(scale: Scale, vocab_size: int = VOCAB) -> float:
     """Training FLOPs per token (Kaplan et al. 2020): 6 x weights (head included) + attention scores."""
     weights = scale.non_embedding_params + vocab_size * scale.hidden
     return 6.0 * weights + 6.0 * scale.layers * scale.seq_len * scale.hidden
@@ -59,22 +57,12 @@ def achieved_flops(scale_name: str, threads: int | None = None, refresh: bool = 
 
 
 def _measure(scale: Scale, steps: int = 5) -> float:
-    """FLOP/s at the median of `steps` steps after a warm-up one, so that a burst of other load
-    during one step does not go into the cache."""
-    torch.manual_seed(0)
-    model = LlamaModel(scale, CALIBRATION_VOCAB)
+    """FLOP/s at the median of `steps` fused-AdamW training steps, timed as `optbench bench` times
+    them (bench.timing), so that a burst of other load during one step does not go into the cache."""
+    _, model, x = model_and_batch(scale.name)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    x = torch.randint(0, CALIBRATION_VOCAB, (scale.default_batch, scale.seq_len + 1))
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    median = sorted(times[1:])[steps // 2]
-    return scale.default_batch * scale.seq_len * flops_per_token(scale) / median
+    step_s, _, _ = timed_steps(model, opt, x, steps)
+    return x.size(0) * scale.seq_len * flops_per_token(scale) / step_s
 
 
 def run_seconds(scale: Scale, ratio: float, threads: int | None = None) -> float:
