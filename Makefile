@@ -15,7 +15,7 @@ WORKERS    ?= 2
 MAX_TRIALS ?= 5
 SWEEP_ARGS ?=
 
-.PHONY: setup run test sweep reproduce regress bench bench-gpu clean
+.PHONY: setup lint run test test-fast sweep reproduce regress bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -29,6 +29,9 @@ setup: $(STAMP)
 
 run: $(STAMP)  ## one run on the smallest CPU scale, stored under results/
 	$(OPTBENCH) run --optimizer adamw --scale cpu-xs --ratio 1
+
+lint: $(STAMP)  ## the import layers of pyproject.toml ([tool.importlinter])
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from bench.errors import UserError
+from bench.study import APPROX_BEST_TOL, REFERENCE_OPTIMIZER
 
 RUN_COLUMNS = ("optimizer", "scale", "ratio", "seed", "status", "final_loss", "hparams")
-APPROX_BEST_TOL = 3e-3  # the study's "approximately best": within 3e-3 of the best loss
 CELL_KEYS = ["optimizer", "scale", "ratio"]
 
 
@@ -42,9 +42,9 @@ def as_dict(hparams: Any) -> dict:
     return dict(hparams) if isinstance(hparams, dict) else {}
 
 
-def config_key(hparams: dict) -> str:
+def config_key(hparams: Mapping[str, Any]) -> str:
     """A canonical text form of a hyperparameter dict: equal configs give equal keys."""
-    return json.dumps(hparams, sort_keys=True, default=str)
+    return json.dumps(dict(hparams), sort_keys=True, default=str)
 
 
 def ok_mask(runs: pd.DataFrame) -> pd.Series:
@@ -73,7 +73,7 @@ def summarize_cells(runs: pd.DataFrame) -> pd.DataFrame:
 def sort_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """AdamW first, then optimizers by name; scales by size; ratios ascending."""
     scales = scale_order(frame)
-    return (frame.assign(_opt=frame["optimizer"].map(lambda o: (o != "adamw", o)),
+    return (frame.assign(_opt=frame["optimizer"].map(lambda o: (o != REFERENCE_OPTIMIZER, o)),
                          _scale=frame["scale"].map(scales.index))
             .sort_values(["_opt", "_scale", "ratio"]).drop(columns=["_opt", "_scale"])
             .reset_index(drop=True))

@@ -18,6 +18,7 @@ from analysis.speedups import SpeedupOptions, SpeedupResult, estimate_speedups
 from analysis.tables import build_tables, write_table
 from bench.errors import UserError
 
+
 @dataclass(frozen=True)
 class AnalysisOptions:
     """speedup: how speedups are estimated; headline_ratio: the ratio of the headline figure

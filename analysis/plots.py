@@ -15,13 +15,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window (CI and servers have no display)
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from analysis.cells import scale_order  # noqa: E402
 from analysis.fit import PowerLawFit  # noqa: E402
+from bench.study import REFERENCE_OPTIMIZER
 
 FORMATS = ("png", "pdf")
 DIVERGED_Y = 1.0  # where a diverged ablation sits on the sensitivity plots (loss above best)
@@ -38,7 +39,7 @@ def save(fig: plt.Figure, stem: Path) -> list[Path]:
     return paths
 
 
-def optimizer_colors(optimizers, baseline: str = "adamw") -> dict[str, tuple]:
+def optimizer_colors(optimizers, baseline: str = REFERENCE_OPTIMIZER) -> dict[str, tuple]:
     """A fixed colour per optimizer (the baseline black), stable across figures."""
     others = sorted(set(optimizers) - {baseline})
     cmap = plt.get_cmap("tab10" if len(others) <= 10 else "tab20")
@@ -48,7 +49,7 @@ def optimizer_colors(optimizers, baseline: str = "adamw") -> dict[str, tuple]:
 
 
 def speedup_vs_scale(speedups: pd.DataFrame, ratios: list[float], stem: Path, level: float,
-                     baseline: str = "adamw") -> list[Path]:
+                     baseline: str = REFERENCE_OPTIMIZER) -> list[Path]:
     """Speedup vs non-embedding parameters, one panel per ratio, one line per optimizer."""
     scales = scale_order(speedups)
     x_of = _scale_positions(speedups, scales)
@@ -99,7 +100,7 @@ def _speedup_line(ax, rows: pd.DataFrame, x: pd.Series, color) -> None:
 
 
 def loss_vs_data(cells: pd.DataFrame, fits: dict[str, PowerLawFit], stem: Path,
-                 baseline: str = "adamw") -> list[Path]:
+                 baseline: str = REFERENCE_OPTIMIZER) -> list[Path]:
     """Per scale: every optimizer's loss vs data ratio, and AdamW's fitted law."""
     scales = scale_order(cells)
     colors = optimizer_colors(cells["optimizer"], baseline)

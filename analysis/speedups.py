@@ -26,6 +26,7 @@ from analysis.bootstrap import Intervals, Observed, speedup_intervals
 from analysis.cells import scale_order
 from analysis.fit import FitError, PowerLawFit, fit_power_law
 from bench.errors import UserError
+from bench.study import REFERENCE_OPTIMIZER
 
 SPEEDUP_COLUMNS = ["optimizer", "scale", "ratio", "loss", "adamw_fit_loss", "speedup", "ci_low",
                    "ci_high", "extrapolated", "below_asymptote", "n_seeds", "uncertainty", "params",
@@ -38,7 +39,7 @@ FIT_COLUMNS = ["scale", "params", "alpha", "B", "beta", "fit_ratios", "n_points"
 class SpeedupOptions:
     """How speedups are estimated. fit_ratios None: every ratio AdamW has."""
 
-    baseline: str = "adamw"
+    baseline: str = REFERENCE_OPTIMIZER
     fit_ratios: tuple[float, ...] | None = None
     n_boot: int = 2000
     level: float = 0.9

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.cells import APPROX_BEST_TOL, scale_order
+from analysis.cells import scale_order
+from bench.study import APPROX_BEST_TOL
 
 EXTRAPOLATED_MARK = "*"
 # speedups.csv holds exactly these; speedup_vs_scale.csv adds the flags, seeds and notes
@@ -275,3 +276,13 @@ def _diff_text(best: dict, other: dict) -> str:
     keys = sorted(set(best) | set(other), key=str)
     diffs = [f"{k}={_value_text(other.get(k))}" for k in keys if best.get(k) != other.get(k)]
     return ", ".join(diffs) if diffs else "same config"
+
+
+def format_frame(frame: pd.DataFrame) -> str:
+    """A plain-text table for the terminal."""
+    text = frame.astype(str)
+    widths = [max(len(c), *(len(v) for v in text[c])) for c in text.columns]
+    line = "  ".join(c.ljust(w) for c, w in zip(text.columns, widths))
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths))
+            for row in text.itertuples(index=False)]
+    return "\n".join([line, "  ".join("-" * w for w in widths), *body])

@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from bench.spec import RunResult, RunSpec
-from sweeps.grid import Config, config_id
+from analysis.cells import config_key
+from bench.run.spec import RunResult, RunSpec
+from bench.study import APPROX_BEST_TOL
+from sweeps.grid import Config
 from sweeps.plan import Cell
-from sweeps.protocol import TuningProtocol
-
-APPROX_BEST_TOL = 3e-3  # the study's "approximately best": within 3e-3 of the best loss
+from sweeps.protocols.base import TuningProtocol
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ class CellTuning:
         self.reused += reused
         self.trained += not reused
         if request.seed == 0:
-            self.configs[config_id(request.config)] = request.config
-            self.losses[config_id(request.config)] = loss_of(result)
+            self.configs[config_key(request.config)] = request.config
+            self.losses[config_key(request.config)] = loss_of(result)
 
     def best_config(self) -> Config | None:
         """The lowest seed-0 loss (ties: the smaller config id, so a resume picks the same)."""

@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable
 from itertools import chain, zip_longest
+from typing import Callable
 
-from bench.spec import RunResult
-from bench.store import ResultStore
+from bench.run.spec import RunResult
+from bench.store.database import ResultStore
 from sweeps.cell import CellTuning, Request
 from sweeps.progress import Progress
 from sweeps.record import StudyRecorder

@@ -6,19 +6,19 @@ default when the config becomes a RunSpec.
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Mapping
 
+from analysis.cells import config_key
+from bench.model.scales import get_scale
 from bench.optimizers import registry
-from bench.scales import get_scale
-from bench.spec import RunSpec
+from bench.run.spec import RunSpec
 
 Config = dict[str, Any]
 
 
 def load_grid(optimizer: str, ladder: str) -> dict[str, list]:
-    """The grid of `optimizer` for `ladder` ("cpu" or "paper"), from sweeps/spaces/<name>.json."""
+    """The grid of `optimizer` for `ladder` ("cpu" or "paper"), from <name>.json beside its optimizer module."""
     return {key: list(values) for key, values in registry.get(optimizer).space(ladder).items()}
 
 
@@ -61,18 +61,13 @@ def centre_out(choices: list, current: Any) -> list:
     return [choices[i] for i in order]
 
 
-def config_id(config: Mapping[str, Any]) -> str:
-    """A canonical text form: equal configs give equal ids."""
-    return json.dumps(dict(sorted(config.items())), default=str)
-
-
 def unique_configs(configs: list[Config]) -> list[Config]:
     """`configs` without repeats, first occurrence kept."""
     ids: set[str] = set()
     out = []
     for c in configs:
-        if config_id(c) not in ids:
-            ids.add(config_id(c))
+        if config_key(c) not in ids:
+            ids.add(config_key(c))
             out.append(c)
     return out
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from bench.estimate import achieved_flops, flops_per_token
-from bench.gpu_bench import measured_gpu_flops
-from bench.scales import get_scale
-from bench.spec import RunSpec
+from bench.model.flops import flops_per_token
+from bench.model.scales import get_scale
+from bench.run.estimate import achieved_flops, measured_gpu_flops
+from bench.run.spec import RunSpec
 from sweeps.grid import Config
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TextIO
 
-from bench.spec import RunResult
+from bench.run.spec import RunResult
 from sweeps.cell import CellTuning, Request, loss_of
 
 

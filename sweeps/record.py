@@ -18,7 +18,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from bench.paths import results_dir
-from bench.spec import RunResult
+from bench.run.spec import RunResult
 from sweeps.cell import CellTuning, Request, loss_of
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.cells import summarize_cells
-from analysis.reproduce import format_frame
 from analysis.speedups import SpeedupOptions, estimate_speedups
+from analysis.tables import format_frame
+from bench.study import REFERENCE_OPTIMIZER
 from sweeps.cell import CellTuning
 
 
@@ -59,7 +60,7 @@ def speedup_section(runs: pd.DataFrame) -> str:
     """Speedup over AdamW per ratio, or why there is none."""
     if not len(runs) or not np.isfinite(pd.to_numeric(runs["final_loss"], errors="coerce")).any():
         return "Speedup over AdamW: no finished runs."
-    if "adamw" not in set(runs["optimizer"]):
+    if REFERENCE_OPTIMIZER not in set(runs["optimizer"]):
         return "Speedup over AdamW: needs AdamW in the sweep (add it to --optimizers)."
     result = estimate_speedups(summarize_cells(runs), SpeedupOptions())
     lines = [f"note: {n}" for n in result.notes]

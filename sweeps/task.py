@@ -9,8 +9,8 @@ from typing import Any
 
 
 def train_task(spec: dict[str, Any], threads: int, micro_batch: int = 0, compile: bool = False) -> dict[str, Any]:
-    from bench.spec import RunSpec
-    from bench.train import RunOptions, run
+    from bench.run.spec import RunSpec
+    from bench.run.train import RunOptions, run
 
     options = RunOptions(threads=threads, progress=False, micro_batch=micro_batch, compile=compile)
     return run(RunSpec.from_dict(spec), options).to_dict()

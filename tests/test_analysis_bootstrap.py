@@ -2,7 +2,12 @@
 import numpy as np
 import pytest
 
-from analysis.bootstrap import Observed, percentile_interval, perturbations, speedup_intervals
+from analysis.bootstrap import (
+    Observed,
+    percentile_interval,
+    perturbations,
+    speedup_intervals,
+)
 from analysis.fit import fit_power_law, power_law
 
 ALPHA, B, BETA = 0.42, 0.5, 3.1

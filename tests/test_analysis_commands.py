@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.commands import analyze_runs, register
 from analysis.fit import power_law
-from analysis.ingest_paper import DEFAULT_DATA_DIR
+from analysis.paper.ingest import DEFAULT_DATA_DIR
 from bench.cli import main
+from bench.cli.analysis import analyze_runs, register
 from bench.errors import UserError
 
 RESULTS = DEFAULT_DATA_DIR / "Analysis" / "Results"

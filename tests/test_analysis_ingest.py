@@ -5,7 +5,12 @@ import shutil
 
 import pytest
 
-from analysis.ingest_paper import DEFAULT_DATA_DIR, RUN_FRAME_COLUMNS, load_paper_runs, parse_value
+from analysis.paper.ingest import (
+    DEFAULT_DATA_DIR,
+    RUN_FRAME_COLUMNS,
+    load_paper_runs,
+    parse_value,
+)
 from bench.errors import UserError
 
 RESULTS = DEFAULT_DATA_DIR / "Analysis" / "Results"

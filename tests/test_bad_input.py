@@ -7,12 +7,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bench.cli import main
-from bench.corpus import parse_sources
+from bench.data.corpus import parse_sources
 from bench.errors import UserError
+from bench.model.scales import _ALIASES, SCALES
 from bench.optimizers.registry import OptimizerDef, all_optimizers, get
-from bench.scales import SCALES, _ALIASES
-from bench.spec import RunSpec
-from bench.store import ResultStore
+from bench.run.spec import RunSpec
+from bench.store.database import ResultStore
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)

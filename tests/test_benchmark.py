@@ -4,7 +4,7 @@ import json
 import math
 
 from bench import cli
-from bench.bench_goals import HEAVY, check_goals
+from bench.perf.goals import HEAVY, check_goals
 
 
 def test_bench_writes_every_figure_and_checks_the_goals(tmp_path, monkeypatch, capsys):

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.spec import RunSpec
-from bench.train import RunOptions, run
+from bench.run.spec import RunSpec
+from bench.run.train import RunOptions, run
 
 ARGS = ["run", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "0.3", "--threads", "2", "--json"]
 

@@ -24,7 +24,7 @@ def test_run_prints_json_and_stores_the_result_once(store_url):
     again = json.loads(_run("run", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "0.15",
                             "--json", store=store_url).stdout)
     assert again["run_key"] == out["run_key"]  # lr=8e-3 is the default: the same run, read back
-    from bench.store import ResultStore
+    from bench.store.database import ResultStore
 
     assert len(ResultStore(store_url).frame()) == 1
 

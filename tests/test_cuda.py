@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bench.optimizers.registry import all_optimizers
-from bench.spec import RunSpec
-from bench.train import RunOptions, run
+from bench.run.spec import RunSpec
+from bench.run.train import RunOptions, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from bench.corpus import Source, load_documents, parse_sources
-from bench.data import Batches, _held_out, load_data, token_buckets, unigram_loss
+from bench.data.corpus import Source, load_documents, parse_sources
+from bench.data.tokens import Batches, _held_out, load_data, token_buckets, unigram_loss
 from bench.errors import UserError
 
 

@@ -2,8 +2,9 @@
 import json
 import math
 
-from bench.estimate import achieved_flops, flops_per_token, run_seconds
-from bench.scales import get_scale
+from bench.model.flops import flops_per_token
+from bench.model.scales import get_scale
+from bench.run.estimate import achieved_flops, run_seconds
 
 
 def test_throughput_is_measured_per_scale_and_thread_count_and_cached(tmp_path, monkeypatch):

@@ -2,8 +2,9 @@
 hits, and a mistyped rule is bad input (exit code 2, one line), never a silently healthy run."""
 import pytest
 
-from bench import cli, faults
-from bench.spec import RunSpec
+from bench import cli
+from bench.run import faults
+from bench.run.spec import RunSpec
 
 
 def fields(lr=0.008, seed=0, optimizer="adamw"):

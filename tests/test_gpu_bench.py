@@ -7,9 +7,14 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.estimate import flops_per_token
-from bench.gpu_bench import datasheet_peak, format_report, run_gpu_benchmarks, write_report
-from bench.scales import get_scale
+from bench.model.flops import flops_per_token
+from bench.model.scales import get_scale
+from bench.perf.gpu import (
+    datasheet_peak,
+    format_report,
+    run_gpu_benchmarks,
+    write_report,
+)
 from sweeps.plan import seconds_per_token
 
 pytestmark = pytest.mark.usefixtures("two_threads")

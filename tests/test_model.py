@@ -1,8 +1,8 @@
 import torch
 
-from bench.model import LlamaModel
+from bench.model.llama import LlamaModel
+from bench.model.scales import get_scale
 from bench.roles import Role
-from bench.scales import get_scale
 
 
 def _model(vocab=64):
@@ -41,7 +41,7 @@ def test_max_logit_tracking_matches_a_direct_computation():
     with torch.no_grad():
         model(x)
         h = model.layers[0].attn_norm(model.embed(x))
-        from bench.model import apply_rotary
+        from bench.model.llama import apply_rotary
 
         q = apply_rotary(attn._heads(attn.wq(h)), model.rope_cos, model.rope_sin)
         k = apply_rotary(attn._heads(attn.wk(h)), model.rope_cos, model.rope_sin)
@@ -53,7 +53,7 @@ def test_max_logit_tracking_matches_a_direct_computation():
 
 
 def test_rotary_is_the_half_split_rotation_bitwise_and_depends_on_relative_position_only():
-    from bench.model import apply_rotary, rotary_tables
+    from bench.model.llama import apply_rotary, rotary_tables
 
     head_dim, t = 8, 6
     cos, sin = rotary_tables(t, head_dim)

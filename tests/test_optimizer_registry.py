@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.model import LlamaModel
+from bench.model.llama import LlamaModel
+from bench.model.scales import get_scale
 from bench.optimizers.registry import TRAIN_KEYS, all_optimizers
 from bench.roles import Role
-from bench.scales import get_scale
-from bench.spec import RunSpec
-from bench.train import RunOptions, run
+from bench.run.spec import RunSpec
+from bench.run.train import RunOptions, run
 
 NAMES = [o.name for o in all_optimizers()]
 STUDY = {"adamw", "nadamw", "mars", "cautious", "lion", "adam_mini", "muon", "scion", "kron", "soap", "sophia"}

@@ -11,10 +11,10 @@ import pytest
 
 from bench import cli
 from bench.errors import UserError
-from sweeps import regress_baseline as files
-from sweeps.regress import Layout, check, new_baseline, updated
-from sweeps.regress_report import format_table
-from sweeps.regress_stats import CheckOptions
+from sweeps.regress import baseline as files
+from sweeps.regress.check import Layout, check, new_baseline, updated
+from sweeps.regress.report import format_table
+from sweeps.regress.stats import CheckOptions
 
 SPEEDUPS = {"muon": 1.8, "lion": 1.1, "soap": 1.5}
 LAYOUT = Layout(optimizers=("adamw", *SPEEDUPS))

@@ -19,10 +19,10 @@ import pytest
 
 from bench import cli
 from bench.optimizers import registry
-from bench.spec import RunSpec
-from sweeps import regress_baseline as files
-from sweeps.regress import Layout, measure, new_baseline, updated
-from sweeps.regress_runs import train_all
+from bench.run.spec import RunSpec
+from sweeps.regress import baseline as files
+from sweeps.regress.check import Layout, measure, new_baseline, updated
+from sweeps.regress.runs import train_all
 
 LAYOUT = Layout(seeds=(0, 1, 2), threads=1, reference_ratios=(0.1, 0.2, 0.4), ratios=(0.4,),
                 optimizers=("adamw", "lion"), ratios_of=())

@@ -1,7 +1,7 @@
 import pytest
 
 from bench.errors import UserError
-from bench.scales import SCALES, get_scale
+from bench.model.scales import SCALES, get_scale
 
 
 @pytest.mark.parametrize("name,params", [("0.1B", 134_217_728), ("0.3B", 301_989_888),

@@ -1,6 +1,6 @@
 import pytest
 
-from bench.schedules import lr_multiplier
+from bench.run.schedules import lr_multiplier
 
 
 def test_linear_warmup_reaches_peak_then_cosine_decays_to_min_ratio():

@@ -1,7 +1,7 @@
 import pytest
 
 from bench.errors import UserError
-from bench.spec import RunResult, RunSpec
+from bench.run.spec import RunResult, RunSpec
 
 
 def test_run_key_is_stable_and_resolves_defaults():

@@ -1,9 +1,9 @@
-import sqlalchemy as sa
 import pytest
+import sqlalchemy as sa
 
 from bench.errors import UserError
-from bench.spec import RunResult, RunSpec
-from bench.store import ResultStore
+from bench.run.spec import RunResult, RunSpec
+from bench.store.database import ResultStore
 
 
 def _result(seed=0, loss=3.0, status="ok"):

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from bench.errors import UserError
-from bench.spec import RunResult, RunSpec
-from bench.store import ResultStore
+from bench.run.spec import RunResult, RunSpec
+from bench.store.database import ResultStore
 
 
 def _result(seed: int, loss: float = 3.0) -> RunResult:

@@ -3,8 +3,8 @@ as one line with exit code 2. (Nothing here starts Ray; tests/test_sweep_ray.py 
 import pytest
 
 from bench.cli import main
-from bench.scales import get_scale
-from sweeps.commands import DEFAULT_MAX_TRIALS, parse_optimizers, parse_ratios
+from bench.cli.sweep import DEFAULT_MAX_TRIALS, parse_optimizers, parse_ratios
+from bench.model.scales import get_scale
 
 
 def sweep(*args, store_url):

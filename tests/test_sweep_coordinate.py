@@ -3,8 +3,8 @@ when it stops, and that it is a pure function of the losses (what makes a sweep 
 import json
 import math
 
-from sweeps.coordinate import CoordinateDescent
-from sweeps.grid import config_id
+from analysis.cells import config_key
+from sweeps.protocols.coordinate import CoordinateDescent
 
 GRID = {"learning_rate": [0.001, 0.002, 0.004, 0.008, 0.016], "warmup": [0.0, 0.05, 0.1],
         "beta2": [0.9, 0.95, 0.99]}
@@ -24,7 +24,7 @@ def drive(protocol, loss=bowl):
     while (batch := protocol.propose(losses)) is not None:
         batches.append(batch)
         for c in batch:
-            losses[config_id(c)] = loss(c)
+            losses[config_key(c)] = loss(c)
     return losses, batches
 
 
@@ -35,7 +35,7 @@ def best(losses):
 def test_finds_the_optimum_of_a_separable_loss_and_stops():
     cd = CoordinateDescent(GRID, START, ORDER, budget=100)
     losses, _ = drive(cd)
-    assert best(losses) == (config_id({"learning_rate": 0.016, "warmup": 0.1, "beta2": 0.99}), 0.0)
+    assert best(losses) == (config_key({"learning_rate": 0.016, "warmup": 0.1, "beta2": 0.99}), 0.0)
     # pass 1 sweeps every key (start + 4 + 2 + 2); pass 2 re-sweeps lr and warmup around the moved
     # centre (4 + 2 new configs; beta2's are known) and moves nothing, so the walk ends
     assert len(losses) == 1 + 4 + 2 + 2 + 4 + 2
@@ -78,7 +78,7 @@ def test_replaying_partial_losses_asks_for_exactly_the_missing_configs():
     full, batches = drive(CoordinateDescent(GRID, START, ORDER, budget=100))
     # interrupted halfway through the third step: only two of its runs had finished
     known = [c for b in batches[:2] for c in b] + batches[2][:1]
-    partial = {config_id(c): full[config_id(c)] for c in known}
+    partial = {config_key(c): full[config_key(c)] for c in known}
     again = CoordinateDescent(GRID, START, ORDER, budget=100).propose(partial)
     assert again == batches[2][1:]
 

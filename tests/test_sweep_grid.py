@@ -1,5 +1,6 @@
 """Grids: the start point snapped onto the grid, the coordinate order, centre-out candidates."""
-from sweeps.grid import centre_out, config_id, importance_order, load_grid, snap, start_config
+from analysis.cells import config_key
+from sweeps.grid import centre_out, importance_order, load_grid, snap, start_config
 
 
 def test_snap_takes_the_nearest_grid_value_on_a_log_scale():
@@ -41,4 +42,4 @@ def test_start_config_is_the_defaults_on_the_cpu_grid_with_the_scale_batch():
 def test_paper_scales_use_the_paper_grid():
     grid = load_grid("adamw", "paper")
     assert start_config("adamw", "0.1B", grid)["train_batch_size"] == 128
-    assert config_id({"b": 1, "a": 2}) == config_id({"a": 2, "b": 1})
+    assert config_key({"b": 1, "a": 2}) == config_key({"a": 2, "b": 1})

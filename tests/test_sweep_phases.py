@@ -4,13 +4,13 @@ import pandas as pd
 import pytest
 
 from bench.errors import UserError
-from bench.scales import get_scale
-from bench.spec import RunSpec
-from sweeps.coordinate import CoordinateDescent
-from sweeps.phases import make_protocol, study_keys, tuned_cells
+from bench.model.scales import get_scale
+from bench.run.spec import RunSpec
 from sweeps.plan import Cell
-from sweeps.protocol import FixedConfig
-from sweeps.samplers import SamplerSearch
+from sweeps.protocols.base import FixedConfig
+from sweeps.protocols.coordinate import CoordinateDescent
+from sweeps.protocols.phases import make_protocol, study_keys, tuned_cells
+from sweeps.protocols.samplers import SamplerSearch
 
 
 def frame(rows):

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bench.store import ResultStore
+from bench.store.database import ResultStore
 from sweeps.record import open_storage
 
 STARTED = re.compile(r"started  .* run ([0-9a-f]{20})")

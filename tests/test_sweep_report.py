@@ -2,7 +2,7 @@
 there is no speedup."""
 import pandas as pd
 
-from bench.scales import get_scale
+from bench.model.scales import get_scale
 from sweeps.report import speedup_section
 
 

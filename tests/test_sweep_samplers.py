@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from sweeps.grid import config_id
-from sweeps.samplers import ROUND_SIZE, SamplerSearch
+from analysis.cells import config_key
+from sweeps.protocols.samplers import ROUND_SIZE, SamplerSearch
 
 GRID = {"learning_rate": [0.001, 0.002, 0.004, 0.008, 0.016, 0.032], "warmup": [0.0, 0.05, 0.1],
         "clip": [0.0, 1.0]}
@@ -21,7 +21,7 @@ def drive(search, until=None):
     while (batch := search.propose(losses)) is not None:
         asked += batch
         for c in batch[: None if until is None else max(0, until - len(losses))]:
-            losses[config_id(c)] = loss(c)
+            losses[config_key(c)] = loss(c)
         if until is not None and len(losses) >= until:
             break
     return losses, asked
@@ -31,14 +31,14 @@ def drive(search, until=None):
 def test_runs_the_budget_of_distinct_configs_starting_at_the_baseline(sampler):
     losses, asked = drive(SamplerSearch(sampler, GRID, START, budget=6))
     assert asked[0] == START
-    assert len(losses) == 6 and len({config_id(c) for c in asked}) == 6
+    assert len(losses) == 6 and len({config_key(c) for c in asked}) == 6
     assert all(c[k] in GRID[k] for c in asked for k in GRID)
 
 
 def test_replay_after_an_interruption_proposes_the_same_configs():
     full, asked = drive(SamplerSearch("tpe", GRID, START, budget=10))
     # a fresh search told only the runs of the first round plus one: asks for the rest of round 2
-    partial = {config_id(c): full[config_id(c)] for c in asked[:ROUND_SIZE + 1]}
+    partial = {config_key(c): full[config_key(c)] for c in asked[:ROUND_SIZE + 1]}
     again = SamplerSearch("tpe", GRID, START, budget=10)
     assert again.propose(partial) == asked[ROUND_SIZE + 1:2 * ROUND_SIZE]
 
@@ -48,7 +48,7 @@ def test_a_diverged_run_before_any_finished_one_does_not_stop_the_search():
     losses = {}
     while (batch := search.propose(losses)) is not None:
         for c in batch:
-            losses[config_id(c)] = math.inf if c["learning_rate"] >= 0.004 and len(losses) < 4 else loss(c)
+            losses[config_key(c)] = math.inf if c["learning_rate"] >= 0.004 and len(losses) < 4 else loss(c)
     assert len(losses) == 8
 
 

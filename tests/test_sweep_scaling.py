@@ -1,7 +1,7 @@
 """Phase III: fitting h(N, D) = A * N^B * D^C + E over tuned cells and predicting a new cell."""
 import pytest
 
-from sweeps.scaling import TunedCell, fit_hparam, nearest_cell, predict_config
+from sweeps.protocols.scaling import TunedCell, fit_hparam, nearest_cell, predict_config
 
 SCALES = [1e5, 3e5, 1e6]
 RATIOS = [1, 2, 4, 8]

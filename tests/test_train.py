@@ -1,8 +1,8 @@
 """Real runs of the smallest CPU scale (short budgets keep them to seconds)."""
 import time
 
-from bench.spec import RunSpec
-from bench.train import RunOptions, run
+from bench.run.spec import RunSpec
+from bench.run.train import RunOptions, run
 
 
 def test_same_spec_gives_the_same_final_loss_to_the_last_bit():

@@ -17,7 +17,12 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from bench.optimizers.adam_moments import adam_direction, decoupled_step, group_tensors, run_closure
+from bench.optimizers.adam_moments import (
+    adam_direction,
+    decoupled_step,
+    group_tensors,
+    run_closure,
+)
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam

@@ -20,7 +20,7 @@ from bench.roles import Role, TaggedParam
 TRAIN_KEYS = ("learning_rate", "warmup", "lr_schedule", "decay", "min_lr_ratio", "max_grad_norm",
               "train_batch_size")
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "sweeps" / "spaces"
+SPACES_DIR = Path(__file__).resolve().parent  # <name>.json beside <name>.py
 
 Builder = Callable[[list[TaggedParam], Mapping[str, Any], torch.nn.Module], torch.optim.Optimizer]
 
@@ -46,7 +46,7 @@ class OptimizerDef:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def space(self, ladder: str = "cpu") -> dict[str, list]:
-        """The search grid for `ladder` ("cpu" or "paper") from sweeps/spaces/<name>.json."""
+        """The search grid for `ladder` ("cpu" or "paper") from <name>.json beside its module."""
         path = SPACES_DIR / f"{self.name}.json"
         if not path.exists():
             raise UserError(f"no search space file for optimizer {self.name!r}: {path}")

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.model import LlamaModel
+from bench.model.llama import LlamaModel
+from bench.model.scales import Scale
 from bench.optimizers.registry import TRAIN_KEYS, get
 from bench.roles import Role, TaggedParam
-from bench.scales import Scale
 
 TINY = Scale("test-tiny", "cpu", hidden=16, intermediate=32, layers=2, heads=2, seq_len=8, default_batch=4)
 VOCAB = 32

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.model import LlamaModel
+from bench.model.llama import LlamaModel
+from bench.model.scales import Scale
 from bench.optimizers.registry import get
-from bench.scales import Scale
 
 TINY = Scale("test-tiny", "cpu", hidden=16, intermediate=32, layers=3, heads=2, seq_len=8,
              default_batch=4)

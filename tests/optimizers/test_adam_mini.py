@@ -8,8 +8,18 @@ from adam_mini import Adam_mini
 
 from bench.optimizers.registry import get
 from bench.roles import Role, TaggedParam
-from .adam_family_testkit import (TINY, VOCAB, assert_registered, assert_resume_is_bitwise, build,
-                                  random_grads, step_with, tiny_model, train)
+
+from .adam_family_testkit import (
+    TINY,
+    VOCAB,
+    assert_registered,
+    assert_resume_is_bitwise,
+    build,
+    random_grads,
+    step_with,
+    tiny_model,
+    train,
+)
 
 HP = {"learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.95, "epsilon": 1e-8, "weight_decay": 0.1}
 

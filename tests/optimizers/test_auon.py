@@ -8,7 +8,14 @@ import torch
 from bench.optimizers.auon import AuON, cosh_rms_normalise
 from bench.optimizers.hybrid import HybridOptimizer
 from bench.roles import Role
-from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
+
+from .muon_testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    build,
+    tiny_model,
+    train,
+)
 
 NS = (3.4445, -4.7750, 2.0315)
 

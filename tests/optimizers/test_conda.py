@@ -5,8 +5,13 @@ import torch
 from bench.optimizers.conda import Conda
 from bench.roles import Role
 
-from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
-
+from .muon_testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    build,
+    tiny_model,
+    train,
+)
 
 # tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores
 pytestmark = pytest.mark.usefixtures("one_thread")

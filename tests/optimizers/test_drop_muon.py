@@ -8,7 +8,13 @@ from bench.optimizers.drop_muon import DropMuon, block_layers
 from bench.optimizers.muon import Muon
 from bench.roles import Role
 
-from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
+from .muon_testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    build,
+    tiny_model,
+    train,
+)
 
 
 def _layers(n_layers=4, per_layer=2, seed=0):

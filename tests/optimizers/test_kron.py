@@ -4,10 +4,22 @@ import math
 import pytest
 import torch
 
-from bench.optimizers.kron import DAMPING, SEED, Kron, norm_lower_bound, update_fraction, update_probability
+from bench.optimizers.kron import (
+    DAMPING,
+    SEED,
+    Kron,
+    norm_lower_bound,
+    update_fraction,
+    update_probability,
+)
 
-from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
-
+from .muon_testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    build,
+    tiny_model,
+    train,
+)
 
 # tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,8 +7,17 @@ from lion_pytorch import Lion as ReferenceLion
 
 from bench.optimizers.registry import get
 from bench.roles import Role
-from .adam_family_testkit import (assert_registered, assert_resume_is_bitwise, build, random_grads,
-                                  step_with, tagged, tiny_model, train)
+
+from .adam_family_testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    build,
+    random_grads,
+    step_with,
+    tagged,
+    tiny_model,
+    train,
+)
 
 SHAPES = {"w": (5, 4), "norm": (4,)}
 

@@ -5,7 +5,14 @@ import torch
 from bench.optimizers.common import make_adamw
 from bench.optimizers.registry import get
 from bench.roles import Role
-from .adam_family_testkit import assert_registered, assert_resume_is_bitwise, random_grads, step_with, tagged
+
+from .adam_family_testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    random_grads,
+    step_with,
+    tagged,
+)
 
 SHAPES = {"w": (5, 4), "v": (3, 4), "norm": (4,)}
 HP = {"learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.95, "epsilon": 1e-8, "gamma": 0.025,

@@ -6,7 +6,14 @@ import torch
 
 from bench.optimizers.muon import Muon, orthogonalise
 from bench.roles import Role
-from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
+
+from .muon_testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    build,
+    tiny_model,
+    train,
+)
 
 NS_BAND = (0.6, 1.25)  # where 5 quintic Newton-Schulz steps put every singular value
 

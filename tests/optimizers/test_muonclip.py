@@ -4,10 +4,16 @@ import math
 
 import torch
 
-from bench.model import Attention, rotary_tables
+from bench.model.llama import Attention, rotary_tables
 from bench.optimizers.muonclip import attention_modules, qk_clip
 
-from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
+from .muon_testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    build,
+    tiny_model,
+    train,
+)
 
 TAU = 100.0
 

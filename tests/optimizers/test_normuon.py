@@ -7,7 +7,13 @@ import torch
 from bench.optimizers.muon import Muon
 from bench.optimizers.normuon import NorMuon
 
-from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
+from .muon_testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    build,
+    tiny_model,
+    train,
+)
 
 
 def _reference_normuon(w0, grads, lr, momentum, beta2, weight_decay):

@@ -10,10 +10,17 @@ import torch
 from bench.optimizers.registry import SPACES_DIR, get
 from bench.optimizers.scion import NS_STEPS, ScionSpectral, Signum
 from bench.roles import Role
-from .muon_testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
+
+from .muon_testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    build,
+    tiny_model,
+    train,
+)
 
 NS10_BAND = (0.6, 1.25)  # ten quintic steps put random matrices' singular values in about [0.68, 1.13]
-STUDY = Path(__file__).resolve().parents[2] / "analysis" / "paper_data"  # the study's files, shipped
+STUDY = Path(__file__).resolve().parents[2] / "analysis" / "paper" / "data"  # the study's files, shipped
 
 
 def _zeropower_reference(x: torch.Tensor, steps: int, eps: float) -> torch.Tensor:

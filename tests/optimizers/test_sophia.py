@@ -6,8 +6,18 @@ import torch
 from bench.optimizers.registry import get
 from bench.optimizers.sophia import batch_hutchinson, gaussian_probes, hessian_vector
 from bench.roles import Role
-from .adam_family_testkit import (assert_registered, assert_resume_is_bitwise, batch, build, random_grads, step_with,
-                                  tagged, tiny_model, train)
+
+from .adam_family_testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    batch,
+    build,
+    random_grads,
+    step_with,
+    tagged,
+    tiny_model,
+    train,
+)
 
 HP = {"learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.95, "epsilon": 1e-7, "gamma": 0.05, "weight_decay": 0.1}
 

@@ -1,0 +1,1 @@
+"""The study's published results (data/) and their reproduction (`optbench reproduce`)."""

@@ -1,0 +1,145 @@
+"""The `optbench analyze` and `optbench reproduce` subcommands (bench/cli.py registers them).
+
+analyze: speedups, tables and figures from our results store.
+reproduce: the same from the study's published result files (analysis/paper_data/), printed
+beside the study's headline. Bad input raises bench.errors.UserError, which the CLI prints as one
+line (exit code 2); problems with single input files are warnings and the rest is analysed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.paper.ingest import DEFAULT_DATA_DIR
+from analysis.paper.reproduce import STUDY_FIT_RATIOS, STUDY_HEADLINE_RATIO, reproduce
+from analysis.pipeline import AnalysisOptions, AnalysisOutputs, run_analysis
+from analysis.speedups import SpeedupOptions, parse_ratios
+from analysis.tables import format_frame, speedup_wide
+from bench.errors import UserError
+from bench.paths import results_dir
+
+
+def register(subparsers) -> None:
+    """Add the `analyze` and `reproduce` subcommands to an argparse subparsers object."""
+    analyze = subparsers.add_parser(
+        "analyze", help="speedups, tables and plots from the results store",
+        description="Fit AdamW's loss vs data per scale, estimate every optimizer's speedup with "
+                    "bootstrap intervals, and write tables (Markdown, CSV, LaTeX) and figures.")
+    analyze.add_argument("--store", default=None,
+                         help="results store URL (default: OPTBENCH_STORE or the SQLite store "
+                              "under results/)")
+    analyze.add_argument("--out", type=Path, default=None,
+                         help="output folder (default: results/analysis)")
+    analyze.add_argument("--ladder", choices=("cpu", "paper"), default=None,
+                         help="analyse only this ladder's runs")
+    _common_options(analyze, fit_ratios="all", ratio=None)
+    analyze.set_defaults(func=run_analyze)
+
+    repro = subparsers.add_parser(
+        "reproduce", help="the study's speedup figure and tables from its published results",
+        description="Ingest the study's result files, regenerate its speedup-vs-scale figure and "
+                    "tables with intervals, and print our speedups beside its headline.")
+    repro.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR,
+                       help="the study's result files (default: the copy shipped in "
+                            "analysis/paper_data)")
+    repro.add_argument("--out", type=Path, default=None,
+                       help="output folder (default: results/reproduce)")
+    _common_options(repro, fit_ratios=",".join(f"{r:g}" for r in STUDY_FIT_RATIOS),
+                    ratio=STUDY_HEADLINE_RATIO)
+    repro.set_defaults(func=run_reproduce)
+
+
+def _common_options(parser: argparse.ArgumentParser, fit_ratios: str, ratio: float | None):
+    parser.add_argument("--fit-ratios", default=fit_ratios,
+                        help=f"data ratios AdamW's law is fitted on, e.g. 1,2,4,8, or 'all' "
+                             f"(default: {fit_ratios})")
+    parser.add_argument("--ratio", type=float, default=ratio,
+                        help="data ratio of the headline speedup-vs-scale figure (default: "
+                             + (f"{ratio:g})" if ratio else "the largest ratio most scales "
+                                                            "have speedups at)"))
+    parser.add_argument("--n-boot", type=int, default=2000,
+                        help="bootstrap replicates per scale (default: 2000)")
+    parser.add_argument("--level", type=float, default=0.9,
+                        help="confidence level of the intervals (default: 0.9)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default: 0)")
+    parser.add_argument("--no-plots", action="store_true", help="write tables only")
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Handler of `optbench analyze`: the store's runs through `analyze_runs`."""
+    return analyze_runs(load_store_runs(args.store), args)
+
+
+def analyze_runs(runs: pd.DataFrame, args: argparse.Namespace) -> int:
+    """Analyse a runs frame (the store's shape) with the options of `optbench analyze`."""
+    options = _options(args)
+    if args.ladder is not None:
+        runs = runs[runs["ladder"] == args.ladder]
+    if not len(runs):
+        where = f" on the {args.ladder} ladder" if args.ladder else ""
+        raise UserError(f"the results store holds no runs{where}: nothing to analyse")
+    out_dir = args.out or results_dir() / "analysis"
+    outputs = run_analysis(runs, out_dir, options)
+    _print_summary(outputs, out_dir)
+    return 0
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    """Handler of `optbench reproduce`."""
+    options = _options(args)
+    out_dir = args.out or results_dir() / "reproduce"
+    rep = reproduce(out_dir, args.data, options)
+    for issue in rep.paper.issues:
+        print(f"warning: {issue}", file=sys.stderr)
+    print(f"read {len(rep.paper.runs)} runs from {rep.paper.files_read} result files in "
+          f"{args.data}")
+    _print_summary(rep.outputs, out_dir)
+    print(f"\nOur speedups beside the study's headline (fastest optimizer per scale, "
+          f"{options.speedup.level:.0%} intervals, * = extrapolated fit):")
+    print(format_frame(rep.comparison))
+    return 0
+
+
+def load_store_runs(url: str | None) -> pd.DataFrame:
+    """The runs frame of the results store at `url` (None: the default store)."""
+    try:
+        from bench.store.database import (
+            ResultStore,  # lazily: only analyze needs the store
+        )
+    except ImportError as e:
+        raise UserError(f"the results store is not available in this installation: {e}") from None
+    return ResultStore(url).frame()
+
+
+def _options(args: argparse.Namespace) -> AnalysisOptions:
+    if args.n_boot < 100:
+        raise UserError(f"--n-boot must be at least 100 (got {args.n_boot})")
+    if not 0.5 <= args.level < 1.0:
+        raise UserError(f"--level must be in [0.5, 1) (got {args.level})")
+    speedup = SpeedupOptions(fit_ratios=parse_ratios(args.fit_ratios), n_boot=args.n_boot,
+                             level=args.level, seed=args.seed)
+    return AnalysisOptions(speedup, args.ratio, not args.no_plots)
+
+
+def _print_summary(outputs: AnalysisOutputs, out_dir: Path) -> None:
+    for note in outputs.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    cells = outputs.cells
+    print(f"{len(cells)} cells ({cells['optimizer'].nunique()} optimizers, "
+          f"{cells['scale'].nunique()} scales); {int(cells['n_diverged'].sum())} diverged and "
+          f"{int(cells['n_failed'].sum())} failed runs left out of the fits")
+    for fit in outputs.result.fits.itertuples():
+        bound = f"; {fit.note}" if fit.note else ""
+        print(f"AdamW fit at {fit.scale}: L(D) = {fit.alpha:.4g} * D^-{fit.B:.4g} + {fit.beta:.4f}"
+              f" on ratios {fit.fit_ratios} (rmse {fit.rmse:.2g}, {fit.dof} dof{bound})")
+    ratio = outputs.headline_ratio
+    if ratio is not None:
+        print(f"\nSpeedup over AdamW at {ratio:g}x Chinchilla:")
+        print(format_frame(speedup_wide(outputs.result.speedups, ratio)))
+    print(f"\nwrote {len(outputs.files)} files to {out_dir}")
+    for name in ("speedups.csv", "speedup_vs_scale.md", "speedup_vs_scale.png"):
+        if any(p.name == name for p in outputs.files):
+            print(f"  {outputs.file(name)}")

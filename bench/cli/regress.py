@@ -1,0 +1,141 @@
+"""The `optbench regress` subcommand (bench/cli.py registers it): the CI regression check.
+
+    optbench regress                          # check the tree against the committed baseline
+    optbench regress --update-baseline        # after an intended change: re-measure and rewrite
+    optbench regress --update-baseline --tuned-from sqlite:///results/tune.db \\
+        --sweep-command "optbench sweep ..."  # a new baseline from a sweep's best configs
+
+Exit codes: 0 no regression (or baseline written), 1 a regression (the table names the
+optimizer), 2 bad input such as a missing or corrupt baseline file.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.errors import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "regress", help="CI check: did an optimizer's speedup over AdamW move? (exit 1 if it fell)",
+        description="Re-run the committed baseline's optimizers at their tuned hyperparameters and "
+                    "seeds, recompute the speedups over AdamW, and compare them with the baseline "
+                    "by a seed bootstrap (Bonferroni-corrected over the optimizers). Prints "
+                    "baseline, now, change and verdict per optimizer; exits 1 on a regression.")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="baseline file (default: results/baselines/regress-cpu-xs.json in the source tree)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs at once, each with the baseline's thread count (default: CPUs / threads)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="family-wise false-alarm rate over all optimizers checked (default: 0.05)")
+    p.add_argument("--seeds", default=None,
+                   help="run these seeds instead of the baseline's, e.g. 3,4,5 (to measure the "
+                        "check's false-alarm rate against seed noise)")
+    p.add_argument("--update-baseline", action="store_true",
+                   help="re-measure and rewrite the baseline (hyperparameters kept) instead of checking")
+    p.add_argument("--tuned-from", default=None, metavar="STORE",
+                   help="with --update-baseline: take each optimizer's best config from this sweep "
+                        "store (a new baseline)")
+    p.add_argument("--tune-ratio", type=float, default=1.0,
+                   help="with --tuned-from: the data ratio the sweep tuned at (default: 1)")
+    p.add_argument("--optimizers", default=None,
+                   help="with --tuned-from: comma-separated names, AdamW first (default: "
+                        "adamw,nadamw,muon,soap,lion,normuon)")
+    p.add_argument("--sweep-command", default="",
+                   help="with --tuned-from: the sweep's command line, recorded as provenance")
+    p.set_defaults(func=cmd_regress)
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from sweeps.regress import baseline as files
+
+    _check_args(args)
+    path = args.baseline or files.DEFAULT_PATH
+    seeds = _parse_seeds(args.seeds)
+    if args.tuned_from:
+        return _new_baseline(args, path, seeds)
+    baseline = files.load(path)
+    if args.update_baseline:
+        return _update(baseline, args, path, seeds)
+    return _check(baseline, args, seeds)
+
+
+def _check(baseline, args, seeds) -> int:
+    from sweeps.regress.check import check, measure
+    from sweeps.regress.report import format_table, summary_line
+    from sweeps.regress.runs import print_progress
+    from sweeps.regress.stats import CheckOptions
+
+    workers = _workers(args, baseline.threads)
+    print(f"optbench regress: {sum(1 for _ in baseline.specs(seeds))} runs at {baseline.scale}, "
+          f"{workers} worker(s) x {baseline.threads} thread(s)", flush=True)
+    runs, seconds = measure(baseline, workers, seeds, print_progress())
+    outcome = check(baseline, runs, CheckOptions(alpha=args.alpha), seconds)
+    print(format_table(outcome.verdicts, outcome.level, outcome.alpha))
+    print(f"{summary_line(outcome.verdicts)} (runs took {seconds:.0f} s)")
+    return 1 if outcome.regressed else 0
+
+
+def _update(baseline, args, path, seeds, tuning=None) -> int:
+    from sweeps.regress import baseline as files
+    from sweeps.regress.check import measure, updated
+    from sweeps.regress.runs import print_progress
+
+    workers = _workers(args, baseline.threads)
+    runs, seconds = measure(baseline, workers, seeds, print_progress())
+    new = updated(baseline, runs, seconds, seeds, tuning)
+    files.save(new, path)
+    for row in new.summary:
+        print(f"  {row['optimizer']:>8}  {row['statistic']}: {_fmt(row['value'])} "
+              f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}] ({100 * row['level']:.0f}%)")
+    print(f"baseline written to {path} (runs took {seconds:.0f} s)")
+    return 0
+
+
+def _new_baseline(args, path, seeds) -> int:
+    from sweeps.regress.check import (
+        Layout,
+        new_baseline,
+        tuned_configs,
+        tuning_record,
+        tuning_runs,
+    )
+
+    names = [n.strip() for n in (args.optimizers or ",".join(Layout().optimizers)).split(",") if n.strip()]
+    layout = Layout()
+    runs = tuning_runs(args.tuned_from, layout.scale, args.tune_ratio)
+    tuned = tuned_configs(runs, args.tuned_from, layout.scale, args.tune_ratio, names)
+    tuning = tuning_record(runs, args.tuned_from, layout.scale, args.tune_ratio, args.sweep_command)
+    return _update(new_baseline(tuned, layout), args, path, seeds, tuning)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.tuned_from and not args.update_baseline:
+        raise UserError("--tuned-from makes a new baseline; it needs --update-baseline")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha must be in (0, 1), got {args.alpha}")
+
+
+def _parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        seeds = tuple(dict.fromkeys(int(t) for t in text.replace(" ", "").split(",") if t))
+    except ValueError:
+        raise UserError(f"--seeds wants non-negative integers separated by commas, got {text!r}") from None
+    if len(seeds) < 2 or min(seeds) < 0:
+        raise UserError(f"--seeds wants 2 or more non-negative integers, got {text!r}")
+    return seeds
+
+
+def _workers(args: argparse.Namespace, threads: int) -> int:
+    from bench.run.estimate import usable_cpus
+
+    return args.workers or max(1, usable_cpus() // threads)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)

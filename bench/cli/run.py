@@ -1,0 +1,155 @@
+"""CLI commands for single runs and the registries: `run`, `scales`, `optimizers`."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from bench.cli.args import non_negative_int, positive_float
+from bench.errors import UserError
+
+# Short names users type for the study's long hyperparameter names.
+ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "batch": "train_batch_size",
+           "batch_size": "train_batch_size", "eps": "epsilon", "clip": "max_grad_norm",
+           "schedule": "lr_schedule"}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("run", help="train one run to the end of its budget and store it")
+    p.add_argument("--optimizer", required=True)
+    p.add_argument("--scale", required=True, help="e.g. cpu-xs, 0.1B (see `optbench scales`)")
+    p.add_argument("--ratio", type=positive_float, default=1.0, help="data budget in Chinchilla units")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="hyperparameter override, repeatable (lr=8e-3 warmup=0.05 ...)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="default", help="data spec (see bench/corpus.py)")
+    p.add_argument("--eval-data", default="", help="evaluation data spec; default: held-out split")
+    p.add_argument("--tokenizer", default="bpe-512")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--store", default=None, help="SQLAlchemy URL (default: sqlite under results/)")
+    p.add_argument("--micro-batch", type=non_negative_int, default=0, metavar="SEQS",
+                   help="sequences per forward/backward, gradients accumulated (default: the whole batch)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer blocks and the loss head")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="checkpoint every STEPS steps under results/checkpoints; a rerun resumes")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("scales", help="list the model scales")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scales)
+
+    p = subparsers.add_parser("optimizers", help="list the optimizers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_optimizers)
+
+
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings to a dict; values read as JSON (numbers, true, null) else as strings."""
+    out = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"bad --set {item!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(text.lower() if text.lower() in ("true", "false", "null", "none") else text)
+        except json.JSONDecodeError:
+            value = text
+        out[ALIASES.get(key, key)] = None if text.lower() == "none" else value
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.paths import results_dir
+    from bench.run.spec import RunSpec
+    from bench.run.train import RunOptions, run
+    from bench.store.database import ResultStore
+
+    spec = RunSpec(args.optimizer, args.scale, args.ratio, parse_sets(args.sets), args.seed, args.data,
+                   args.eval_data, args.tokenizer, args.precision, args.device)
+    store = ResultStore(args.store)  # opened first: a bad store fails before an hour of training
+    stored = store.get(spec.key)
+    options = RunOptions(threads=args.threads, progress=not args.json, checkpoint_every=args.checkpoint_every,
+                         checkpoint_dir=str(results_dir() / "checkpoints"), micro_batch=args.micro_batch,
+                         compile=args.compile)
+    result = stored or run(spec, options)
+    if stored is None:
+        store.put(result)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        _print_result(result, store.url, from_store=stored is not None)
+    return 0 if result.status == "ok" else 1
+
+
+def _print_result(r, url: str, from_store: bool) -> None:
+    spec = r.spec
+    print(f"{spec['optimizer']} at {spec['scale']} x{spec['ratio']:g} seed {spec['seed']}: {r.status}"
+          + (f" ({r.reason})" if r.reason else ""))
+    if r.final_loss is not None:
+        buckets = ", ".join(f"{k} {v:.3f}" for k, v in r.loss_by_frequency.items())
+        print(f"  eval loss     {r.final_loss:.4f} nats/token ({r.bits_per_byte:.4f} bits/byte)")
+        print(f"  unigram       {r.unigram_loss:.4f} nats/token (a model that ignores context)")
+        print(f"  by frequency  {buckets}")
+    print(f"  budget        {r.tokens:,} tokens, {r.steps} steps, {r.epochs:.2f} epochs")
+    print(f"  cost          {r.wall_time_s:.1f} s, {r.tokens_per_s:,.0f} tokens/s, {r.flops:.3g} FLOPs, "
+          f"optimizer step {r.optimizer_step_ms:.2f} ms")
+    print(f"  run key       {r.run_key} ({'already in' if from_store else 'stored in'} {url})")
+
+
+def cmd_scales(args: argparse.Namespace) -> int:
+    from bench.model.scales import SCALES
+    from bench.run.estimate import run_seconds
+
+    rows = []
+    for s in SCALES.values():
+        rows.append({"name": s.name, "ladder": s.ladder, "hidden": s.hidden, "intermediate": s.intermediate,
+                     "layers": s.layers, "heads": s.heads, "seq_len": s.seq_len,
+                     "default_batch": s.default_batch, "non_embedding_params": s.non_embedding_params,
+                     "tokens": {str(r): s.tokens(r) for r in (1, 2, 4, 8)},
+                     "est_seconds_1x_here": round(run_seconds(s, 1.0))})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'scale':8} {'ladder':6} {'h':>5} {'i':>5} {'L':>3} {'non-emb params':>15} "
+          f"{'1x tokens':>15} {'8x tokens':>16} {'1x here':>10}")
+    for r in rows:
+        print(f"{r['name']:8} {r['ladder']:6} {r['hidden']:5} {r['intermediate']:5} {r['layers']:3} "
+              f"{r['non_embedding_params']:15,} {r['tokens']['1']:15,} {r['tokens']['8']:16,} "
+              f"{_duration(r['est_seconds_1x_here']):>10}")
+    print("(1x here: estimated from a measured training burst on this machine)")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def cmd_optimizers(args: argparse.Namespace) -> int:
+    from bench.optimizers.registry import all_optimizers
+
+    rows = []
+    for o in all_optimizers():
+        try:
+            grid = o.space("cpu")
+        except UserError:
+            grid = {}
+        rows.append({"name": o.name, "family": o.family, "source": o.source, "paper": o.paper,
+                     "schedule": o.schedule, "defaults": dict(o.defaults), "grid": grid,
+                     "roles": {k.value: v for k, v in o.roles.items()}})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        print(f"{r['name']}  [{r['family']}]  {r['paper']}")
+        print(f"    implementation: {r['source']}")
+        for key, value in r["defaults"].items():
+            grid = r["grid"].get(key)
+            print(f"    {key:28} {value!r:>10}" + (f"   grid {grid}" if grid else ""))
+    return 0

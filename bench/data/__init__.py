@@ -1,0 +1,1 @@
+"""Data: documents from files, packages or the hub (corpus), tokenizers, tokenized splits and batches."""

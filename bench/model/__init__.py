@@ -1,0 +1,1 @@
+"""The model: scales (the paper and CPU ladders), the Llama decoder, its training FLOPs."""

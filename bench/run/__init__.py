@@ -1,0 +1,1 @@
+"""One run: RunSpec in, RunResult out (spec), the training step, the train loop and its hooks."""

@@ -1,0 +1,81 @@
+"""Time estimates on this machine: a short measured training burst gives achieved FLOP/s, cached.
+
+Used by `optbench scales` and the sweep's cost estimate (which prefers stored runs' wall times).
+The figure is per process with the given thread count and per CPU scale, since small models run far
+below the large ones' FLOP/s (cpu-xs at 40% of cpu-l's). The paper scales are far too slow to
+measure on a CPU and take the largest CPU scale's rate, so their CPU estimates give only an order of
+magnitude. Evaluation and data loading are not included.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from bench.model.flops import flops_per_token
+from bench.model.scales import Scale, get_scale
+from bench.paths import cache_dir, results_dir
+from bench.run.timing import model_and_batch, timed_steps
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+LARGEST_CPU_SCALE = "cpu-l"
+
+
+def achieved_flops(scale_name: str, threads: int | None = None, refresh: bool = False) -> float:
+    """Training FLOP/s of a short AdamW burst at `scale_name` (a paper scale: the largest CPU
+    scale's), cached per scale and thread count."""
+    scale = get_scale(scale_name)
+    if scale.ladder != "cpu":
+        scale = get_scale(LARGEST_CPU_SCALE)
+    threads = threads or torch.get_num_threads()
+    key = f"{scale.name}/{threads}"
+    path = cache_dir() / "throughput.json"
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    if not refresh and key in cached:
+        return cached[key]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        value = _measure(scale)
+    finally:
+        torch.set_num_threads(old)
+    cached[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cached))
+    return value
+
+
+def _measure(scale: Scale, steps: int = 5) -> float:
+    """FLOP/s at the median of `steps` fused-AdamW training steps, timed as `optbench bench` times
+    them (bench.timing), so that a burst of other load during one step does not go into the cache."""
+    _, model, x = model_and_batch(scale.name)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    step_s, _, _ = timed_steps(model, opt, x, steps)
+    return x.size(0) * scale.seq_len * flops_per_token(scale) / step_s
+
+
+def run_seconds(scale: Scale, ratio: float, threads: int | None = None) -> float:
+    return scale.tokens(ratio) * flops_per_token(scale) / achieved_flops(scale.name, threads)
+
+
+def measured_gpu_flops(scale: str) -> tuple[float, str] | None:
+    """The best training FLOP/s results/bench-gpu.json holds for `scale` (else for its largest
+    measured scale, which underrates a larger model), and where the figure comes from."""
+    path = results_dir() / "bench-gpu.json"
+    try:
+        report = json.loads(path.read_text())
+        measured = {name: max(r["model_flops_per_s"] for r in entry["training"].values() if "error" not in r)
+                    for name, entry in report["scales"].items()}
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: no estimate
+        return None
+    if not measured:
+        return None
+    name = scale if scale in measured else max(measured, key=lambda n: get_scale(n).non_embedding_params)
+    return measured[name], (f"the GPU benchmark in {path} ({report['machine']['device']}, best mode at {name}: "
+                            f"{measured[name] / 1e12:.0f} TFLOP/s)")

@@ -1,0 +1,178 @@
+"""The results store: every finished run, keyed by run key; the source of truth for analysis.
+
+SQLAlchemy Core over SQLite (WAL mode) under results/ by default; any SQLAlchemy URL (PostgreSQL
+for a cluster) works the same way. Storing a run twice keeps the first row. A schema version in the
+`meta` table makes an incompatible store fail with a clear message instead of being overwritten.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+)
+
+from bench.errors import UserError
+from bench.model.scales import get_scale
+from bench.paths import default_store_url
+from bench.run.spec import RunResult
+
+SCHEMA_VERSION = "1"
+
+_meta = sa.MetaData()
+META = sa.Table("meta", _meta, sa.Column("key", sa.String(64), primary_key=True),
+                sa.Column("value", sa.Text, nullable=False))
+RUNS = sa.Table(
+    "runs", _meta,
+    sa.Column("run_key", sa.String(64), primary_key=True),
+    sa.Column("optimizer", sa.String(64), nullable=False, index=True),
+    sa.Column("scale", sa.String(32), nullable=False, index=True),
+    sa.Column("ratio", sa.Float, nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("final_loss", sa.Float),
+    sa.Column("steps", sa.Integer),
+    sa.Column("tokens", sa.BigInteger),
+    sa.Column("wall_time_s", sa.Float),
+    sa.Column("result_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+
+class ResultStore:
+    def __init__(self, url: str | None = None):
+        self.url = url or default_store_url()
+        self.engine = _engine(self.url)
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        version = self._create_tables()
+        if version not in (None, SCHEMA_VERSION):
+            raise UserError(f"results store {self.url} has schema version {version}, this optbench "
+                            f"reads {SCHEMA_VERSION}; use another store (--store) or an optbench of that version")
+
+    def _create_tables(self, attempts: int = 4) -> str | None:
+        """Create what is missing and read the schema version. Several processes opening a new store
+        at once race to create its tables; the losers retry and find them made."""
+        for attempt in range(attempts):
+            try:
+                with self.engine.begin() as conn:
+                    _meta.create_all(conn)  # only creates what is missing
+                    version = conn.execute(sa.select(META.c.value).where(META.c.key == "schema_version")).scalar()
+                    if version is None:
+                        conn.execute(META.insert().values(key="schema_version", value=SCHEMA_VERSION))
+                return version
+            except DatabaseError as e:
+                if attempt + 1 == attempts:
+                    raise UserError(f"results store {self.url} is not a readable optbench database: "
+                                    f"{_first_line(e)}") from None
+                time.sleep(0.1 * (attempt + 1))
+        return None
+
+    def has(self, run_key: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(RUNS.c.run_key).where(RUNS.c.run_key == run_key)).first() is not None
+
+    def put(self, result: RunResult) -> bool:
+        """Store a finished run; returns False (and changes nothing) if its key is already stored."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(RUNS.insert().values(**_row(result)))
+            return True
+        except IntegrityError:  # the same run key: the run is already stored, keep the first row
+            return False
+        except OperationalError as e:  # disk full, read-only, lost server: the transaction rolled back
+            raise UserError(f"cannot write to results store {self.url}: {_first_line(e)}") from None
+
+    def get(self, run_key: str) -> RunResult | None:
+        with self.engine.connect() as conn:
+            text = conn.execute(sa.select(RUNS.c.result_json).where(RUNS.c.run_key == run_key)).scalar()
+        return None if text is None else RunResult.from_dict(json.loads(text))
+
+    def results(self) -> list[RunResult]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(RUNS.c.result_json).order_by(RUNS.c.created_at)).scalars()
+            return [RunResult.from_dict(json.loads(t)) for t in rows]
+
+    def frame(self):
+        """One row per run: run_key, optimizer, scale, ladder, ratio, seed, status, final_loss, steps,
+        tokens, non_embedding_params, wall_time_s, hparams (dict), created_at, reason (why a run
+        failed or diverged; empty for a finished one)."""
+        import pandas as pd
+
+        columns = ["run_key", "optimizer", "scale", "ladder", "ratio", "seed", "status", "final_loss",
+                   "steps", "tokens", "non_embedding_params", "wall_time_s", "hparams", "created_at", "reason"]
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(RUNS.c.result_json, RUNS.c.created_at)).all()
+        records = [_record(json.loads(text), created) for text, created in rows]
+        return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _engine(url: str) -> sa.Engine:
+    try:
+        parsed = sa.engine.make_url(url)
+    except ArgumentError:
+        raise UserError(f"bad store URL {url!r}; expected e.g. sqlite:///results/optbench.db") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = sa.create_engine(url, connect_args=_connect_args(parsed))
+    except (NoSuchModuleError, ImportError) as e:
+        raise UserError(f"cannot open store {url!r}: {e}") from None
+    if parsed.get_backend_name() == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _connect_args(parsed) -> dict[str, Any]:
+    # Many Ray workers write at once: wait for the lock rather than fail.
+    return {"timeout": 60} if parsed.get_backend_name() == "sqlite" else {}
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _first_line(e: Exception) -> str:
+    orig = getattr(e, "orig", None) or e
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _row(result: RunResult) -> dict[str, Any]:
+    spec = result.spec
+    return {
+        "run_key": result.run_key, "optimizer": spec["optimizer"], "scale": spec["scale"],
+        "ratio": spec["ratio"], "seed": spec["seed"], "status": result.status,
+        "final_loss": _finite(result.final_loss), "steps": result.steps, "tokens": result.tokens,
+        "wall_time_s": result.wall_time_s, "result_json": json.dumps(result.to_dict(), allow_nan=True),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _record(d: dict[str, Any], created_at: str) -> dict[str, Any]:
+    spec = d["spec"]
+    return {
+        "run_key": d["run_key"], "optimizer": spec["optimizer"], "scale": spec["scale"],
+        "ladder": get_scale(spec["scale"]).ladder, "ratio": spec["ratio"], "seed": spec["seed"],
+        "status": d["status"], "final_loss": d["final_loss"] if d["final_loss"] is not None else float("nan"),
+        "steps": d["steps"], "tokens": d["tokens"], "non_embedding_params": d["non_embedding_params"],
+        "wall_time_s": d["wall_time_s"], "hparams": spec["hparams"], "created_at": created_at,
+        "reason": d.get("reason") or "",
+    }

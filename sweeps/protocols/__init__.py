@@ -1,0 +1,1 @@
+"""Tuning protocols: what a cell trains next, given the losses so far."""

@@ -1,0 +1,127 @@
+"""Which protocol each cell runs, and from where, given what the store already holds.
+
+- coordinate: Phase I (every key, from the optimizer's defaults) when no smaller scale of the
+  ladder has been tuned at this ratio; else Phase II: from the best config of the largest tuned
+  smaller scale, re-sweep only the keys whose optimum moved between our two largest tuned smaller
+  scales, or, with only one tuned smaller scale, the keys the study found to move (its
+  Analysis/PhaseI/non_stable_keys_by_optimizer.json; learning rate for optimizers it did not run).
+- tpe, gp: an Optuna sampler over the whole grid from the defaults, with the same budget.
+- predict: Phase III, every key fitted over the tuned smaller scales and run once.
+
+"Tuned" means: seed-0 runs in the store that finished; a cell's best is its lowest loss.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import pandas as pd
+
+from analysis.paper.ingest import DEFAULT_DATA_DIR, OPTIMIZER_NAMES
+from bench.errors import UserError
+from bench.model.scales import get_scale
+from bench.run.spec import RunSpec
+from sweeps.grid import Config, importance_order, load_grid, snap_config, start_config
+from sweeps.plan import Cell
+from sweeps.protocols.base import FixedConfig, TuningProtocol
+from sweeps.protocols.coordinate import CoordinateDescent
+from sweeps.protocols.samplers import SAMPLERS, SamplerSearch
+from sweeps.protocols.scaling import TunedCell, nearest_cell, predict_config
+
+PROTOCOLS = ("coordinate", *SAMPLERS, "predict")
+SAMPLER_SEED = 0  # fixed, so a resumed sweep replays the same proposals
+NON_STABLE_FILE = DEFAULT_DATA_DIR / "Analysis" / "PhaseI" / "non_stable_keys_by_optimizer.json"
+
+
+@dataclass(frozen=True)
+class Tuned:
+    scale: str
+    ratio: float
+    params: int
+    hparams: dict[str, Any]
+    loss: float
+
+
+def make_protocol(cell: Cell, budget: int, frame: pd.DataFrame) -> tuple[TuningProtocol, dict]:
+    """The cell's protocol and its grid."""
+    ladder = get_scale(cell.scale).ladder
+    grid = load_grid(cell.optimizer, ladder)
+    start = start_config(cell.optimizer, cell.scale, grid)
+    if cell.protocol in SAMPLERS:
+        return SamplerSearch(cell.protocol, grid, start, budget, SAMPLER_SEED), grid
+    smaller = tuned_cells(frame, cell.optimizer, cell.scale)
+    if cell.protocol == "predict":
+        return _phase3(cell, grid, smaller), grid
+    if cell.protocol != "coordinate":
+        raise UserError(f"unknown protocol {cell.protocol!r}; known: {', '.join(PROTOCOLS)}")
+    here = [t for t in smaller if t.ratio == cell.ratio]
+    if not here:
+        return CoordinateDescent(grid, start, importance_order(grid), budget), grid
+    keys = moved_keys(here, grid) if len({t.scale for t in here}) >= 2 else study_keys(cell.optimizer, grid)
+    label = (f"coordinate descent (Phase II from {here[-1].scale}: "
+             f"{', '.join(keys) if keys else 'no keys, its best config once'})")
+    return CoordinateDescent(grid, snap_config(here[-1].hparams, grid), keys, budget, label), grid
+
+
+def tuned_cells(frame: pd.DataFrame, optimizer: str, scale: str) -> list[Tuned]:
+    """The best seed-0 config of every (scale, ratio) of `optimizer` at smaller scales of the same
+    ladder, smallest scale first."""
+    target = get_scale(scale)
+    if not len(frame):
+        return []
+    rows = frame[(frame["optimizer"] == optimizer) & (frame["ladder"] == target.ladder)
+                 & (frame["non_embedding_params"] < target.non_embedding_params)
+                 & (frame["seed"] == 0) & (frame["status"] == "ok") & frame["final_loss"].notna()]
+    out = []
+    for (name, ratio), group in rows.groupby(["scale", "ratio"]):
+        best = group.sort_values(["final_loss", "run_key"]).iloc[0]
+        out.append(Tuned(name, float(ratio), int(best["non_embedding_params"]), dict(best["hparams"]),
+                         float(best["final_loss"])))
+    return sorted(out, key=lambda t: (t.params, t.ratio))
+
+
+def moved_keys(tuned: list[Tuned], grid: dict[str, list]) -> list[str]:
+    """Grid keys whose best value differs between the two largest tuned scales."""
+    a, b = (snap_config(t.hparams, grid) for t in tuned[-2:])
+    return importance_order(k for k in grid if a.get(k) != b.get(k))
+
+
+def study_keys(optimizer: str, grid: dict[str, list]) -> list[str]:
+    """The study's non-stable keys of `optimizer` that are in the grid (learning rate if the study
+    did not run it)."""
+    keys = _study_non_stable().get(optimizer, ["learning_rate"])
+    return importance_order(k for k in keys if k in grid)
+
+
+@lru_cache(maxsize=1)
+def _study_non_stable() -> dict[str, list[str]]:
+    raw = json.loads(NON_STABLE_FILE.read_text())
+    return {OPTIMIZER_NAMES.get(name, name): keys for name, keys in raw.items()}
+
+
+def _phase3(cell: Cell, grid: dict[str, list], smaller: list[Tuned]) -> FixedConfig:
+    if len({t.scale for t in smaller}) < 2:
+        raise UserError(f"--protocol predict (Phase III) fits hyperparameters over tuned smaller "
+                        f"scales; the store has {cell.optimizer} tuned at "
+                        f"{len({t.scale for t in smaller})} scale(s) below {cell.scale}, it needs 2")
+    points = [TunedCell(t.params, get_scale(t.scale).tokens(t.ratio), snap_config(t.hparams, grid))
+              for t in smaller]
+    scale = get_scale(cell.scale)
+    config = predict_config(points, grid, scale.non_embedding_params, scale.tokens(cell.ratio))
+    nearest = nearest_cell(points, scale.non_embedding_params, scale.tokens(cell.ratio)).config
+    config = _valid(cell, config, nearest)
+    return FixedConfig(config, f"predicted (Phase III) from {len(points)} tuned cells")
+
+
+def _valid(cell: Cell, config: Config, fallback: Config) -> Config:
+    """`config` with every value the RunSpec rejects (a negative learning rate, beta >= 1)
+    replaced by `fallback`'s."""
+    out = dict(config)
+    for key in config:
+        try:
+            RunSpec(cell.optimizer, cell.scale, cell.ratio, {**fallback, key: config[key]})
+        except UserError:
+            out[key] = fallback[key]
+    return out

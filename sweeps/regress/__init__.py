@@ -1,0 +1,1 @@
+"""The regression check (`optbench regress`): did an optimizer's speedup over AdamW move?"""

@@ -1,0 +1,73 @@
+"""The regression check's table: per optimizer, baseline [ci], now [ci], change [ci], verdict.
+
+Speedups print as geometric means over the optimizer's ratios ("1.84x") and their change as a
+percentage; AdamW prints its mean loss and the change in nats. The change's interval is at the
+Bonferroni-corrected level the verdict uses, so a verdict can be read off its own row; baseline
+and now show 90% intervals, for reading the numbers themselves.
+"""
+from __future__ import annotations
+
+import math
+
+from sweeps.regress.stats import REGRESSION, SIDE_LEVEL, Verdict
+
+
+def format_table(verdicts: list[Verdict], level: float, alpha: float) -> str:
+    header = ["optimizer", "statistic", "baseline", "now", "change", "verdict"]
+    rows = [header] + [_row(v) for v in verdicts]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"  {v.optimizer}: {v.note}" for v in verdicts if v.note]
+    foot = (f"change: {100 * level:.2f}% interval, seed bootstrap, studentized; a verdict needs it to "
+            f"exclude 0 (one-sided, family-wise alpha {alpha:g}, Bonferroni over {len(verdicts)} optimizers)"
+            f"\nbaseline, now: {100 * SIDE_LEVEL:.0f}% intervals")
+    return "\n".join(lines + ([""] + notes if notes else []) + ["", foot])
+
+
+def summary_line(verdicts: list[Verdict]) -> str:
+    bad = [v.optimizer for v in verdicts if v.verdict == REGRESSION]
+    if bad:
+        return f"regression: {', '.join(bad)}"
+    return f"no regression in {len(verdicts)} optimizers"
+
+
+def _row(v: Verdict) -> list[str]:
+    if v.kind == "loss":
+        return [v.optimizer, "mean loss", _loss(v.base, v.base_ci), _loss(v.now, v.now_ci),
+                _signed(v.diff, v.diff_ci, "{:+.4f}"), v.verdict]
+    return [v.optimizer, "speedup", _speedup(v.base, v.base_ci), _speedup(v.now, v.now_ci),
+            _percent(v.diff, v.diff_ci), v.verdict]
+
+
+def _loss(value: float, ci: tuple[float, float]) -> str:
+    return f"{_num(value, '{:.4f}')} [{_num(ci[0], '{:.4f}')}, {_num(ci[1], '{:.4f}')}]"
+
+
+def _speedup(log_value: float, ci: tuple[float, float]) -> str:
+    fmt = "{:.2f}"
+    return (f"{_num(_exp(log_value), fmt)}x [{_num(_exp(ci[0]), fmt)}, "
+            f"{_num(_exp(ci[1]), fmt)}]")
+
+
+def _percent(log_diff: float, ci: tuple[float, float]) -> str:
+    def pct(x):
+        return _num(100 * (_exp(x) - 1), "{:+.0f}") + ("%" if math.isfinite(x) else "")
+
+    return f"{pct(log_diff)} [{pct(ci[0])}, {pct(ci[1])}]"
+
+
+def _signed(value: float, ci: tuple[float, float], fmt: str) -> str:
+    return f"{_num(value, fmt)} [{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if not math.isnan(x) else math.nan
+
+
+def _num(x: float, fmt: str) -> str:
+    if math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return fmt.format(x)

@@ -1,0 +1,88 @@
+"""Training the regression check's runs: in this process, or in a pool of worker processes.
+
+The check never reads runs back from the results store: a run key is a hash of the spec, and a
+changed optimizer (the very thing the check looks for) keeps its specs and keys, so every run is
+trained afresh. Each run uses the baseline's thread count, which keeps it bitwise reproducible;
+the number of workers only changes how many run at once, never a result. On a CPU, two 1-thread
+runs side by side give the throughput of one 2-thread run (MEASUREMENTS.md), so 2 cores take
+2 workers x 1 thread.
+
+Workers are started with "spawn" (no fork of a process whose torch thread pools already run).
+The data is tokenized once in this process first, so workers on a fresh clone do not race to
+build the same tokenizer and shards. Longest runs go first so the pool finishes together.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Callable, Sequence
+
+import torch
+
+from bench.data.tokens import load_data
+from bench.model.scales import get_scale
+from bench.run.spec import RunResult, RunSpec
+from bench.run.train import RunOptions, run
+from sweeps.task import train_task
+
+Report = Callable[[int, int, RunResult], None]  # (done, total, result)
+
+
+def train_all(specs: Sequence[RunSpec], threads: int, workers: int,
+              report: Report | None = None) -> list[RunResult]:
+    """Train every spec; results in the order of `specs`. workers <= 1 trains in this process."""
+    report = report or (lambda done, total, result: None)
+    if specs:
+        _prepare_data(max(specs, key=lambda s: s.ratio))
+    order = sorted(range(len(specs)), key=lambda i: -specs[i].ratio)
+    results: dict[int, RunResult] = {}
+    if workers <= 1:
+        _in_process(specs, order, threads, report, results)
+    else:
+        _in_pool(specs, order, threads, workers, report, results)
+    return [results[i] for i in range(len(specs))]
+
+
+def _prepare_data(spec: RunSpec) -> None:
+    load_data(spec.data, spec.eval_data, spec.tokenizer, get_scale(spec.scale).tokens(spec.ratio))
+
+
+def _in_process(specs, order, threads, report, results) -> None:
+    before = torch.get_num_threads()
+    try:
+        for i in order:
+            results[i] = run(specs[i], RunOptions(threads=threads))
+            report(len(results), len(specs), results[i])
+    finally:
+        torch.set_num_threads(before)  # the caller's thread count is not ours to change
+
+
+def _in_pool(specs, order, threads, workers, report, results) -> None:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(train_task, specs[i].to_dict(), threads): i for i in order}
+        try:
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = RunResult.from_dict(future.result())
+                report(len(results), len(specs), results[i])
+        except BaseException:  # Ctrl-C or a crashed worker: drop what has not started
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def print_progress(stream=sys.stderr) -> Report:
+    """A Report that prints one line per finished run, with the elapsed time."""
+    start = time.perf_counter()
+
+    def report(done: int, total: int, result: RunResult) -> None:
+        spec = result.spec
+        loss = f"{result.final_loss:.4f}" if result.final_loss is not None else result.status
+        print(f"[{time.perf_counter() - start:6.0f} s] {done:3d}/{total} {spec['optimizer']:>8} "
+              f"{spec['ratio']:g}x seed {spec['seed']}: {loss} ({result.wall_time_s:.0f} s)",
+              file=stream, flush=True)
+
+    return report
