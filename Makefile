@@ -33,8 +33,11 @@ run: $(STAMP)  ## one run on the smallest CPU scale, stored under results/
 lint: $(STAMP)  ## the import layers of pyproject.toml ([tool.importlinter])
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP)
+test: $(STAMP)  ## every tier: unit, integration and system (pyproject.toml's markers)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)  ## the unit and integration tiers, for the edit-test loop: about a minute on 2 cores
+	$(PY) -m pytest -q -m "unit or integration"
 
 sweep: $(STAMP)
 	$(OPTBENCH) sweep --scale $(SCALE) --ratios $(RATIOS) --optimizers $(OPTIMIZERS) --workers $(WORKERS) \

@@ -16,7 +16,8 @@ points around their mean), refitted with the vectorised profile solver, and each
 loss is inverted through its replicate's fit. An AdamW cell that is also a fit point reuses that
 point's perturbation, so the two stay consistent. The interval is the percentile interval of the
 replicate speedups; where a replicate's loss falls below its fit's asymptote the speedup is
-infinite, which shows up as an unbounded upper end.
+infinite, which shows up as an unbounded upper end. speedup_replicates gives the replicates
+themselves, for statistics built on them (the regression check averages them over ratios).
 """
 from __future__ import annotations
 
@@ -67,35 +68,64 @@ def perturbations(obs: Observed, sigma: float, n_boot: int, rng: np.random.Gener
     return rng.normal(0.0, sigma, size=n_boot)
 
 
-def speedup_intervals(fit: PowerLawFit, fit_points: Sequence[Observed],
-                      cells: Sequence[Observed], fit_index: Sequence[int | None], sigma: float,
-                      *, n_boot: int = 2000, level: float = 0.9,
-                      rng: np.random.Generator | None = None) -> Intervals:
-    """Percentile intervals at `level` for every cell's speedup against `fit`.
+@dataclass(frozen=True)
+class Replicates:
+    """Per-cell bootstrap replicates, one column per replicate: each cell's perturbed loss and the
+    speedup its replicate fit reads from it. NaN rows: a cell with no noise estimate; NaN columns
+    of `speedups`: a refit that failed. `reason` says why there are none at all."""
+
+    losses: np.ndarray  # (cells, n_boot)
+    speedups: np.ndarray  # (cells, n_boot)
+    failed_refits: int
+    reason: str = ""
+
+    def intervals(self, level: float) -> Intervals:
+        """Percentile intervals at `level` of every cell's replicate speedups."""
+        bounds = np.full((len(self.speedups), 2), np.nan)
+        for c, samples in enumerate(self.speedups):
+            bounds[c] = percentile_interval(samples, level)
+        return Intervals(bounds, self.failed_refits, self.losses.shape[1], self.reason)
+
+
+def speedup_replicates(fit: PowerLawFit, fit_points: Sequence[Observed],
+                       cells: Sequence[Observed], fit_index: Sequence[int | None], sigma: float,
+                       *, n_boot: int = 2000,
+                       rng: np.random.Generator | None = None) -> Replicates:
+    """Bootstrap replicates of every cell's loss and speedup against `fit`.
 
     `fit_points` are the AdamW cells `fit` was made on (same order as fit.ratios);
     `fit_index[c]` names the fit point that cell c is (an AdamW cell), else None.
     `sigma` is the residual scale used for single-seed cells (NaN: none is known).
     """
     rng = rng if rng is not None else np.random.default_rng(0)
-    empty = np.full((len(cells), 2), np.nan)
+    losses = np.full((len(cells), n_boot), np.nan)
+    speedups = losses.copy()
     if not np.isfinite(sigma) and not all(p.seeded for p in fit_points):
-        return Intervals(empty, 0, n_boot, "no residual scale: the fit has no spare points and "
-                                           "its single-seed losses give no noise estimate")
+        return Replicates(losses, speedups, 0, "no residual scale: the fit has no spare points "
+                                               "and its single-seed losses give no noise estimate")
     point_delta = [perturbations(p, sigma, n_boot, rng) for p in fit_points]
     params = profile_fit(np.asarray(fit.ratios), _replicate_points(fit, fit_points, point_delta))
     failed = ~np.all(np.isfinite(params), axis=1)
     if failed.mean() > MAX_FAILED_SHARE:
-        return Intervals(empty, int(failed.sum()), n_boot,
-                         f"{failed.sum()} of {n_boot} bootstrap refits failed")
+        return Replicates(losses, speedups, int(failed.sum()),
+                          f"{failed.sum()} of {n_boot} bootstrap refits failed")
     alpha, b, beta = params[~failed].T
-    bounds = empty.copy()
     for c, (obs, idx) in enumerate(zip(cells, fit_index)):
         if obs.seeded or np.isfinite(sigma):
             delta = point_delta[idx] if idx is not None else perturbations(obs, sigma, n_boot, rng)
-            speedups = effective_budget(obs.loss + delta[~failed], alpha, b, beta) / obs.ratio
-            bounds[c] = percentile_interval(speedups, level)
-    return Intervals(bounds, int(failed.sum()), n_boot)
+            losses[c] = obs.loss + delta
+            speedups[c, ~failed] = effective_budget(losses[c, ~failed], alpha, b, beta) / obs.ratio
+    return Replicates(losses, speedups, int(failed.sum()))
+
+
+def speedup_intervals(fit: PowerLawFit, fit_points: Sequence[Observed],
+                      cells: Sequence[Observed], fit_index: Sequence[int | None], sigma: float,
+                      *, n_boot: int = 2000, level: float = 0.9,
+                      rng: np.random.Generator | None = None) -> Intervals:
+    """Percentile intervals at `level` for every cell's speedup against `fit` (arguments as
+    speedup_replicates)."""
+    return speedup_replicates(fit, fit_points, cells, fit_index, sigma, n_boot=n_boot,
+                              rng=rng).intervals(level)
 
 
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:

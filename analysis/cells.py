@@ -1,9 +1,10 @@
 """From runs to cells: one row per optimizer x scale x data ratio.
 
-Input is the runs frame (one row per run: what `ResultStore.frame()` returns and what
-`ingest_paper` builds). Within a cell, runs with the same hyperparameters are seeds of one config;
-the cell's best config is the one with the lowest mean loss over its finished ("ok") seeds, and the
-cell's loss is that mean. Diverged and failed runs never enter a mean; they are counted.
+Input is the runs frame (one row per run: bench.store.record.to_frame of the results store's, the
+study's or the regression baseline's runs). Within a cell, runs with the same hyperparameters are
+seeds of one config; the cell's best config is the one with the lowest mean loss over its finished
+("ok") seeds, and the cell's loss is that mean. Diverged and failed runs never enter a mean; they
+are counted.
 
 Choosing the best of many configs by their losses favours lucky ones (the winner's curse); with
 several seeds per config the bias shrinks, and the study had the same bias with one seed.
@@ -18,28 +19,23 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import UserError
+from bench.store.record import REQUIRED_COLUMNS
 from bench.study import APPROX_BEST_TOL, REFERENCE_OPTIMIZER
 
-RUN_COLUMNS = ("optimizer", "scale", "ratio", "seed", "status", "final_loss", "hparams")
 CELL_KEYS = ["optimizer", "scale", "ratio"]
 
 
 def check_runs(runs: pd.DataFrame) -> None:
-    """Raise UserError if `runs` lacks a column the analysis needs."""
-    missing = [c for c in RUN_COLUMNS if c not in runs.columns]
+    """Raise UserError unless `runs` has the runs frame's columns (bench.store.record)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in runs.columns]
     if missing:
         raise UserError(f"the runs table lacks column(s) {', '.join(missing)}; "
-                        f"it needs {', '.join(RUN_COLUMNS)}")
+                        f"it needs {', '.join(REQUIRED_COLUMNS)}")
 
 
-def as_dict(hparams: Any) -> dict:
-    """A run's hyperparameters as a dict (a JSON text is parsed; anything else is empty)."""
-    if isinstance(hparams, str):
-        try:
-            hparams = json.loads(hparams)
-        except json.JSONDecodeError:
-            return {}
-    return dict(hparams) if isinstance(hparams, dict) else {}
+def as_dict(hparams: Mapping[str, Any]) -> dict:
+    """A copy of a run's hyperparameters, so the analysis never changes the caller's runs."""
+    return dict(hparams)
 
 
 def config_key(hparams: Mapping[str, Any]) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.bootstrap import Intervals, Observed, speedup_intervals
+from analysis.bootstrap import Intervals, Observed, Replicates, speedup_replicates
 from analysis.cells import scale_order
 from analysis.fit import FitError, PowerLawFit, fit_power_law
 from bench.errors import UserError
@@ -43,18 +43,22 @@ class SpeedupOptions:
     fit_ratios: tuple[float, ...] | None = None
     n_boot: int = 2000
     level: float = 0.9
-    seed: int = 0
+    seed: int | tuple[int, ...] = 0  # numpy's default_rng seed (a tuple: one of several streams)
     pool_sigma: bool = True
 
 
 @dataclass
 class SpeedupResult:
-    """The per-scale fits, the per-cell speedups, and notes on anything that could not be done."""
+    """The per-scale fits, the per-cell speedups, and notes on anything that could not be done;
+    row i of `loss_replicates` and `speedup_replicates` holds the bootstrap replicates behind
+    row i of `speedups` (NaN where it has none)."""
 
     fits: pd.DataFrame
     speedups: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     fit_objects: dict[str, PowerLawFit] = field(default_factory=dict)
+    loss_replicates: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    speedup_replicates: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
 
 
 def estimate_speedups(cells: pd.DataFrame,
@@ -72,17 +76,25 @@ def estimate_speedups(cells: pd.DataFrame,
             notes.append(f"scale {scale}: no AdamW fit: {e}")
     sigmas = _sigmas({s: f for s, (f, _) in fits.items()}, options.pool_sigma)
     rng = np.random.default_rng(options.seed)
-    rows = []
+    rows: list[dict] = []
+    losses, speedups = [np.empty((0, options.n_boot))], [np.empty((0, options.n_boot))]
     for scale in scales:
         sub = cells[cells["scale"] == scale]
         if scale in fits:
-            rows += _scale_speedups(sub, *fits[scale], sigmas[scale][0], options, rng, notes)
+            scale_rows, reps = _scale_speedups(sub, *fits[scale], sigmas[scale][0], options, rng,
+                                               notes)
+            rows += scale_rows
+            losses.append(reps.losses)
+            speedups.append(reps.speedups)
         else:
             rows += [_row(c, note="no AdamW fit at this scale") for _, c in sub.iterrows()]
+            losses.append(np.full((len(sub), options.n_boot), np.nan))
+            speedups.append(losses[-1])
     fit_table = pd.DataFrame([_fit_row(s, fits[s][0], cells, *sigmas[s]) for s in fits],
                              columns=FIT_COLUMNS)
     return SpeedupResult(fit_table, pd.DataFrame(rows, columns=SPEEDUP_COLUMNS), notes,
-                         {s: f for s, (f, _) in fits.items()})
+                         {s: f for s, (f, _) in fits.items()}, np.vstack(losses),
+                         np.vstack(speedups))
 
 
 def observed(cell: pd.Series) -> Observed:
@@ -111,17 +123,21 @@ def _sigmas(fits: dict[str, PowerLawFit], pool: bool) -> dict[str, tuple[float, 
 
 def _scale_speedups(sub: pd.DataFrame, fit: PowerLawFit, points: list[Observed], sigma: float,
                     options: SpeedupOptions, rng: np.random.Generator,
-                    notes: list[str]) -> list[dict]:
-    live = sub[np.isfinite(sub["loss"])]
-    cells = [observed(c) for _, c in live.iterrows()]
-    fit_index = [_fit_index(c, points, options.baseline) for _, c in live.iterrows()]
-    intervals = speedup_intervals(fit, points, cells, fit_index, sigma, n_boot=options.n_boot,
-                                  level=options.level, rng=rng)
+                    notes: list[str]) -> tuple[list[dict], Replicates]:
+    """The scale's rows and their replicates (row-aligned with `sub`)."""
+    live = np.isfinite(sub["loss"].to_numpy(dtype=float))
+    cells = [observed(c) for _, c in sub[live].iterrows()]
+    fit_index = [_fit_index(c, points, options.baseline) for _, c in sub[live].iterrows()]
+    reps = speedup_replicates(fit, points, cells, fit_index, sigma, n_boot=options.n_boot, rng=rng)
+    intervals = reps.intervals(options.level)
     if intervals.reason:
         notes.append(f"scale {sub['scale'].iloc[0]}: no intervals: {intervals.reason}")
-    bounds = dict(zip(live.index, intervals.bounds))
-    return [_cell_speedup(c, fit, bounds[i], intervals, sigma) if i in bounds
+    bounds = dict(zip(sub.index[live], intervals.bounds))
+    rows = [_cell_speedup(c, fit, bounds[i], intervals, sigma) if i in bounds
             else _row(c, note=_no_loss_note(c)) for i, c in sub.iterrows()]
+    aligned = np.full((2, len(sub), options.n_boot), np.nan)
+    aligned[:, live] = reps.losses, reps.speedups
+    return rows, Replicates(*aligned, reps.failed_refits, reps.reason)
 
 
 def _fit_index(cell: pd.Series, points: list[Observed], baseline: str) -> int | None:

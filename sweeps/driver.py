@@ -61,8 +61,8 @@ def start_local(resources: Resources) -> None:
 
 def fair_share_workers() -> None:
     """Run a local instance's workers at normal priority. Ray starts them at niceness 15, so on a
-    machine with any other busy process a trial gets a few percent of a core (measured: 5% beside
-    two training processes) and its wall time, and every throughput figure, means nothing."""
+    machine with any other busy process a trial gets a few percent of a core (docs/MEASUREMENTS.md)
+    and its wall time, and every throughput figure, means nothing."""
     os.environ.setdefault("RAY_worker_niceness", "0")  # read by the raylet ray.init starts
 
 

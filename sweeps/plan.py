@@ -10,15 +10,15 @@ evaluation), else from bench.estimate's measured training burst on this machine.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
-from typing import Any
-
-import pandas as pd
+from typing import Any, Sequence
 
 from bench.model.flops import flops_per_token
 from bench.model.scales import get_scale
 from bench.run.estimate import achieved_flops, measured_gpu_flops
 from bench.run.spec import RunSpec
+from bench.store.record import StoredRun
 from sweeps.grid import Config
 
 
@@ -39,7 +39,7 @@ class Cell:
         return f"{self.optimizer} {self.ratio:g}x"
 
     def spec(self, config: Config, seed: int = 0, device: str = "cpu") -> RunSpec:
-        precision = "bf16" if device == "cuda" else "fp32"  # DESIGN.md: bf16 autocast on CUDA
+        precision = "bf16" if device == "cuda" else "fp32"  # docs/DESIGN.md: bf16 autocast on CUDA
         return RunSpec(self.optimizer, self.scale, self.ratio, dict(config), seed,
                        precision=precision, device=device)
 
@@ -66,22 +66,23 @@ class Cost:
 
 
 def estimate_cost(cells: list[CellCost], workers: int, threads: int, device: str,
-                  frame: pd.DataFrame) -> Cost:
+                  stored: Sequence[StoredRun]) -> Cost:
     """Runs, tokens, FLOPs and wall time of every run the protocols may ask for (an upper bound)."""
     runs = sum(c.max_runs for c in cells)
     tokens = sum(c.max_runs * c.tokens_per_run for c in cells)
     flops = sum(c.max_runs * c.tokens_per_run * flops_per_token(get_scale(c.cell.scale)) for c in cells)
-    per_token, source = seconds_per_token(cells[0].cell.scale, threads, device, frame)
+    per_token, source = seconds_per_token(cells[0].cell.scale, threads, device, stored)
     return Cost(runs, tokens, flops, tokens * per_token / max(1, workers), source)
 
 
-def seconds_per_token(scale: str, threads: int, device: str, frame: pd.DataFrame) -> tuple[float, str]:
+def seconds_per_token(scale: str, threads: int, device: str,
+                      stored: Sequence[StoredRun]) -> tuple[float, str]:
     """Measured seconds per training token at `scale`, and where the figure comes from."""
-    ok = frame[(frame["scale"] == scale) & (frame["status"] == "ok") & (frame["tokens"] > 0)] \
-        if len(frame) else frame
-    if len(ok):
-        rate = float((ok["wall_time_s"] / ok["tokens"]).median())
-        return rate, f"the median of {len(ok)} stored run(s) at {scale}, loading and evaluation included"
+    rates = [r.wall_time_s / r.tokens for r in stored
+             if r.scale == scale and r.status == "ok" and r.tokens > 0]
+    if rates:
+        return (statistics.median(rates),
+                f"the median of {len(rates)} stored run(s) at {scale}, loading and evaluation included")
     if device == "cuda":
         measured = measured_gpu_flops(scale)
         if measured is None:
@@ -94,13 +95,10 @@ def seconds_per_token(scale: str, threads: int, device: str, frame: pd.DataFrame
                   f"process; evaluation and data loading not included")
 
 
-def stored_runs(frame: pd.DataFrame, cell: Cell) -> int:
-    """Runs of this optimizer x scale x ratio already in the store (any protocol, any seed)."""
-    if not len(frame):
-        return 0
-    same = (frame["optimizer"] == cell.optimizer) & (frame["scale"] == cell.scale) \
-        & (frame["ratio"] == cell.ratio)
-    return int(same.sum())
+def stored_runs(stored: Sequence[StoredRun], cell: Cell) -> int:
+    """Runs of this optimizer x scale x ratio among `stored` (any protocol, any seed)."""
+    return sum(r.optimizer == cell.optimizer and r.scale == cell.scale and r.ratio == cell.ratio
+               for r in stored)
 
 
 def format_plan(cells: list[CellCost], cost: Cost, settings: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """Every trial of a sweep recorded in Optuna storage, one study per cell, for optuna-dashboard.
 
 Storage: a Journal file under results/ by default (fast and lock-free under many workers, see
-MEASUREMENTS.md), or any RDB URL Optuna accepts. The record follows the results store, which is
+docs/MEASUREMENTS.md), or any RDB URL Optuna accepts. The record follows the results store, which is
 the source of truth: each run is added once (by run key) when its result is known, fresh or read
 back from the store, so after an interruption a rerun fills in whatever the record missed.
 Diverged and failed runs are recorded as failed trials with their status and reason.

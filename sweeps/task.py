@@ -9,8 +9,11 @@ from typing import Any
 
 
 def train_task(spec: dict[str, Any], threads: int, micro_batch: int = 0, compile: bool = False) -> dict[str, Any]:
+    from bench.run.faults import planned
     from bench.run.spec import RunSpec
     from bench.run.train import RunOptions, run
 
-    options = RunOptions(threads=threads, progress=False, micro_batch=micro_batch, compile=compile)
-    return run(RunSpec.from_dict(spec), options).to_dict()
+    run_spec = RunSpec.from_dict(spec)
+    options = RunOptions(threads=threads, progress=False, micro_batch=micro_batch, compile=compile,
+                         fault=planned(run_spec.to_dict()))  # OPTBENCH_FAULT, which workers inherit
+    return run(run_spec, options).to_dict()

@@ -10,6 +10,8 @@ from analysis.bootstrap import (
 )
 from analysis.fit import fit_power_law, power_law
 
+pytestmark = pytest.mark.unit
+
 ALPHA, B, BETA = 0.42, 0.5, 3.1
 RATIOS = [1.0, 2.0, 4.0, 8.0]
 TRUE_SPEEDUP, CELL_RATIO, NOISE = 1.3, 4.0, 0.01

@@ -1,23 +1,24 @@
 """From runs (the store's frame) to cells, and the one-parameter ablations around a centre."""
 import math
 
-import pandas as pd
 import pytest
 
 from analysis.cells import summarize_cells
 from analysis.sensitivity import one_d_ablations
 from bench.errors import UserError
+from bench.store.record import StoredRun, to_frame
+
+pytestmark = pytest.mark.unit
 
 
-def _run(loss, lr=0.01, seed=0, status="ok", optimizer="adamw", scale="cpu-s", ratio=1.0, **hp):
-    return {"run_key": f"{optimizer}-{scale}-{ratio}-{lr}-{seed}-{hp}", "optimizer": optimizer,
-            "scale": scale, "ladder": "cpu", "ratio": ratio, "seed": seed, "status": status,
-            "final_loss": loss, "steps": 100, "tokens": 1000, "non_embedding_params": 100_000,
-            "wall_time_s": 1.0, "hparams": {"learning_rate": lr, **hp}, "created_at": "now"}
+def _run(loss, lr=0.01, seed=0, status="ok", optimizer="adamw", scale="cpu-s", ratio=1.0,
+         params=100_000, **hp):
+    return StoredRun(f"{optimizer}-{scale}-{ratio}-{lr}-{seed}-{hp}", optimizer, scale, ratio, seed,
+                     status, loss, 100, 1000, params, 1.0, {"learning_rate": lr, **hp})
 
 
 def test_seeds_of_one_config_are_averaged_and_the_best_mean_wins():
-    runs = pd.DataFrame([_run(2.00, lr=0.01, seed=0), _run(2.10, lr=0.01, seed=1),
+    runs = to_frame([_run(2.00, lr=0.01, seed=0), _run(2.10, lr=0.01, seed=1),
                          _run(2.02, lr=0.02, seed=0), _run(2.06, lr=0.02, seed=1)])
     cell = summarize_cells(runs).iloc[0]
     assert cell["hparams"] == {"learning_rate": 0.02}
@@ -28,7 +29,7 @@ def test_seeds_of_one_config_are_averaged_and_the_best_mean_wins():
 
 
 def test_diverged_and_failed_runs_are_counted_and_never_averaged():
-    runs = pd.DataFrame([_run(2.0, seed=0), _run(7.5, seed=1, status="diverged"),
+    runs = to_frame([_run(2.0, seed=0), _run(7.5, seed=1, status="diverged"),
                          _run(math.nan, seed=2, status="failed")])
     cell = summarize_cells(runs).iloc[0]
     assert cell["loss"] == 2.0 and cell["n_seeds"] == 1
@@ -36,7 +37,7 @@ def test_diverged_and_failed_runs_are_counted_and_never_averaged():
 
 
 def test_a_cell_where_everything_diverged_keeps_its_counts_and_has_no_loss():
-    runs = pd.DataFrame([_run(2.0), _run(9.0, optimizer="lion", status="diverged"),
+    runs = to_frame([_run(2.0), _run(9.0, optimizer="lion", status="diverged"),
                          _run(math.nan, optimizer="lion", lr=0.02, status="diverged")])
     lion = summarize_cells(runs).set_index("optimizer").loc["lion"]
     assert math.isnan(lion["loss"]) and lion["n_seeds"] == 0 and lion["n_diverged"] == 2
@@ -44,40 +45,33 @@ def test_a_cell_where_everything_diverged_keeps_its_counts_and_has_no_loss():
 
 
 def test_approximately_best_configs_are_those_within_3e_3():
-    runs = pd.DataFrame([_run(2.000, lr=0.01), _run(2.002, lr=0.02), _run(2.0035, lr=0.04)])
+    runs = to_frame([_run(2.000, lr=0.01), _run(2.002, lr=0.02), _run(2.0035, lr=0.04)])
     cell = summarize_cells(runs).iloc[0]
     assert [c["hparams"]["learning_rate"] for c in cell["approx_best"]] == [0.01, 0.02]
 
 
 def test_cells_are_ordered_adamw_first_then_by_model_size_and_ratio():
-    rows = [_run(2.0, optimizer="muon", scale="cpu-l", ratio=2.0),
+    rows = [_run(2.0, optimizer="muon", scale="cpu-l", ratio=2.0, params=900_000),
             _run(2.0, optimizer="muon", scale="cpu-s", ratio=1.0),
-            _run(2.0, optimizer="adamw", scale="cpu-l")]
-    rows[0]["non_embedding_params"] = 900_000
-    rows[2]["non_embedding_params"] = 900_000
-    cells = summarize_cells(pd.DataFrame(rows))
+            _run(2.0, optimizer="adamw", scale="cpu-l", params=900_000)]
+    cells = summarize_cells(to_frame(rows))
     assert list(zip(cells.optimizer, cells.scale)) == [("adamw", "cpu-l"), ("muon", "cpu-s"),
                                                        ("muon", "cpu-l")]
 
 
-def test_hyperparameters_stored_as_json_text_are_read():
-    runs = pd.DataFrame([_run(2.0)]).assign(hparams=['{"learning_rate": 0.01}'])
-    assert summarize_cells(runs).iloc[0]["hparams"] == {"learning_rate": 0.01}
-
-
 def test_a_frame_without_the_needed_columns_is_a_user_error():
     with pytest.raises(UserError, match="final_loss"):
-        summarize_cells(pd.DataFrame([_run(2.0)]).drop(columns=["final_loss"]))
+        summarize_cells(to_frame([_run(2.0)]).drop(columns=["final_loss"]))
 
 
 def test_ablations_are_found_around_the_config_with_most_one_parameter_neighbours():
     centre = dict(lr=0.01, wd=0.1)
-    runs = pd.DataFrame([
+    runs = to_frame([
         _run(2.00, **centre, seed=0), _run(2.02, **centre, seed=1),
         _run(2.05, lr=0.02, wd=0.1), _run(8.0, lr=0.04, wd=0.1, status="diverged"),
         _run(2.03, lr=0.01, wd=0.0),
         _run(1.99, lr=0.02, wd=0.0),  # differs in two: not an ablation of the centre
-    ]).assign(hparams=lambda f: f["hparams"].map(lambda h: {"lr": h.pop("learning_rate"), **h}))
+    ]).assign(hparams=lambda f: f["hparams"].map(lambda h: {"lr": h["learning_rate"], "wd": h["wd"]}))
     abl = one_d_ablations(runs)
     lr = abl[abl.param == "lr"].sort_values("value")
     assert list(lr.value) == [0.01, 0.02, 0.04]

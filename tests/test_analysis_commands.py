@@ -15,6 +15,8 @@ from bench.cli import main
 from bench.cli.analysis import analyze_runs, register
 from bench.errors import UserError
 
+pytestmark = pytest.mark.integration
+
 RESULTS = DEFAULT_DATA_DIR / "Analysis" / "Results"
 
 
@@ -49,16 +51,35 @@ def test_reproduce_writes_speedups_csv_with_the_agreed_columns(reproduced):
         assert all((out / f"{name}.{ext}").exists() for ext in ("md", "csv", "tex"))
 
 
-def test_reproduce_matches_the_studys_headline_numbers(reproduced):
+def _fastest(rows, scale, ratio):
+    """The largest speedup over AdamW of any other optimizer in the cell at `scale` x `ratio`."""
+    return max(float(r["speedup"]) for (optimizer, s, q), r in rows.items()
+               if (s, q) == (scale, ratio) and optimizer != "adamw")
+
+
+def test_reproduce_agrees_with_the_studys_published_speedups(reproduced):
     _, rows, _ = reproduced
-    # the study's fit (1-8x) and min_loss cells: Muon ~1.4x at 0.1B, ~1.1x at 1.2B, 8x Chinchilla
+    # The study's words, at its precision (one decimal): the best optimizer at 8x Chinchilla is
+    # "about 1.4x" over AdamW at 0.1B and "about 1.1x" at 1.2B.
+    assert 1.35 <= _fastest(rows, "0.1B", 8.0) < 1.45
+    assert 1.05 <= _fastest(rows, "1.2B", 8.0) < 1.15
+    muon = rows[("muon", "0.1B", 8.0)]
+    assert float(muon["ci_low"]) < float(muon["speedup"]) < float(muon["ci_high"])
+
+
+def test_reproduce_gives_adamws_own_cells_a_speedup_of_one(reproduced):
+    _, rows, _ = reproduced
+    for ratio in (1.0, 2.0, 4.0, 8.0):  # the cells its law is fitted on
+        assert float(rows[("adamw", "0.5B", ratio)]["speedup"]) == pytest.approx(1.0, abs=0.02)
+
+
+def test_regression_pin_of_our_reproductions_8x_speedups(reproduced):
+    # Not the study's claim (that is the test above): our own figures, pinned so that a change to
+    # the fit, the cells or the data shows up here first.
+    _, rows, _ = reproduced
     assert float(rows[("muon", "0.1B", 8.0)]["speedup"]) == pytest.approx(1.408, abs=0.002)
     assert float(rows[("muon", "1.2B", 8.0)]["speedup"]) == pytest.approx(1.099, abs=0.002)
     assert float(rows[("soap", "1.2B", 8.0)]["speedup"]) == pytest.approx(1.094, abs=0.002)
-    muon = rows[("muon", "0.1B", 8.0)]
-    assert float(muon["ci_low"]) < float(muon["speedup"]) < float(muon["ci_high"])
-    for ratio in (1.0, 2.0, 4.0, 8.0):
-        assert float(rows[("adamw", "0.5B", ratio)]["speedup"]) == pytest.approx(1.0, abs=0.02)
 
 
 def test_reproduce_prints_our_speedups_beside_the_studys(reproduced):

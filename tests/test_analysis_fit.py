@@ -12,6 +12,8 @@ from analysis.fit import (
     profile_fit,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("alpha, b, beta, ratios", [
     (0.42, 0.50, 3.10, [1, 2, 4, 8]),  # like the study's 0.1B AdamW fit

@@ -5,13 +5,11 @@ import shutil
 
 import pytest
 
-from analysis.paper.ingest import (
-    DEFAULT_DATA_DIR,
-    RUN_FRAME_COLUMNS,
-    load_paper_runs,
-    parse_value,
-)
+from analysis.paper.ingest import DEFAULT_DATA_DIR, load_paper_runs, parse_value
 from bench.errors import UserError
+from bench.store.record import RUN_COLUMNS
+
+pytestmark = pytest.mark.unit
 
 RESULTS = DEFAULT_DATA_DIR / "Analysis" / "Results"
 
@@ -27,7 +25,7 @@ def _cell(runs, optimizer, scale, ratio):
 
 def test_the_shipped_data_is_read_whole_in_the_stores_shape(paper):
     assert paper.issues == [] and paper.files_read == 150
-    assert list(paper.runs.columns) == RUN_FRAME_COLUMNS
+    assert list(paper.runs.columns) == list(RUN_COLUMNS)
     assert set(paper.runs.optimizer) == {"adamw", "nadamw", "mars", "cautious", "lion", "adam_mini",
                                          "muon", "scion", "kron", "soap", "sophia"}
     assert set(paper.runs.scale) == {"0.1B", "0.3B", "0.5B", "1.2B"}

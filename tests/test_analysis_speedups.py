@@ -1,14 +1,17 @@
 """Speedups per cell from a store-shaped runs frame: values, intervals, flags, failures."""
 import math
+from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from analysis.cells import summarize_cells
 from analysis.fit import power_law
 from analysis.speedups import SpeedupOptions, estimate_speedups, parse_ratios
 from bench.errors import UserError
+from bench.store.record import StoredRun, to_frame
+
+pytestmark = pytest.mark.unit
 
 LAW = {"cpu-s": (0.6, 0.5, 2.0), "cpu-l": (0.5, 0.45, 1.7)}
 PARAMS = {"cpu-s": 100_000, "cpu-l": 800_000}
@@ -18,16 +21,13 @@ def _runs(cells, seeds=1, noise=0.0, rng=None):
     """cells: (optimizer, scale, ratio, effective ratio); loss = AdamW's law at the effective
     ratio, so the true speedup is effective / ratio."""
     rng = rng or np.random.default_rng(0)
-    rows = []
+    runs = []
     for optimizer, scale, ratio, effective in cells:
         for seed in range(seeds):
             loss = power_law(effective, *LAW[scale]) + (rng.normal(0, noise) if noise else 0.0)
-            rows.append({"run_key": f"{optimizer}/{scale}/{ratio}/{seed}", "optimizer": optimizer,
-                         "scale": scale, "ladder": "cpu", "ratio": ratio, "seed": seed,
-                         "status": "ok", "final_loss": loss, "steps": 500, "tokens": 1,
-                         "non_embedding_params": PARAMS[scale], "wall_time_s": 1.0,
-                         "hparams": {"learning_rate": 0.01}, "created_at": "now"})
-    return pd.DataFrame(rows)
+            runs.append(StoredRun(f"{optimizer}/{scale}/{ratio}/{seed}", optimizer, scale, ratio, seed,
+                                  "ok", loss, 500, 1, PARAMS[scale], 1.0, {"learning_rate": 0.01}))
+    return runs
 
 
 def _adamw(scale, ratios=(1, 2, 4, 8)):
@@ -35,7 +35,7 @@ def _adamw(scale, ratios=(1, 2, 4, 8)):
 
 
 def _speedups(runs, **options):
-    result = estimate_speedups(summarize_cells(runs), SpeedupOptions(n_boot=300, **options))
+    result = estimate_speedups(summarize_cells(to_frame(runs)), SpeedupOptions(n_boot=300, **options))
     return result, result.speedups.set_index(["optimizer", "scale", "ratio"])
 
 
@@ -69,8 +69,8 @@ def test_a_loss_beyond_adamws_fitted_range_is_flagged_extrapolated():
 
 def test_a_loss_below_the_asymptote_is_an_infinite_flagged_speedup():
     runs = _runs(_adamw("cpu-s"))
-    below = runs.iloc[[0]].assign(optimizer="magic", final_loss=1.9, run_key="magic")
-    _, table = _speedups(pd.concat([runs, below], ignore_index=True))
+    below = replace(runs[0], optimizer="magic", final_loss=1.9, run_key="magic")
+    _, table = _speedups(runs + [below])
     row = table.loc[("magic", "cpu-s", 1.0)]
     assert row["speedup"] == math.inf and row["below_asymptote"] and row["extrapolated"]
     assert "asymptote" in row["note"]
@@ -109,9 +109,8 @@ def test_single_seed_noise_is_pooled_over_the_scales_fits():
 
 def test_diverged_only_cells_have_no_speedup_and_say_why():
     runs = _runs(_adamw("cpu-s"))
-    dead = runs.iloc[[1]].assign(optimizer="lion", status="diverged", final_loss=7.7,
-                                 run_key="lion")
-    _, table = _speedups(pd.concat([runs, dead], ignore_index=True))
+    dead = replace(runs[1], optimizer="lion", status="diverged", final_loss=7.7, run_key="lion")
+    _, table = _speedups(runs + [dead])
     row = table.loc[("lion", "cpu-s", 2.0)]
     assert math.isnan(row["speedup"]) and "1 diverged" in row["note"]
 

@@ -9,13 +9,14 @@ from analysis.cells import summarize_cells
 from analysis.fit import power_law
 from analysis.speedups import SpeedupOptions, estimate_speedups
 from analysis.tables import Table, build_tables, to_latex, to_markdown, write_table
+from bench.store.record import StoredRun, to_frame
+
+pytestmark = pytest.mark.unit
 
 
 def _run(optimizer, ratio, loss, lr=0.01, status="ok"):
-    return {"run_key": f"{optimizer}/{ratio}/{lr}", "optimizer": optimizer, "scale": "cpu-s",
-            "ladder": "cpu", "ratio": ratio, "seed": 0, "status": status, "final_loss": loss,
-            "steps": 10, "tokens": 1, "non_embedding_params": 1000, "wall_time_s": 1.0,
-            "hparams": {"learning_rate": lr, "weight_decay": 0.1}, "created_at": "now"}
+    return StoredRun(f"{optimizer}/{ratio}/{lr}", optimizer, "cpu-s", ratio, 0, status, loss, 10, 1,
+                     1000, 1.0, {"learning_rate": lr, "weight_decay": 0.1})
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def tables():
     rows += [_run("adam_mini", 2.0, power_law(2.5, 0.6, 0.5, 2.0)),
              _run("adam_mini", 2.0, power_law(2.48, 0.6, 0.5, 2.0), lr=0.02),
              _run("adam_mini", 2.0, 7.9, lr=0.04, status="diverged")]
-    cells = summarize_cells(pd.DataFrame(rows))
+    cells = summarize_cells(to_frame(rows))
     result = estimate_speedups(cells, SpeedupOptions(n_boot=200))
     return {t.name: t for t in build_tables(cells, result.speedups, result.fits, 0.9)}
 

@@ -1,6 +1,9 @@
-"""Fuzzed bad input (hypothesis): always a one-line error and exit code 2, never a traceback, and
-nothing written. The CLI is called in-process; runs never start because every case is invalid."""
+"""Fuzzed input (hypothesis): bad input is always a one-line error and exit code 2, never a
+traceback, and nothing written; input that is accepted means what it says. The CLI is called
+in-process; runs never start because every case given to it is invalid."""
 import json
+import math
+import re
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -14,6 +17,7 @@ from bench.optimizers.registry import OptimizerDef, all_optimizers, get
 from bench.run.spec import RunSpec
 from bench.store.database import ResultStore
 
+KINDS = ("default", "text", "json", "parquet", "hf")  # bench.data.corpus's source kinds
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
 KNOWN_OPTS = {o.name for o in all_optimizers()}
@@ -26,6 +30,7 @@ def _expect_exit_2(argv, capsys):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("optbench: error:")
 
 
+@pytest.mark.integration
 @FUZZ
 @given(name=names)
 def test_any_unknown_optimizer_name(name, capsys, tmp_path):
@@ -34,6 +39,7 @@ def test_any_unknown_optimizer_name(name, capsys, tmp_path):
     assert not (tmp_path / "s.db").exists()
 
 
+@pytest.mark.integration
 @FUZZ
 @given(name=names)
 def test_any_unknown_scale(name, capsys):
@@ -41,6 +47,7 @@ def test_any_unknown_scale(name, capsys):
     _expect_exit_2(["run", "--optimizer", "adamw", "--scale", name], capsys)
 
 
+@pytest.mark.integration
 @FUZZ
 @given(ratio=st.one_of(names, st.floats(max_value=0).map(str), st.just("nan"), st.just("inf")))
 def test_any_bad_ratio(ratio, capsys):
@@ -56,18 +63,26 @@ json_values = st.recursive(st.none() | st.booleans() | st.floats() | st.integers
                            lambda inner: st.lists(inner, max_size=3), max_leaves=4)
 
 
+@pytest.mark.unit
 @FUZZ
-@given(opt=st.sampled_from(sorted(KNOWN_OPTS)), key=st.text(min_size=1, max_size=12), value=json_values)
-def test_run_spec_accepts_or_refuses_with_a_user_error_never_a_crash(opt, key, value):
-    known = get(opt).defaults
-    hp = {key if key not in known else key: value}
+@given(opt=st.sampled_from(sorted(KNOWN_OPTS)), data=st.data(),
+       value=json_values | st.integers(0, 4) | st.floats(0, 0.99))  # and values a key may accept
+def test_a_hyperparameter_is_kept_as_its_defaults_type_or_refused_naming_it(opt, data, value):
+    defaults = get(opt).defaults
+    # the optimizer's own names (with fuzzed values) as often as fuzzed names
+    key = data.draw(st.one_of(st.sampled_from(sorted(defaults)), st.text(min_size=1, max_size=12)))
     try:
-        spec = RunSpec(opt, "cpu-xs", 1, hp)
-    except UserError:
+        spec = RunSpec(opt, "cpu-xs", 1, {key: value})
+    except UserError as e:
+        assert repr(key) in str(e)
         return
-    assert spec.hparams[key] == value or float(spec.hparams[key]) == float(value)
+    assert key in defaults  # an unknown name is never accepted
+    default = defaults[key]
+    assert spec.hparams[key] == value
+    assert type(spec.hparams[key]) is (float if default is None and value is not None else type(default))
 
 
+@pytest.mark.integration
 @FUZZ
 @given(opt=st.sampled_from(sorted(KNOWN_OPTS)), data=st.data())
 def test_bad_hyperparameter_values_on_the_command_line(opt, data, capsys):
@@ -81,15 +96,28 @@ def test_bad_hyperparameter_values_on_the_command_line(opt, data, capsys):
     _expect_exit_2(["run", "--optimizer", opt, "--scale", "cpu-xs", "--set", f"{key}={text}"], capsys)
 
 
+# Mostly well-formed specs (kinds, fuzzed targets, good and bad weights), and fuzzed text.
+weights = st.one_of(st.just(""), st.floats(1e-100, 1e100).map(lambda w: f"@{w}"),
+                    st.sampled_from(["@0", "@-1", "@x", "@inf", "@nan", "@1e999", "@1e308"]))
+parts = st.builds(lambda kind, target, weight: f"{kind}:{target}{weight}", st.sampled_from(KINDS), names, weights)
+data_specs = st.one_of(names, st.lists(parts, min_size=1, max_size=3).map(",".join))
+
+
+@pytest.mark.unit
 @FUZZ
-@given(spec=names)
-def test_data_specs_parse_or_fail_with_a_user_error(spec):
+@given(spec=data_specs)
+def test_a_data_spec_parses_into_its_weighted_sources_or_fails_with_a_user_error(spec):
     try:
-        parse_sources(spec)
+        sources = parse_sources(spec)
     except UserError:
-        pass
+        return
+    written = [p.strip() for p in spec.split(",") if p.strip()]
+    assert [s.kind for s in sources] == [re.match("[a-z]+", p)[0] for p in written]
+    assert all(s.target in p for s, p in zip(sources, written))
+    assert all(s.weight > 0 for s in sources) and math.isclose(sum(s.weight for s in sources), 1)
 
 
+@pytest.mark.integration
 @FUZZ
 @given(url=names)
 def test_store_urls_open_or_fail_with_a_user_error(url, tmp_path):
@@ -98,6 +126,7 @@ def test_store_urls_open_or_fail_with_a_user_error(url, tmp_path):
         ResultStore(url)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("content", ["", "{", "[]", '{"cpu": 3}', '{"paper": {}}'])
 def test_corrupt_search_space_files_are_user_errors(content, tmp_path, monkeypatch):
     import bench.optimizers.registry as registry
@@ -111,6 +140,7 @@ def test_corrupt_search_space_files_are_user_errors(content, tmp_path, monkeypat
         get("adamw").space("cpu")
 
 
+@pytest.mark.unit
 def test_registry_rejects_an_incomplete_registration():
     with pytest.raises(ValueError, match="train keys"):
         from bench.optimizers.registry import register

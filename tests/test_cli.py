@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.system
+
 OPTBENCH = [sys.executable, "-m", "bench.cli"]
 
 

@@ -11,7 +11,7 @@ from bench.optimizers.registry import all_optimizers
 from bench.run.spec import RunSpec
 from bench.run.train import RunOptions, run
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+pytestmark = [pytest.mark.system, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
 @pytest.mark.parametrize("name", [o.name for o in all_optimizers()])

@@ -7,6 +7,8 @@ from bench.data.corpus import Source, load_documents, parse_sources
 from bench.data.tokens import Batches, _held_out, load_data, token_buckets, unigram_loss
 from bench.errors import UserError
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def data():

@@ -2,9 +2,13 @@
 import json
 import math
 
+import pytest
+
 from bench.model.flops import flops_per_token
 from bench.model.scales import get_scale
 from bench.run.estimate import achieved_flops, run_seconds
+
+pytestmark = pytest.mark.integration
 
 
 def test_throughput_is_measured_per_scale_and_thread_count_and_cached(tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ from bench import cli
 from bench.run import faults
 from bench.run.spec import RunSpec
 
+pytestmark = pytest.mark.integration
+
 
 def fields(lr=0.008, seed=0, optimizer="adamw"):
     return RunSpec(optimizer, "cpu-xs", 0.05, {"learning_rate": lr}, seed).to_dict()

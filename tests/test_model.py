@@ -1,8 +1,11 @@
+import pytest
 import torch
 
 from bench.model.llama import LlamaModel
 from bench.model.scales import get_scale
 from bench.roles import Role
+
+pytestmark = pytest.mark.unit
 
 
 def _model(vocab=64):
@@ -20,7 +23,8 @@ def test_every_parameter_has_a_role_and_hidden_count_matches_the_scale():
     assert roles["norm.weight"] == Role.NORM
     assert roles["layers.0.attn.wq.weight"] == Role.HIDDEN
     assert roles["layers.0.mlp.w_down.weight"] == Role.HIDDEN
-    assert model.non_embedding_params() == get_scale("cpu-xs").non_embedding_params
+    hidden = sum(t.param.numel() for t in tagged if t.role == Role.HIDDEN)
+    assert hidden == get_scale("cpu-xs").non_embedding_params  # the shape rule the budgets use
 
 
 def test_attention_is_causal():

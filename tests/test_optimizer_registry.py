@@ -3,24 +3,27 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bench.model.llama import LlamaModel
 from bench.model.scales import get_scale
 from bench.optimizers.registry import TRAIN_KEYS, all_optimizers
 from bench.roles import Role
 from bench.run.spec import RunSpec
+from bench.run.step import train_step
 from bench.run.train import RunOptions, run
+
 
 NAMES = [o.name for o in all_optimizers()]
 STUDY = {"adamw", "nadamw", "mars", "cautious", "lion", "adam_mini", "muon", "scion", "kron", "soap", "sophia"}
 NEWER = {"normuon", "auon", "conda", "muonclip"}
 
 
+@pytest.mark.integration
 def test_the_studys_eleven_and_the_required_newer_optimizers_are_registered():
     assert STUDY | NEWER <= set(NAMES)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", NAMES)
 def test_registration_is_complete(name):
     opt = next(o for o in all_optimizers() if o.name == name)
@@ -33,6 +36,7 @@ def test_registration_is_complete(name):
     RunSpec(name, "cpu-xs", 1, {})  # defaults pass validation
 
 
+@pytest.mark.system  # a whole run per optimizer: ~8 s each
 @pytest.mark.parametrize("name", NAMES)
 def test_trains_the_smallest_scale_well_below_unigram_at_defaults(name):
     r = run(RunSpec(name, "cpu-xs", 0.5, {}), RunOptions(threads=2))
@@ -40,16 +44,12 @@ def test_trains_the_smallest_scale_well_below_unigram_at_defaults(name):
     assert r.final_loss < 0.8 * r.unigram_loss, (r.final_loss, r.unigram_loss)
 
 
-def _steps(model, opt, batches, curvature):
-    for x in batches:
-        if curvature:
-            opt.curvature_step(0, model, x[:, :-1])
-        loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+def _steps(model, opt, batches, first, curvature):
+    for step, x in enumerate(batches, start=first):
+        train_step(model, opt, x, step, curvature=curvature)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", NAMES)
 def test_checkpoint_restore_continues_bitwise(name):
     opt_def = next(o for o in all_optimizers() if o.name == name)
@@ -63,15 +63,15 @@ def test_checkpoint_restore_continues_bitwise(name):
         model = LlamaModel(get_scale("cpu-xs"), 64)
         return model, opt_def.build(model.tagged_parameters(), hp, model)
 
-    curvature = hasattr(fresh()[1], "curvature_step")
+    curvature = opt_def.needs_curvature_pass
     model, opt = fresh()
-    _steps(model, opt, batches[:3], curvature)
+    _steps(model, opt, batches[:3], 0, curvature)
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-    _steps(model, opt, batches[3:], curvature)
+    _steps(model, opt, batches[3:], 3, curvature)
 
     model2, opt2 = fresh()
     model2.load_state_dict(saved_model)
     opt2.load_state_dict(saved_opt)
-    _steps(model2, opt2, batches[3:], curvature)
+    _steps(model2, opt2, batches[3:], 3, curvature)
     for (n, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
         assert torch.equal(a, b), f"{name}: {n} differs after restore"

@@ -24,6 +24,8 @@ from sweeps.regress import baseline as files
 from sweeps.regress.check import Layout, measure, new_baseline, updated
 from sweeps.regress.runs import train_all
 
+pytestmark = pytest.mark.system
+
 LAYOUT = Layout(seeds=(0, 1, 2), threads=1, reference_ratios=(0.1, 0.2, 0.4), ratios=(0.4,),
                 optimizers=("adamw", "lion"), ratios_of=())
 EVAL_TOKENS = 1 << 13

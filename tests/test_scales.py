@@ -3,6 +3,8 @@ import pytest
 from bench.errors import UserError
 from bench.model.scales import SCALES, get_scale
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("name,params", [("0.1B", 134_217_728), ("0.3B", 301_989_888),
                                          ("0.5B", 536_870_912), ("1.2B", 1_207_959_552)])

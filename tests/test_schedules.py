@@ -2,6 +2,8 @@ import pytest
 
 from bench.run.schedules import lr_multiplier
 
+pytestmark = pytest.mark.unit
+
 
 def test_linear_warmup_reaches_peak_then_cosine_decays_to_min_ratio():
     total = 100

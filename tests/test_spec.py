@@ -3,6 +3,8 @@ import pytest
 from bench.errors import UserError
 from bench.run.spec import RunResult, RunSpec
 
+pytestmark = pytest.mark.unit
+
 
 def test_run_key_is_stable_and_resolves_defaults():
     a = RunSpec("adamw", "cpu-xs", 1, {})

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import sqlalchemy as sa
 
@@ -5,10 +7,13 @@ from bench.errors import UserError
 from bench.run.spec import RunResult, RunSpec
 from bench.store.database import ResultStore
 
+pytestmark = pytest.mark.integration
 
-def _result(seed=0, loss=3.0, status="ok"):
-    spec = RunSpec("adamw", "cpu-xs", 1, {}, seed=seed)
-    return RunResult(spec.key, spec.to_dict(), status, loss if status == "ok" else None, steps=10, tokens=100)
+
+def _result(seed=0, loss=3.0, status="ok", optimizer="adamw", scale="cpu-xs"):
+    spec = RunSpec(optimizer, scale, 1, {}, seed=seed)
+    return RunResult(spec.key, spec.to_dict(), status, loss if status == "ok" else None, steps=10, tokens=100,
+                     reason="" if status == "ok" else "loss went to nan")
 
 
 def test_storing_a_run_twice_keeps_one_row(store_url):
@@ -31,6 +36,25 @@ def test_frame_has_the_columns_analysis_reads(store_url):
     assert frame.status.tolist() == ["ok", "diverged"]
     assert frame.ladder.tolist() == ["cpu", "cpu"]
     assert frame.hparams.iloc[0]["learning_rate"] > 0
+
+
+def test_runs_are_read_back_filtered_by_optimizer_and_scale_in_the_order_stored(store_url):
+    store = ResultStore(store_url)
+    for optimizer, scale, seed in [("adamw", "cpu-xs", 2), ("lion", "cpu-xs", 0), ("adamw", "cpu-s", 0),
+                                   ("adamw", "cpu-xs", 0), ("adamw", "cpu-xs", 1)]:
+        store.put(_result(seed, optimizer=optimizer, scale=scale))
+    assert [r.seed for r in store.runs(optimizer="adamw", scale="cpu-xs")] == [2, 0, 1]
+    assert len(store.runs(optimizer=["adamw", "lion"], scale="cpu-xs")) == 4
+    assert [(r.optimizer, r.scale) for r in store.runs(scale=["cpu-s"])] == [("adamw", "cpu-s")]
+    assert store.runs(optimizer="muon") == [] and len(store.runs()) == 5
+
+
+def test_a_diverged_run_reads_back_with_no_loss_and_its_reason(store_url):
+    store = ResultStore(store_url)
+    store.put(_result(status="diverged"))
+    (run,) = store.runs()
+    assert math.isnan(run.final_loss) and run.reason == "loss went to nan"
+    assert run.ladder == "cpu" and run.created_at and run.hparams["learning_rate"] > 0
 
 
 def test_store_from_another_schema_version_is_refused_and_left_intact(store_url):

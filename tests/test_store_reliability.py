@@ -14,6 +14,8 @@ from bench.errors import UserError
 from bench.run.spec import RunResult, RunSpec
 from bench.store.database import ResultStore
 
+pytestmark = pytest.mark.system
+
 
 def _result(seed: int, loss: float = 3.0) -> RunResult:
     spec = RunSpec("adamw", "cpu-xs", 1, {}, seed=seed)

@@ -2,10 +2,14 @@
 chosen the same way however the results arrived (fresh or from the store, in any order)."""
 import math
 
+import pytest
+
 from bench.run.spec import RunResult
 from sweeps.cell import CellTuning
 from sweeps.plan import Cell
 from sweeps.protocols.coordinate import CoordinateDescent
+
+pytestmark = pytest.mark.unit
 
 GRID = {"learning_rate": [0.004, 0.008, 0.016]}
 CELL = Cell("adamw", "cpu-xs", 0.05, "coordinate")

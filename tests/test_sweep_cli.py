@@ -5,13 +5,23 @@ import pytest
 from bench.cli import main
 from bench.cli.sweep import DEFAULT_MAX_TRIALS, parse_optimizers, parse_ratios
 from bench.model.scales import get_scale
+from bench.paths import cache_dir
+from bench.run.estimate import achieved_flops
+from bench.store.database import ResultStore
+
+pytestmark = pytest.mark.integration
 
 
 def sweep(*args, store_url):
     return main(["sweep", "--scale", "cpu-xs", "--store", store_url, *args])
 
 
-def test_dry_run_prints_the_plan_and_its_cost_and_runs_nothing(store_url, capsys):
+def test_dry_run_prints_the_plan_and_its_cost_and_stores_nothing(store_url, tmp_path, monkeypatch, capsys):
+    # Its time estimate needs this machine's training throughput: a few training steps measured
+    # once, then cached (bench.run.estimate). Measured here first, so the dry run only reads it.
+    monkeypatch.setenv("OPTBENCH_RESULTS", str(tmp_path))
+    rate = achieved_flops("cpu-xs", threads=1)
+    cached = (cache_dir() / "throughput.json").read_text()
     assert sweep("--ratios", "1,2", "--optimizers", "adamw,muon", "--workers", "2", "--threads", "1",
                  "--dry-run", store_url=store_url) == 0
     out = capsys.readouterr().out
@@ -20,6 +30,11 @@ def test_dry_run_prints_the_plan_and_its_cost_and_runs_nothing(store_url, capsys
     tokens = 2 * DEFAULT_MAX_TRIALS * (get_scale("cpu-xs").tokens(1) + get_scale("cpu-xs").tokens(2))
     assert f"{runs} runs, {tokens:,} tokens" in out
     assert "2 worker(s) x 1 thread(s)" in out
+    assert f"a measured training burst at cpu-xs, {rate / 1e9:.1f} GFLOP/s per 1-thread process" in out
+    assert (cache_dir() / "throughput.json").read_text() == cached  # read back, not measured again
+    assert len(ResultStore(store_url).frame()) == 0  # no run stored
+    journal = tmp_path / "optuna.journal"  # the studies' default home, as the plan says
+    assert f"Optuna studies: {journal}" in out and not journal.exists()
 
 
 def test_without_yes_and_without_a_terminal_it_refuses(store_url, capsys):

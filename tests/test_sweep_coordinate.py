@@ -3,8 +3,12 @@ when it stops, and that it is a pure function of the losses (what makes a sweep 
 import json
 import math
 
+import pytest
+
 from analysis.cells import config_key
 from sweeps.protocols.coordinate import CoordinateDescent
+
+pytestmark = pytest.mark.unit
 
 GRID = {"learning_rate": [0.001, 0.002, 0.004, 0.008, 0.016], "warmup": [0.0, 0.05, 0.1],
         "beta2": [0.9, 0.95, 0.99]}

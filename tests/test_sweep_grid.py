@@ -1,6 +1,10 @@
 """Grids: the start point snapped onto the grid, the coordinate order, centre-out candidates."""
+import pytest
+
 from analysis.cells import config_key
 from sweeps.grid import centre_out, importance_order, load_grid, snap, start_config
+
+pytestmark = pytest.mark.unit
 
 
 def test_snap_takes_the_nearest_grid_value_on_a_log_scale():

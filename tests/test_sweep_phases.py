@@ -1,31 +1,29 @@
 """Which protocol a cell gets from what the store holds: Phase I, Phase II (from a smaller scale's
 best, only the keys that moved), Phase III (predicted), or a sampler."""
-import pandas as pd
 import pytest
 
 from bench.errors import UserError
 from bench.model.scales import get_scale
 from bench.run.spec import RunSpec
+from bench.store.record import StoredRun
 from sweeps.plan import Cell
 from sweeps.protocols.base import FixedConfig
 from sweeps.protocols.coordinate import CoordinateDescent
 from sweeps.protocols.phases import make_protocol, study_keys, tuned_cells
 from sweeps.protocols.samplers import SamplerSearch
 
-
-def frame(rows):
-    """Runs in the shape of ResultStore.frame(): (optimizer, scale, ratio, loss, hparams)."""
-    records = []
-    for optimizer, scale, ratio, loss, hp in rows:
-        spec = RunSpec(optimizer, scale, ratio, hp)
-        records.append({"run_key": spec.key, "optimizer": optimizer, "scale": spec.scale,
-                        "ladder": get_scale(scale).ladder, "ratio": ratio, "seed": 0, "status": "ok",
-                        "final_loss": loss, "non_embedding_params": get_scale(scale).non_embedding_params,
-                        "tokens": 1, "wall_time_s": 1.0, "hparams": dict(spec.hparams)})
-    return pd.DataFrame.from_records(records)
+pytestmark = pytest.mark.unit
 
 
-EMPTY = frame([])
+def stored(rows):
+    """Finished seed-0 runs as the store gives them: (optimizer, scale, ratio, loss, hparams)."""
+    specs = [(RunSpec(optimizer, scale, ratio, hp), loss) for optimizer, scale, ratio, loss, hp in rows]
+    return [StoredRun(spec.key, spec.optimizer, spec.scale, spec.ratio, 0, "ok", loss, 1, 1,
+                      get_scale(spec.scale).non_embedding_params, 1.0, dict(spec.hparams))
+            for spec, loss in specs]
+
+
+EMPTY = []  # an empty store
 
 
 def test_an_empty_store_gives_phase_one_over_every_key_learning_rate_first():
@@ -35,9 +33,9 @@ def test_an_empty_store_gives_phase_one_over_every_key_learning_rate_first():
 
 
 def test_a_tuned_smaller_scale_gives_phase_two_from_its_best_with_the_study_keys():
-    runs = frame([("adamw", "cpu-xs", 1.0, 3.0, {"learning_rate": 0.016, "warmup": 0.1}),
-                  ("adamw", "cpu-xs", 1.0, 3.5, {"learning_rate": 0.004}),
-                  ("adamw", "cpu-xs", 2.0, 2.0, {"learning_rate": 0.064})])  # another ratio
+    runs = stored([("adamw", "cpu-xs", 1.0, 3.0, {"learning_rate": 0.016, "warmup": 0.1}),
+                   ("adamw", "cpu-xs", 1.0, 3.5, {"learning_rate": 0.004}),
+                   ("adamw", "cpu-xs", 2.0, 2.0, {"learning_rate": 0.064})])  # another ratio
     protocol, _ = make_protocol(Cell("adamw", "cpu-s", 1.0, "coordinate"), 10, runs)
     assert "Phase II from cpu-xs" in protocol.label
     assert protocol.start["learning_rate"] == 0.016 and protocol.start["warmup"] == 0.1
@@ -45,8 +43,8 @@ def test_a_tuned_smaller_scale_gives_phase_two_from_its_best_with_the_study_keys
 
 
 def test_two_tuned_smaller_scales_give_the_keys_that_moved_between_them():
-    runs = frame([("lion", "cpu-xs", 1.0, 3.0, {"learning_rate": 0.004, "beta1": 0.9}),
-                  ("lion", "cpu-s", 1.0, 2.8, {"learning_rate": 0.002, "beta1": 0.9})])
+    runs = stored([("lion", "cpu-xs", 1.0, 3.0, {"learning_rate": 0.004, "beta1": 0.9}),
+                   ("lion", "cpu-s", 1.0, 2.8, {"learning_rate": 0.002, "beta1": 0.9})])
     protocol, _ = make_protocol(Cell("lion", "cpu-m", 1.0, "coordinate"), 10, runs)
     assert protocol.keys == ["learning_rate"] and protocol.start["learning_rate"] == 0.002
 
@@ -60,16 +58,16 @@ def test_study_keys_map_the_study_names_and_default_to_learning_rate():
 
 
 def test_larger_scales_and_other_ladders_never_count_as_tuned():
-    runs = frame([("adamw", "cpu-m", 1.0, 3.0, {}), ("adamw", "0.1B", 1.0, 3.0, {})])
+    runs = stored([("adamw", "cpu-m", 1.0, 3.0, {}), ("adamw", "0.1B", 1.0, 3.0, {})])
     assert tuned_cells(runs, "adamw", "cpu-s") == []
 
 
 def test_predict_fits_over_two_tuned_scales_and_needs_them():
     cell = Cell("adamw", "cpu-m", 1.0, "predict")
     with pytest.raises(UserError, match="needs 2"):
-        make_protocol(cell, 10, frame([("adamw", "cpu-xs", 1.0, 3.0, {})]))
-    runs = frame([("adamw", s, r, 3.0, {"learning_rate": lr / r})
-                  for s, lr in (("cpu-xs", 0.032), ("cpu-s", 0.016)) for r in (1.0, 2.0)])
+        make_protocol(cell, 10, stored([("adamw", "cpu-xs", 1.0, 3.0, {})]))
+    runs = stored([("adamw", s, r, 3.0, {"learning_rate": lr / r})
+                   for s, lr in (("cpu-xs", 0.032), ("cpu-s", 0.016)) for r in (1.0, 2.0)])
     protocol, _ = make_protocol(cell, 10, runs)
     assert isinstance(protocol, FixedConfig)
     assert 0 < protocol.config["learning_rate"] < 0.016  # falls on with model size

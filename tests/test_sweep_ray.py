@@ -18,6 +18,8 @@ import pytest
 from bench.store.database import ResultStore
 from sweeps.record import open_storage
 
+pytestmark = pytest.mark.system
+
 STARTED = re.compile(r"started  .* run ([0-9a-f]{20})")
 STORED = re.compile(r"stored   .* run ([0-9a-f]{20})")
 

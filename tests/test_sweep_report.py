@@ -1,19 +1,19 @@
 """The end-of-sweep speedup section: the analysis package's fit over this sweep's runs, or why
 there is no speedup."""
-import pandas as pd
+import pytest
 
 from bench.model.scales import get_scale
+from bench.store.record import StoredRun, to_frame
 from sweeps.report import speedup_section
+
+pytestmark = pytest.mark.unit
 
 
 def runs(rows):
     """Finished seed-0 runs at cpu-xs: (optimizer, ratio, loss)."""
     n = get_scale("cpu-xs").non_embedding_params
-    return pd.DataFrame([{"run_key": f"{o}{r}", "optimizer": o, "scale": "cpu-xs", "ladder": "cpu",
-                          "ratio": r, "seed": 0, "status": "ok", "final_loss": loss, "steps": 1,
-                          "tokens": 1, "non_embedding_params": n, "wall_time_s": 1.0,
-                          "hparams": {"learning_rate": 0.01}, "created_at": ""}
-                         for o, r, loss in rows])
+    return to_frame(StoredRun(f"{o}{r}", o, "cpu-xs", r, 0, "ok", loss, 1, 1, n, 1.0,
+                              {"learning_rate": 0.01}) for o, r, loss in rows)
 
 
 def test_three_adamw_ratios_give_a_speedup_per_ratio():

@@ -7,6 +7,8 @@ import pytest
 from analysis.cells import config_key
 from sweeps.protocols.samplers import ROUND_SIZE, SamplerSearch
 
+pytestmark = pytest.mark.unit
+
 GRID = {"learning_rate": [0.001, 0.002, 0.004, 0.008, 0.016, 0.032], "warmup": [0.0, 0.05, 0.1],
         "clip": [0.0, 1.0]}
 START = {"learning_rate": 0.004, "warmup": 0.05, "clip": 1.0}

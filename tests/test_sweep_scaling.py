@@ -3,6 +3,8 @@ import pytest
 
 from sweeps.protocols.scaling import TunedCell, fit_hparam, nearest_cell, predict_config
 
+pytestmark = pytest.mark.unit
+
 SCALES = [1e5, 3e5, 1e6]
 RATIOS = [1, 2, 4, 8]
 

@@ -5,7 +5,7 @@ The files are `Analysis/Results/{optimizer}/{size}/{ratio}/result.json` from mar
 regime: the centre config (`best_config`), the loss of the centre run ("Baseline") and of each
 one-parameter ablation ("param=value"), and `min_loss`, the number the study's speedups use.
 
-Every listed run becomes one row shaped like `ResultStore.frame()` (seed 0, ladder "paper").
+Every listed run becomes a StoredRun (bench.store.record; seed 0, a paper-ladder scale).
 Missing runs (null) give no row. A loss that is "NaN", not finite, not positive or >= 6 is a
 diverged run (divergent runs sit at 6-8 or 11.76; a few are absurd, like 1.38e14). Where
 `min_loss` is lower than every listed run (a near-best run the file does not list), the centre row
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import pandas as pd
 
 from bench.errors import UserError
 from bench.model.scales import SCALES
+from bench.store.record import StoredRun, to_frame
 from bench.study import PAPER_SEQ_LEN, TOKENS_PER_PARAM
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -35,11 +36,6 @@ RESULTS_SUBDIR = Path("Analysis") / "Results"
 PAPER_SCALES = {s.paper_name: (s.name, s.non_embedding_params) for s in SCALES.values() if s.ladder == "paper"}
 OPTIMIZER_NAMES = {"mini": "adam_mini", "soape": "soap"}  # the rest keep the study's name
 DIVERGED_AT = 6.0  # every loss of a run that trained is below 4; divergent ones sit at 6-8+
-
-RUN_FRAME_COLUMNS = ["run_key", "optimizer", "scale", "ladder", "ratio", "seed", "status",
-                     "final_loss", "steps", "tokens", "non_embedding_params", "wall_time_s",
-                     "hparams", "created_at"]
-
 
 @dataclass(frozen=True)
 class Issue:
@@ -72,22 +68,21 @@ def load_paper_runs(data_dir: str | Path = DEFAULT_DATA_DIR) -> PaperRuns:
     if not files:
         raise UserError(f"no result files ({{optimizer}}/{{size}}/{{ratio}}/result.json) "
                         f"under {root}")
-    rows: list[dict] = []
+    runs: list[StoredRun] = []
     issues: list[Issue] = []
     for path in files:
-        file_rows, file_issues = read_result_file(path, root)
-        rows += file_rows
+        file_runs, file_issues = read_result_file(path, root)
+        runs += file_runs
         issues += file_issues
-    if not rows:
+    if not runs:
         raise UserError(f"none of the {len(files)} result files under {root} held a usable "
                         f"run; first problem: {issues[0] if issues else 'none recorded'}")
-    runs = pd.DataFrame(rows, columns=RUN_FRAME_COLUMNS)
-    read = len({r["run_key"].rsplit("/", 1)[0] for r in rows})
-    return PaperRuns(runs, issues, read)
+    read = len({r.run_key.rsplit("/", 1)[0] for r in runs})
+    return PaperRuns(to_frame(runs), issues, read)
 
 
-def read_result_file(path: Path, root: Path) -> tuple[list[dict], list[Issue]]:
-    """Rows for one result.json, and the problems found in it (each naming the file)."""
+def read_result_file(path: Path, root: Path) -> tuple[list[StoredRun], list[Issue]]:
+    """The runs of one result.json, and the problems found in it (each naming the file)."""
     name = str(path.relative_to(root))
     where = _Where(name)
     cell = _parse_location(path.relative_to(root), where)
@@ -148,23 +143,23 @@ def _parse_location(rel: Path, where: _Where) -> _Cell | None:
     return _Cell(optimizer, size, ratio)
 
 
-def _runs_of(payload: dict, cell: _Cell, where: _Where) -> list[dict]:
+def _runs_of(payload: dict, cell: _Cell, where: _Where) -> list[StoredRun]:
     centre = payload.get("best_config")
     if not isinstance(centre, dict):
         where.add("no 'best_config' object: the runs' hyperparameters are unknown")
         centre = {}
     listed = _listed_losses(payload, where)
-    rows = []
+    runs = []
     for key, loss in listed.items():
         hparams = dict(centre) if key == "Baseline" else _ablation(centre, key, where)
         if hparams is not None:
-            rows.append(_row(cell, key, loss, hparams))
+            runs.append(_run(cell, key, loss, hparams))
     min_loss = _loss(payload.get("min_loss"), "min_loss", where)
     if min_loss is not None and _is_ok(min_loss):
-        rows = _carry_min_loss(rows, cell, min_loss, centre)
-    if not rows:
+        runs = _carry_min_loss(runs, cell, min_loss, centre)
+    if not runs:
         where.add("no run with a loss in it (all null)")
-    return rows
+    return runs
 
 
 def _listed_losses(payload: dict, where: _Where) -> dict[str, float]:
@@ -216,31 +211,26 @@ def parse_value(text: str) -> Any:
     return {"True": True, "False": False, "None": None}.get(text, text)
 
 
-def _carry_min_loss(rows: list[dict], cell: _Cell, min_loss: float, centre: dict) -> list[dict]:
+def _carry_min_loss(runs: list[StoredRun], cell: _Cell, min_loss: float,
+                    centre: dict) -> list[StoredRun]:
     """Make the cell's best loss the study's min_loss when no listed run reached it."""
-    listed = [r["final_loss"] for r in rows if r["status"] == "ok"]
+    listed = [r.final_loss for r in runs if r.status == "ok"]
     if listed and min(listed) <= min_loss + 1e-9:
-        return rows
-    best = _row(cell, "Baseline", min_loss, dict(centre))
-    best["run_key"] = f"{cell.prefix}/min_loss"
-    return [best] + [r for r in rows if not r["run_key"].endswith("/Baseline")]
+        return runs
+    best = replace(_run(cell, "Baseline", min_loss, dict(centre)), run_key=f"{cell.prefix}/min_loss")
+    return [best] + [r for r in runs if not r.run_key.endswith("/Baseline")]
 
 
 def _is_ok(loss: float) -> bool:
     return math.isfinite(loss) and 0.0 < loss < DIVERGED_AT
 
 
-def _row(cell: _Cell, key: str, loss: float, hparams: dict) -> dict:
+def _run(cell: _Cell, key: str, loss: float, hparams: dict) -> StoredRun:
     scale, params = PAPER_SCALES[cell.size]
     tokens = int(round(cell.ratio * TOKENS_PER_PARAM * params))
     batch = hparams.get("train_batch_size")
     steps = tokens // (PAPER_SEQ_LEN * int(batch)) if isinstance(batch, (int, float)) and batch > 0 \
         else math.nan
-    return {
-        "run_key": f"{cell.prefix}/{key}",
-        "optimizer": OPTIMIZER_NAMES.get(cell.optimizer, cell.optimizer),
-        "scale": scale, "ladder": "paper", "ratio": cell.ratio, "seed": 0,
-        "status": "ok" if _is_ok(loss) else "diverged",
-        "final_loss": loss, "steps": steps, "tokens": tokens, "non_embedding_params": params,
-        "wall_time_s": math.nan, "hparams": hparams, "created_at": None,
-    }
+    return StoredRun(f"{cell.prefix}/{key}", OPTIMIZER_NAMES.get(cell.optimizer, cell.optimizer),
+                     scale, cell.ratio, 0, "ok" if _is_ok(loss) else "diverged", loss, steps,
+                     tokens, params, math.nan, hparams)

@@ -1,4 +1,4 @@
-"""The `optbench` command: subcommands registered by bench, sweeps and analysis.
+"""The `optbench` command: each module of bench/cli registers its subcommands.
 
 Bad input raises UserError anywhere below; here it becomes one line on stderr and exit code 2.
 """
@@ -23,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="optbench", description="Fair optimizer comparisons for LM pretraining.")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

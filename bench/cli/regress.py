@@ -16,6 +16,28 @@ from pathlib import Path
 from bench.errors import UserError
 
 
+ARGUMENTS: list[tuple[str, dict]] = [  # flag, add_argument's keywords
+    ("--baseline", dict(type=Path, default=None, help="baseline file (default: "
+                        "results/baselines/regress-cpu-xs.json in the source tree)")),
+    ("--workers", dict(type=int, default=None, help="runs at once, each with the baseline's "
+                       "thread count (default: CPUs / threads)")),
+    ("--alpha", dict(type=float, default=0.05, help="family-wise false-alarm rate over all "
+                     "optimizers checked (default: 0.05)")),
+    ("--seeds", dict(default=None, help="run these seeds instead of the baseline's, e.g. 3,4,5 "
+                     "(to measure the check's false-alarm rate against seed noise)")),
+    ("--update-baseline", dict(action="store_true", help="re-measure and rewrite the baseline "
+                               "(hyperparameters kept) instead of checking")),
+    ("--tuned-from", dict(default=None, metavar="STORE", help="with --update-baseline: take each "
+                          "optimizer's best config from this sweep store (a new baseline)")),
+    ("--tune-ratio", dict(type=float, default=1.0, help="with --tuned-from: the data ratio the "
+                          "sweep tuned at (default: 1)")),
+    ("--optimizers", dict(default=None, help="with --tuned-from: comma-separated names, AdamW "
+                          "first (default: adamw,nadamw,muon,soap,lion,normuon)")),
+    ("--sweep-command", dict(default="", help="with --tuned-from: the sweep's command line, "
+                             "recorded as provenance")),
+]
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "regress", help="CI check: did an optimizer's speedup over AdamW move? (exit 1 if it fell)",
@@ -23,27 +45,8 @@ def register(subparsers) -> None:
                     "seeds, recompute the speedups over AdamW, and compare them with the baseline "
                     "by a seed bootstrap (Bonferroni-corrected over the optimizers). Prints "
                     "baseline, now, change and verdict per optimizer; exits 1 on a regression.")
-    p.add_argument("--baseline", type=Path, default=None,
-                   help="baseline file (default: results/baselines/regress-cpu-xs.json in the source tree)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="runs at once, each with the baseline's thread count (default: CPUs / threads)")
-    p.add_argument("--alpha", type=float, default=0.05,
-                   help="family-wise false-alarm rate over all optimizers checked (default: 0.05)")
-    p.add_argument("--seeds", default=None,
-                   help="run these seeds instead of the baseline's, e.g. 3,4,5 (to measure the "
-                        "check's false-alarm rate against seed noise)")
-    p.add_argument("--update-baseline", action="store_true",
-                   help="re-measure and rewrite the baseline (hyperparameters kept) instead of checking")
-    p.add_argument("--tuned-from", default=None, metavar="STORE",
-                   help="with --update-baseline: take each optimizer's best config from this sweep "
-                        "store (a new baseline)")
-    p.add_argument("--tune-ratio", type=float, default=1.0,
-                   help="with --tuned-from: the data ratio the sweep tuned at (default: 1)")
-    p.add_argument("--optimizers", default=None,
-                   help="with --tuned-from: comma-separated names, AdamW first (default: "
-                        "adamw,nadamw,muon,soap,lion,normuon)")
-    p.add_argument("--sweep-command", default="",
-                   help="with --tuned-from: the sweep's command line, recorded as provenance")
+    for flag, options in ARGUMENTS:
+        p.add_argument(flag, **options)
     p.set_defaults(func=cmd_regress)
 
 

@@ -64,6 +64,7 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.paths import results_dir
+    from bench.run.faults import planned
     from bench.run.spec import RunSpec
     from bench.run.train import RunOptions, run
     from bench.store.database import ResultStore
@@ -74,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stored = store.get(spec.key)
     options = RunOptions(threads=args.threads, progress=not args.json, checkpoint_every=args.checkpoint_every,
                          checkpoint_dir=str(results_dir() / "checkpoints"), micro_batch=args.micro_batch,
-                         compile=args.compile)
+                         compile=args.compile, fault=planned(spec.to_dict()))
     result = stored or run(spec, options)
     if stored is None:
         store.put(result)

@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--store", default=None, help="results store URL (default: sqlite under results/)")
     p.add_argument("--optuna-storage", default=None,
                    help="Optuna storage: a Journal file path or an RDB URL (default: results/optuna.journal)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and its cost, run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its cost and train nothing (a short throughput burst is measured "
+                        "once per scale and thread count when no rate is cached)")
     p.add_argument("--yes", "-y", action="store_true", help="start without asking")
     p.set_defaults(func=cmd_sweep)
 
@@ -74,8 +75,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     address = os.environ.get("RAY_ADDRESS") or None
     resources = resolve_resources(args, _cluster(address))
     cells = [Cell(o, scale.name, r, args.protocol) for r in ratios for o in optimizers]
-    tunings = _tunings(cells, args, resources.device, store.frame())
-    if not _plan(tunings, args, resources, store):
+    stored = store.runs(scale=_ladder_up_to(scale))  # read once: the protocols and the plan's cost
+    tunings = _tunings(cells, args, resources.device, stored)
+    if not _plan(tunings, args, resources, store, stored):
         return 1
     if args.dry_run:
         return 0
@@ -139,6 +141,15 @@ def _has_grid(opt, ladder: str) -> bool:
     return True
 
 
+def _ladder_up_to(scale) -> list[str]:
+    """The scales of `scale`'s ladder up to it: what the plan reads (smaller tuned scales, and
+    stored runs at this one)."""
+    from bench.model.scales import SCALES
+
+    return [s.name for s in SCALES.values()
+            if s.ladder == scale.ladder and s.non_embedding_params <= scale.non_embedding_params]
+
+
 def _cluster(address: str | None) -> dict | None:
     """The resources of the cluster at RAY_ADDRESS (connecting to it), or None for a local run."""
     if not address:
@@ -148,26 +159,25 @@ def _cluster(address: str | None) -> dict | None:
     return connect(address)
 
 
-def _tunings(cells, args, device: str, frame):
+def _tunings(cells, args, device: str, stored):
     from sweeps.cell import CellTuning
     from sweeps.protocols.phases import make_protocol
 
     tunings = []
     for cell in cells:
-        protocol, grid = make_protocol(cell, args.max_trials, frame)
+        protocol, grid = make_protocol(cell, args.max_trials, stored)
         tunings.append(CellTuning(cell, protocol, grid, args.seeds, device))
     return tunings
 
 
-def _plan(tunings, args, resources, store) -> bool:
+def _plan(tunings, args, resources, store, stored) -> bool:
     """Print the plan and its cost; ask unless --yes. False if the user said no."""
     from sweeps.plan import CellCost, estimate_cost, format_plan, stored_runs
     from sweeps.record import default_target
 
-    frame = store.frame()
     costs = [CellCost(t.cell, t.protocol.label, t.protocol.max_runs + args.seeds - 1,
-                      stored_runs(frame, t.cell)) for t in tunings]
-    cost = estimate_cost(costs, resources.workers, resources.threads, resources.device, frame)
+                      stored_runs(stored, t.cell)) for t in tunings]
+    cost = estimate_cost(costs, resources.workers, resources.threads, resources.device, stored)
     print(format_plan(costs, cost, {"workers": resources.workers, "threads": resources.threads,
                                     "device": resources.device, "store": store.url,
                                     "optuna": args.optuna_storage or default_target()}), flush=True)
@@ -200,7 +210,9 @@ def _run(tunings, args, resources, store, address) -> int:
             ray.shutdown()
     for t in tunings:
         recorder.finish(t)
-    print(summary(tunings, store.frame()))
+    # read the store again: the runs this sweep trained are in it now
+    print(summary(tunings, store.frame(optimizer={t.cell.optimizer for t in tunings},
+                                       scale=tunings[0].cell.scale)))
     target = args.optuna_storage or default_target()
     print(f"\n{sum(t.trained for t in tunings)} runs trained, {sum(t.reused for t in tunings)} read "
           f"back from the store ({store.url}); Optuna studies in {target}"

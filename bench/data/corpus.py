@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ def parse_sources(spec: str) -> list[Source]:
     if not sources:
         raise UserError("empty data spec")
     total = sum(s.weight for s in sources)
+    if not math.isfinite(total):
+        raise UserError(f"bad weights in data spec {spec!r}: their sum overflows; use smaller numbers")
     return [Source(s.kind, s.target, s.config, s.field, s.weight / total) for s in sources]
 
 
@@ -57,8 +60,8 @@ def _weight(text: str | None, part: str) -> float:
         w = float(text) if text else 1.0
     except ValueError:
         w = -1.0
-    if not w > 0:
-        raise UserError(f"bad weight in data source {part!r}: must be a positive number")
+    if not (w > 0 and math.isfinite(w)):
+        raise UserError(f"bad weight in data source {part!r}: must be a positive finite number")
     return w
 
 

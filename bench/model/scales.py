@@ -41,7 +41,7 @@ class Scale:
         return max(1, self.tokens(ratio) // (batch_size * self.seq_len))
 
 
-# The study's models: 32 layers, kv heads = heads, sequence length 4096 (PROTOCOL.md).
+# The study's models: 32 layers, kv heads = heads, sequence length 4096 (docs/PROTOCOL.md).
 _PAPER = [
     Scale("0.1B", "paper", 512, 2048, 32, 8, PAPER_SEQ_LEN, 128, "130m"),
     Scale("0.3B", "paper", 768, 3072, 32, 12, PAPER_SEQ_LEN, 128, "300m"),
@@ -52,7 +52,7 @@ _PAPER = [
 # The CPU ladder keeps the paper's i = 4h and head_dim 16, and spans 9x (xs to m) and 16x (xs to l) in
 # non-embedding parameters.
 # Batch 32 x 128 tokens gives about 320 optimizer steps at 1x on the smallest scale (the study's runs
-# had thousands; runs of ~100 steps are dominated by the first steps, see MEASUREMENTS.md).
+# had thousands; runs of ~100 steps are dominated by the first steps, see docs/MEASUREMENTS.md).
 _CPU = [
     Scale("cpu-xs", "cpu", 32, 128, 4, 2, 128, CPU_BATCH),
     Scale("cpu-s", "cpu", 64, 256, 4, 4, 128, CPU_BATCH),

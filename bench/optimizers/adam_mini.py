@@ -15,12 +15,13 @@ Levanter `mini`, decided by role and the model's structure, never by shape:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-from bench.optimizers.adam_moments import adam_direction, decoupled_step, run_closure
+from bench.optimizers.adam_moments import adam_direction, decoupled_step
+from bench.optimizers.base import Optimizer
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
@@ -53,7 +54,7 @@ def block_count(tp: TaggedParam, model: torch.nn.Module | None) -> int:
     return tp.param.numel()
 
 
-class AdamMini(torch.optim.Optimizer):
+class AdamMini(Optimizer):
     """State per param: exp_avg (param-shaped), exp_avg_sq of shape (blocks, 1), step."""
 
     def __init__(self, params: list[dict[str, Any]], blocks: Mapping[Tensor, int], lr: float,
@@ -67,25 +68,18 @@ class AdamMini(torch.optim.Optimizer):
                 self.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p),
                                  "exp_avg_sq": p.new_zeros(blocks[p], 1)}
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            states = [self.state[p] for p in params]
-            for s in states:
-                s["step"] += 1
-            vs = [s["exp_avg_sq"] for s in states]
-            grads = [p.grad.reshape(v.shape[0], -1) for p, v in zip(params, vs)]
-            ms = [s["exp_avg"].view(v.shape[0], -1) for s, v in zip(states, vs)]
-            block_sq = [g.square().mean(dim=1, keepdim=True) for g in grads]
-            beta1, beta2 = group["betas"]
-            update = adam_direction(ms, vs, grads, beta1, beta2, group["eps"], states[0]["step"], block_sq)
-            decoupled_step(params, [u.view_as(p) for u, p in zip(update, params)],
-                           group["lr"], group["weight_decay"])
-        return loss
+    def update_group(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        states = [self.state[p] for p in params]
+        for s in states:
+            s["step"] += 1
+        vs = [s["exp_avg_sq"] for s in states]
+        grads = [p.grad.reshape(v.shape[0], -1) for p, v in zip(params, vs)]
+        ms = [s["exp_avg"].view(v.shape[0], -1) for s, v in zip(states, vs)]
+        block_sq = [g.square().mean(dim=1, keepdim=True) for g in grads]
+        beta1, beta2 = group["betas"]
+        update = adam_direction(ms, vs, grads, beta1, beta2, group["eps"], states[0]["step"], block_sq)
+        decoupled_step(params, [u.view_as(p) for u, p in zip(update, params)],
+                       group["lr"], group["weight_decay"])
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module | None) -> AdamMini:

@@ -3,8 +3,8 @@
 The study ran these optimizers as optax chains in Levanter: a `scale_by_*` transform, then
 `add_decayed_weights(wd)`, then `scale(-lr)`. The pieces here are that chain in torch:
 
-- `group_tensors`: a param group's params that have grads, their grads, named state buffers
-  (zeros on first use) and the group's step count after this step (a Python int in each param's
+- `group_tensors`: a param group's params that have grads (base.Optimizer.update_group's), their
+  grads, named state buffers (zeros on first use) and the group's step count after this step (a Python int in each param's
   state, so torch's state_dict carries it and step() never syncs with the device);
 - `adam_direction`: optax's `scale_by_adam` direction m_hat / (sqrt(v_hat) + eps), updating the
   moments in place; Adam-mini passes block-averaged squared gradients for v;
@@ -12,7 +12,7 @@ The study ran these optimizers as optax chains in Levanter: a `scale_by_*` trans
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,9 +25,8 @@ class GroupTensors(NamedTuple):
     step: int
 
 
-def group_tensors(opt: torch.optim.Optimizer, group: dict, names: tuple[str, ...]) -> GroupTensors:
-    """Params of `group` with a grad, their grads and state buffers `names`; advances the step."""
-    params = [p for p in group["params"] if p.grad is not None]
+def group_tensors(opt: torch.optim.Optimizer, params: list[Tensor], names: tuple[str, ...]) -> GroupTensors:
+    """`params` (a group's, with grads), their grads and state buffers `names`; advances the step."""
     buffers: dict[str, list[Tensor]] = {name: [] for name in names}
     step = 0
     for p in params:
@@ -65,10 +64,3 @@ def decoupled_step(params: list[Tensor], updates: list[Tensor], lr: float, weigh
         torch._foreach_mul_(params, 1.0 - lr * weight_decay)
     torch._foreach_add_(params, updates, alpha=-lr)
 
-
-def run_closure(closure: Callable[[], float] | None) -> float | None:
-    """torch.optim's closure convention: re-evaluate the loss with grad enabled."""
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()

@@ -12,7 +12,7 @@ Weight decay is not masked, as in both references.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -21,8 +21,8 @@ from bench.optimizers.adam_moments import (
     adam_direction,
     decoupled_step,
     group_tensors,
-    run_closure,
 )
+from bench.optimizers.base import Optimizer
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
@@ -35,24 +35,18 @@ def cautious_mask(update: Tensor, grad: Tensor) -> Tensor:
     return agree.to(update.dtype).mul_(agree.numel() / (kept + 1))
 
 
-class CautiousAdamW(torch.optim.Optimizer):
+class CautiousAdamW(Optimizer):
     def __init__(self, params: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group in self.param_groups:
-            t = group_tensors(self, group, ("exp_avg", "exp_avg_sq"))
-            if not t.params:
-                continue
-            beta1, beta2 = group["betas"]
-            update = adam_direction(t.buffers["exp_avg"], t.buffers["exp_avg_sq"], t.grads,
-                                    beta1, beta2, group["eps"], t.step)
-            torch._foreach_mul_(update, [cautious_mask(u, g) for u, g in zip(update, t.grads)])
-            decoupled_step(t.params, update, group["lr"], group["weight_decay"])
-        return loss
+    def update_group(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        t = group_tensors(self, params, ("exp_avg", "exp_avg_sq"))
+        beta1, beta2 = group["betas"]
+        update = adam_direction(t.buffers["exp_avg"], t.buffers["exp_avg_sq"], t.grads,
+                                beta1, beta2, group["eps"], t.step)
+        torch._foreach_mul_(update, [cautious_mask(u, g) for u, g in zip(update, t.grads)])
+        decoupled_step(t.params, update, group["lr"], group["weight_decay"])
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module | None) -> CautiousAdamW:

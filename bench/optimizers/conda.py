@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor
 
+from bench.optimizers.base import Optimizer
 from bench.optimizers.common import DECAYED_ROLES, TRAIN_DEFAULTS
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
@@ -49,7 +50,7 @@ def rotate_back(x: Tensor, basis: Tensor) -> Tensor:
     return x @ basis.mT if x.shape[-2] >= x.shape[-1] else basis @ x
 
 
-class Conda(torch.optim.Optimizer):
+class Conda(Optimizer):
     """Conda (see module doc); groups with project=False are plain Adam."""
 
     def __init__(self, params: Iterable[Any], lr: float, betas: tuple[float, float] = (0.9, 0.99),
@@ -62,19 +63,7 @@ class Conda(torch.optim.Optimizer):
             if group["project"] and any(p.ndim != 2 for p in group["params"]):
                 raise ValueError("Conda projects 2-D matrices only; give other params a project=False group")
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                self._update(params, group)
-        return loss
-
-    def _update(self, params: list[Tensor], group: Mapping[str, Any]) -> None:
+    def update_group(self, params: list[Tensor], group: Mapping[str, Any]) -> None:
         beta1, beta2 = group["betas"]
         states = [self.state[p] for p in params]
         for p, state in zip(params, states):

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor
 
+from bench.optimizers.base import Optimizer
 from bench.optimizers.common import TRAIN_DEFAULTS, make_adamw
 from bench.optimizers.hybrid import HybridOptimizer
 from bench.optimizers.newton_schulz import newton_schulz, ns_dtype
@@ -44,7 +45,7 @@ def _qr(x: Tensor) -> Tensor:
     return torch.linalg.householder_product(*torch.geqrf(x))
 
 
-class Cosmos(torch.optim.Optimizer):
+class Cosmos(Optimizer):
     """COSMOS for 2-D matrices (see module doc)."""
 
     def __init__(self, params: Iterable[Any], lr: float, betas: tuple[float, float] = (0.9, 0.95),
@@ -57,20 +58,12 @@ class Cosmos(torch.optim.Optimizer):
             if any(p.ndim != 2 for p in group["params"]):
                 raise ValueError("COSMOS updates 2-D matrices only; give other params to AdamW")
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            by_shape: dict[tuple, list[Tensor]] = defaultdict(list)
-            for p in params:
-                by_shape[(tuple(p.shape), self.state[p].get("step", 0))].append(p)
-            for same in by_shape.values():
-                self._update(same, group)
-        return loss
+    def update_group(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        by_shape: dict[tuple, list[Tensor]] = defaultdict(list)
+        for p in params:
+            by_shape[(tuple(p.shape), self.state[p].get("step", 0))].append(p)
+        for same in by_shape.values():
+            self._update(same, group)
 
     def _update(self, params: list[Tensor], group: Mapping[str, Any]) -> None:
         """One batched step for matrices of one shape (and one step count)."""

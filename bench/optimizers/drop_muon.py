@@ -61,13 +61,15 @@ class DropMuon(Muon):
         self.state["sampler"] = {"rng": self.generator.get_state()}
         return start
 
-    def _active(self, group: dict[str, Any]) -> list[torch.Tensor]:
-        return [p for p in super()._active(group) if self.layer_of[p] >= self.start]
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         self.start = self.draw_start()
         return super().step(closure)
+
+    def update_group(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        active = [p for p in params if self.layer_of[p] >= self.start]
+        if active:
+            super().update_group(active, group)
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> HybridOptimizer:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import torch
 
+from bench.optimizers.base import run_closure
 from bench.optimizers.common import make_adamw
 from bench.roles import Role, TaggedParam, split_by_role
 
@@ -67,10 +68,7 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for part in self.parts:
             part.step()
         return loss

@@ -46,6 +46,7 @@ from bench.optimizers.blocks import (
     partition,
     stacked,
 )
+from bench.optimizers.base import Optimizer, run_closure
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
@@ -173,7 +174,7 @@ def _balance(ql: Tensor, qr: Tensor) -> tuple[Tensor, Tensor]:
     return ql * (mean / nl).view(shape), qr * (mean / nr).view((-1,) + (1,) * (qr.ndim - 1))
 
 
-class Kron(torch.optim.Optimizer):
+class Kron(Optimizer):
     """PSGD Kron (see module doc)."""
 
     def __init__(self, params: Iterable[Any], lr: float, b1: float = 0.9, weight_decay: float = 0.0,
@@ -197,12 +198,8 @@ class Kron(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        groups = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
-        groups = [(g, ps) for g, ps in groups if ps]
+        loss = run_closure(closure)
+        groups = list(self.groups_with_grads())  # one schedule and generator across the groups
         if not groups:
             return loss
         glob = self._global(groups[0][1][0].device)

@@ -12,37 +12,32 @@ weight decay than AdamW: the study's best 130m/1x config has lr 2e-3 and weight 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
-from bench.optimizers.adam_moments import decoupled_step, group_tensors, run_closure
+from bench.optimizers.adam_moments import decoupled_step, group_tensors
+from bench.optimizers.base import Optimizer
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
 
 
-class Lion(torch.optim.Optimizer):
+class Lion(Optimizer):
     def __init__(self, params: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group in self.param_groups:
-            t = group_tensors(self, group, ("exp_avg",))
-            if not t.params:
-                continue
-            beta1, beta2 = group["betas"]
-            exp_avgs = t.buffers["exp_avg"]
-            update = torch._foreach_mul(exp_avgs, beta1)
-            torch._foreach_add_(update, t.grads, alpha=1.0 - beta1)
-            torch._foreach_sign_(update)
-            decoupled_step(t.params, update, group["lr"], group["weight_decay"])
-            torch._foreach_mul_(exp_avgs, beta2)
-            torch._foreach_add_(exp_avgs, t.grads, alpha=1.0 - beta2)
-        return loss
+    def update_group(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        t = group_tensors(self, params, ("exp_avg",))
+        beta1, beta2 = group["betas"]
+        exp_avgs = t.buffers["exp_avg"]
+        update = torch._foreach_mul(exp_avgs, beta1)
+        torch._foreach_add_(update, t.grads, alpha=1.0 - beta1)
+        torch._foreach_sign_(update)
+        decoupled_step(t.params, update, group["lr"], group["weight_decay"])
+        torch._foreach_mul_(exp_avgs, beta2)
+        torch._foreach_add_(exp_avgs, t.grads, alpha=1.0 - beta2)
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module | None) -> Lion:

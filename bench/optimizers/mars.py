@@ -9,8 +9,8 @@ previous step's gradient. As in the study (Levanter's `scale_by_mars`):
 Checked against the authors' AGI-Arena/MARS (MARS/optimizers/mars.py). The study differs from it in
 two places and we follow the study: c is clipped by its global norm at max_grad_norm (the authors
 rescale each tensor's c to norm <= 1), and 1-D params get MARS too (the authors default them to
-AdamW). The study's MARS did not clip the raw gradient, so `extra["clips_gradients"]` tells the
-train loop that this optimizer applies max_grad_norm itself.
+AdamW). The study's MARS did not clip the raw gradient, so its registry entry's `clips_gradients`
+tells the train loop that this optimizer applies max_grad_norm itself.
 """
 from __future__ import annotations
 
@@ -19,12 +19,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from bench.optimizers.adam_moments import (
-    adam_direction,
-    decoupled_step,
-    group_tensors,
-    run_closure,
-)
+from bench.optimizers.adam_moments import adam_direction, decoupled_step, group_tensors
+from bench.optimizers.base import Optimizer, run_closure
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
@@ -36,7 +32,7 @@ def clip_global_norm_(tensors: list[Tensor], max_norm: float) -> None:
     torch._foreach_mul_(tensors, torch.clamp(max_norm / (total + 1e-6), max=1.0))
 
 
-class Mars(torch.optim.Optimizer):
+class Mars(Optimizer):
     def __init__(self, params: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.95, 0.99),
                  eps: float = 1e-8, gamma: float = 0.025, weight_decay: float = 0.0,
                  max_grad_norm: float = 1.0) -> None:
@@ -57,10 +53,9 @@ class Mars(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = run_closure(closure)
         work = []
-        for group in self.param_groups:
-            t = group_tensors(self, group, ("exp_avg", "exp_avg_sq", "last_grad"))
-            if t.params:
-                work.append((group, t, self._corrected(group, t.grads, t.buffers["last_grad"])))
+        for group, params in self.groups_with_grads():  # all groups first: one global clip
+            t = group_tensors(self, params, ("exp_avg", "exp_avg_sq", "last_grad"))
+            work.append((group, t, self._corrected(group, t.grads, t.buffers["last_grad"])))
         if self.max_grad_norm and work:
             clip_global_norm_([c for _, _, cs in work for c in cs], self.max_grad_norm)
         for group, t, c in work:
@@ -91,7 +86,7 @@ register(OptimizerDef(
     source="own torch implementation of the study's Levanter scale_by_mars; checked against "
            "AGI-Arena/MARS mars.py (mars-adamw, is_approx) and pinned against hand-written equations",
     notes="max_grad_norm clips the corrected gradient c by its global norm inside the optimizer; the "
-          "study did not clip the raw gradient, so the train loop should skip its clip when "
-          "extra['clips_gradients'] is set.",
-    extra={"clips_gradients": True},
+          "study did not clip the raw gradient, so its entry sets clips_gradients and the "
+          "train loop skips its own clip.",
+    clips_gradients=True,
 ))

@@ -20,16 +20,17 @@ Newton-Schulz in bf16 (slower than fp32 below 64-wide matrices on CPU) and one m
 CUDA and for CPU matrices 64 wide or more (ns_dtype), fp32 below, and same-shape matrices share one
 batched Newton-Schulz call.
 
-`Muon` is the matrix optimizer the Muon family builds on: subclasses override `_active` (which
+`Muon` is the matrix optimizer the Muon family builds on: subclasses override `update_group` (which
 matrices update this step) and `_direction` (what is done after orthogonalisation).
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
+from bench.optimizers.base import Optimizer
 from bench.optimizers.common import TRAIN_DEFAULTS
 from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
 from bench.optimizers.momentum import nesterov_ema, nesterov_sum
@@ -63,7 +64,7 @@ def orthogonalise(updates: list[torch.Tensor], steps: int, eps: float) -> list[t
     return [out[i] for i in range(len(updates))]
 
 
-class Muon(torch.optim.Optimizer):
+class Muon(Optimizer):
     """Muon for 2-D matrices (see module doc). `ema` picks the EMA momentum form (momentum.py)."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.95,
@@ -76,10 +77,6 @@ class Muon(torch.optim.Optimizer):
             if any(p.ndim != 2 for p in group["params"]):
                 raise ValueError("Muon updates 2-D matrices only; give other params to AdamW")
 
-    def _active(self, group: dict[str, Any]) -> list[torch.Tensor]:
-        """The matrices to update this step."""
-        return [p for p in group["params"] if p.grad is not None]
-
     def _direction(self, params: list[torch.Tensor], updates: list[torch.Tensor],
                    group: dict[str, Any]) -> list[torch.Tensor]:
         """The step direction of each matrix before the shape scale and learning rate."""
@@ -91,19 +88,7 @@ class Muon(torch.optim.Optimizer):
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
         return [self.state[p]["momentum_buffer"] for p in params]
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = self._active(group)
-            if params:
-                self._update(params, group)
-        return loss
-
-    def _update(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+    def update_group(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
         nesterov = nesterov_ema if group["ema"] else nesterov_sum
         updates = nesterov([p.grad for p in params], self._buffers(params), group["momentum"])
         directions = self._direction(params, updates, group)
@@ -118,7 +103,7 @@ class Muon(torch.optim.Optimizer):
 # The Muon family's shared defaults: the study's best 130m / 1x Muon config
 # (Analysis/Results/muon/130m/1/result.json) with the CPU ladder's learning rate. muon_to_adam_lr is
 # 0.3, not that file's 0.2: 0.3 won in the study's other Phase I regimes, and on the CPU ladder Muon
-# was best at lr 4e-2 with the auxiliary AdamW at 1.2e-2 (MEASUREMENTS.md).
+# was best at lr 4e-2 with the auxiliary AdamW at 1.2e-2 (docs/MEASUREMENTS.md).
 MUON_DEFAULTS: dict[str, Any] = {
     **TRAIN_DEFAULTS, "learning_rate": 0.04, "warmup": 0.0, "lr_schedule": "linear", "decay": 0.8,
     "min_lr_ratio": 0.0, "max_grad_norm": 1.0,

@@ -6,7 +6,7 @@ package imports every module in the folder, so nothing else is edited.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -31,7 +31,13 @@ class OptimizerDef:
 
     build(params, hp, model) returns a torch optimizer whose param groups carry their peak `lr`
     (the train loop scales every group by the schedule's multiplier). `defaults` lists every
-    hyperparameter the optimizer accepts, train keys included, with its default value.
+    hyperparameter the optimizer accepts, train keys included, with its default value. The model
+    is passed for optimizers that read or change it (Adam-mini's partition, MuonClip's attention).
+
+    What the train loop does differently for it: `clips_gradients`, the optimizer applies
+    max_grad_norm itself (MARS clips its corrected gradient), so the loop does not clip;
+    `needs_curvature_pass`, the loop calls its `curvature_step` (base.Optimizer) before each step's
+    forward/backward (Sophia's Hessian estimate).
     """
 
     name: str
@@ -43,7 +49,8 @@ class OptimizerDef:
     source: str  # where the implementation comes from and what it was checked against
     schedule: str = "cosine"  # the default lr_schedule family
     notes: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    clips_gradients: bool = False
+    needs_curvature_pass: bool = False
 
     def space(self, ladder: str = "cpu") -> dict[str, list]:
         """The search grid for `ladder` ("cpu" or "paper") from <name>.json beside its module."""

@@ -28,10 +28,11 @@ gradients, by their own global norm; here the train loop clips all gradients tog
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
+from bench.optimizers.base import Optimizer
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.hybrid import HybridOptimizer
 from bench.optimizers.muon import Muon, orthogonalise
@@ -51,7 +52,7 @@ class ScionSpectral(Muon):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, eps=eps,
                          ns_steps=ns_steps)
 
-    def _update(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+    def update_group(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
         bufs = self._buffers(params)
         torch._foreach_lerp_(bufs, [p.grad for p in params], 1.0 - group["momentum"])
         directions = orthogonalise(bufs, group["ns_steps"], group["eps"])
@@ -62,26 +63,14 @@ class ScionSpectral(Muon):
             p.add_(d, alpha=-lr * muon_scale(p.shape))
 
 
-class Signum(torch.optim.Optimizer):
+class Signum(Optimizer):
     """Sign of an EMA momentum with decoupled weight decay (Bernstein et al. 2018, arXiv 1802.04434)."""
 
     def __init__(self, params: Iterable[Any], lr: float, beta: float = 0.9,
                  weight_decay: float = 0.0) -> None:
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                self._update(params, group)
-        return loss
-
-    def _update(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+    def update_group(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
         for p in params:
             if "momentum_buffer" not in self.state[p]:
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)

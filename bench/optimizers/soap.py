@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import torch
 from torch import Tensor
@@ -42,6 +42,7 @@ from bench.optimizers.blocks import (
     partition,
     stacked,
 )
+from bench.optimizers.base import Optimizer
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
@@ -107,7 +108,7 @@ def power_qr(gram: Tensor, q: Tensor, v: Tensor, dim: int) -> tuple[Tensor, Tens
     return q_new, v.gather(dim, index.expand_as(v))
 
 
-class Soap(torch.optim.Optimizer):
+class Soap(Optimizer):
     """SOAP (see module doc). 1-D params and matrices too large on both sides take Adam."""
 
     def __init__(self, params: Iterable[Any], lr: float, betas: tuple[float, float] = (0.95, 0.98),
@@ -119,21 +120,13 @@ class Soap(torch.optim.Optimizer):
                         block_size=block_size, partition_grads_into_blocks=partition_grads_into_blocks)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            fresh = [p for p in params if "step" not in self.state[p]]
-            ready = [p for p in params if "step" in self.state[p]]
-            if fresh:
-                self._init_state(fresh, group)
-            if ready:
-                self._update(ready, group)
-        return loss
+    def update_group(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        fresh = [p for p in params if "step" not in self.state[p]]
+        ready = [p for p in params if "step" in self.state[p]]
+        if fresh:
+            self._init_state(fresh, group)
+        if ready:
+            self._update(ready, group)
 
     # -- bookkeeping -------------------------------------------------------------------------
 

@@ -20,14 +20,15 @@ state lives in self.state["hutchinson"] so that state_dict() carries it.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bench.optimizers.adam_moments import decoupled_step, group_tensors, run_closure
+from bench.optimizers.adam_moments import decoupled_step, group_tensors
+from bench.optimizers.base import Optimizer
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
@@ -72,7 +73,7 @@ def batch_hutchinson(model: torch.nn.Module, x: Tensor, params: list[Tensor], ge
     return [u * hu for u, hu in zip(probes, total)]
 
 
-class SophiaH(torch.optim.Optimizer):
+class SophiaH(Optimizer):
     def __init__(self, params: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.965, 0.99),
                  eps: float = 1e-12, gamma: float = 0.01, weight_decay: float = 0.0,
                  update_interval: int = 10) -> None:
@@ -125,23 +126,17 @@ class SophiaH(torch.optim.Optimizer):
             state["hessian"] = torch.zeros_like(p)
         return state["hessian"]
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = run_closure(closure)
-        for group in self.param_groups:
-            t = group_tensors(self, group, ("exp_avg", "hessian"))
-            if not t.params:
-                continue
-            beta1 = group["betas"][0]
-            torch._foreach_lerp_(t.buffers["exp_avg"], t.grads, 1.0 - beta1)
-            denom = torch._foreach_mul(t.buffers["hessian"], group["gamma"])
-            torch._foreach_clamp_min_(denom, group["eps"])
-            update = torch._foreach_div(t.buffers["exp_avg"], 1.0 - beta1**t.step)
-            torch._foreach_div_(update, denom)
-            torch._foreach_clamp_min_(update, -1.0)
-            torch._foreach_clamp_max_(update, 1.0)
-            decoupled_step(t.params, update, group["lr"], group["weight_decay"])
-        return loss
+    def update_group(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        t = group_tensors(self, params, ("exp_avg", "hessian"))
+        beta1 = group["betas"][0]
+        torch._foreach_lerp_(t.buffers["exp_avg"], t.grads, 1.0 - beta1)
+        denom = torch._foreach_mul(t.buffers["hessian"], group["gamma"])
+        torch._foreach_clamp_min_(denom, group["eps"])
+        update = torch._foreach_div(t.buffers["exp_avg"], 1.0 - beta1**t.step)
+        torch._foreach_div_(update, denom)
+        torch._foreach_clamp_min_(update, -1.0)
+        torch._foreach_clamp_max_(update, 1.0)
+        decoupled_step(t.params, update, group["lr"], group["weight_decay"])
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module | None) -> SophiaH:
@@ -167,4 +162,5 @@ register(OptimizerDef(
            "checked against Liuhong99/Sophia's SophiaG and pinned against hand-written equations",
     notes="needs curvature_step(step, model, x) before every step (one extra forward and double "
           "backward every update_interval steps)",
+    needs_curvature_pass=True,
 ))

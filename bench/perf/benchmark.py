@@ -86,8 +86,8 @@ def training_throughput(scale_name: str, steps: int) -> dict[str, Any]:
 
 def compile_seconds(scale_name: str, threads: int) -> float:
     """What `--compile` costs a run: in a fresh process, its first compiled step less a later one.
-    Inductor's on-disk cache is used as this machine has it; with an empty cache (a machine's first
-    compiled run) it is several times more (cpu-l: 18.6 s against 2.3 s)."""
+    Inductor's on-disk cache is used as this machine has it; a machine's first compiled run, with an
+    empty cache, costs several times more (docs/MEASUREMENTS.md)."""
     code = (f"import torch; torch.set_num_threads({threads}); "
             f"from bench.perf.benchmark import _first_step_extra; print(_first_step_extra({scale_name!r}))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -119,7 +119,7 @@ def optimizer_overheads(scale_name: str, steps: int, names: list[str]) -> dict[s
 def _overhead(name: str, scale_name: str, steps: int, mean: bool = False, **overrides) -> dict[str, Any]:
     scale, model, x = model_and_batch(scale_name)
     opt = build_optimizer(name, model, scale_name, **overrides)
-    step_s, opt_s, _ = timed_steps(model, opt, x, steps, mean=mean)
+    step_s, opt_s, _ = timed_steps(model, opt, x, steps, mean=mean, curvature=get(name).needs_curvature_pass)
     return {"optimizer_step_ms": 1000 * opt_s, "training_step_ms": 1000 * step_s,
             "share_of_training_step": opt_s / step_s, "state_bytes": state_bytes(opt)}
 

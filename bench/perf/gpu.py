@@ -28,6 +28,7 @@ from bench.model.scales import get_scale
 from bench.optimizers.registry import all_optimizers
 from bench.perf.benchmark import SOAP_SPARSE_REFRESH, build_optimizer
 from bench.perf.benchmark import write_report as bench_write_report
+from bench.run.step import gradients
 
 LLAMA3_VOCAB = 128_256
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets (FLOP/s), by a substring of the device name;
@@ -87,11 +88,11 @@ def _tokens(scale_name: str, rows: int, vocab: int) -> torch.Tensor:
 
 
 def _micro_step(model: LlamaModel, loss_fn, batch: torch.Tensor, attention=None) -> None:
-    x, y = batch[:, :-1], batch[:, 1:]
+    """One micro-batch's forward and backward, as the train step runs them (bench.run.step)."""
     backends = sdpa_kernel(attention) if attention is not None else nullcontext()
-    with torch.autocast(_device().type, dtype=torch.bfloat16), backends:
-        loss = loss_fn(model, model.trunk(x), y)
-        loss.backward()
+    with backends:
+        gradients(model, loss_fn, batch[:, :-1], batch[:, 1:],
+                  autocast=torch.autocast(_device().type, dtype=torch.bfloat16))
 
 
 def training_throughput(scale_name: str, micro_batch: int, compiled: bool, repeats: int,

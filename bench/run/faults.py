@@ -11,7 +11,9 @@ A rule applies to the runs whose spec matches every filter: a RunSpec field (opt
 ratio, seed, ...) or a hyperparameter (learning_rate, ...); numbers compare as numbers. The rest of
 the run is untouched, so the real failure handling (train.run's status, the divergence check, the
 sweep's worst-loss rule) is what a test exercises. Being an OPTBENCH_ variable, it reaches Ray
-workers on a cluster too. Unset, it costs one environment lookup per run.
+workers on a cluster too. The train loop never reads it: the entry points that start runs (`optbench
+run`, the sweep's task, the regression check) pass `planned(spec.to_dict())` as RunOptions.fault.
+Unset, it costs one environment lookup per run.
 """
 from __future__ import annotations
 

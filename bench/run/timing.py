@@ -11,6 +11,7 @@ import torch
 from bench.model.flops import DEFAULT_VOCAB
 from bench.model.llama import LlamaModel, head_loss
 from bench.model.scales import Scale, get_scale
+from bench.run.step import StepTimes, train_step
 
 
 def best_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -35,37 +36,32 @@ def model_and_batch(scale_name: str) -> tuple[Scale, LlamaModel, torch.Tensor]:
 
 
 def timed_steps(model, opt, x, steps: int, autocast=nullcontext, loss_fn=head_loss,
-                mean: bool = False) -> tuple[float, float, float]:
+                mean: bool = False, curvature: bool = False) -> tuple[float, float, float]:
     """(seconds per training step, seconds per optimizer step), medians after two warm-ups (the
     first step of several optimizers builds their state, e.g. SOAP's eigenbases), and the first
     step's seconds (with torch.compile, the compilation); `mean`: means, for an optimizer whose
-    costly steps come every few steps.
+    costly steps come every few steps; `curvature`: OptimizerDef.needs_curvature_pass.
+
+    The step is the train loop's (bench.run.step) without gradient clipping or a schedule: the
+    optimizer at its peak learning rate, on the whole batch `x`.
 
     The weights are put back after each step (untimed): at its peak learning rate with no warm-up,
     a step can blow the model up (SOAP's loss reaches ~3000 in 3 steps at cpu-l), and the overflowing
     activations then slow the forward and backward passes by a third, inflating the step it is
     compared with."""
     total, inner, first = [], [], 0.0
-    curvature = getattr(opt, "curvature_step", None)
     params = list(model.parameters())
     initial = [p.detach().clone() for p in params]
+    times = StepTimes()
     for i in range(steps + 2):
-        t0 = time.perf_counter()
-        if curvature is not None:
-            curvature(i, model, x[:, :-1])
-        with autocast():
-            loss = loss_fn(model, model.trunk(x[:, :-1]), x[:, 1:])
-        loss.backward()
-        t1 = time.perf_counter()
-        opt.step()
-        t2 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, opt, x, i, loss_fn=loss_fn, autocast=autocast(), curvature=curvature,
+                   times=times)
         with torch.no_grad():
             torch._foreach_copy_(params, initial)
         if i >= 2:
-            total.append(t2 - t0)
-            inner.append(t2 - t1)
+            total.append(times.step_s)
+            inner.append(times.optimizer_s)
         elif i == 0:
-            first = t2 - t0
+            first = times.step_s
     average = (lambda xs: sum(xs) / len(xs)) if mean else (lambda xs: sorted(xs)[len(xs) // 2])
     return average(total), average(inner), first

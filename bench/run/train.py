@@ -1,8 +1,10 @@
 """One training run: RunSpec in, RunResult out, a pure function of the spec.
 
-The loop reads like the algorithm: batch, (optional curvature pass), forward, backward, clip,
-schedule, optimizer step. The loss is read back from the device only every `log_every` steps, so
-the inner loop has no host-device sync. Only the end-of-budget held-out loss is the result.
+The loop reads like the algorithm: batch, one training step (bench.run.step: optional curvature
+pass, forward, backward, clip, schedule, optimizer step). The loss is read back from the device only
+every `log_every` steps, so the inner loop has no host-device sync. Only the end-of-budget held-out
+loss is the result. The loop reads nothing from the environment: how to run, and a test's injected
+fault, come in through RunOptions.
 """
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import math
 import resource
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,10 +35,11 @@ from bench.model.flops import flops_per_token
 from bench.model.llama import LlamaModel, compile_model, head_loss
 from bench.model.scales import get_scale
 from bench.optimizers import registry
-from bench.run import faults
 from bench.run.checkpoint import Checkpointer
+from bench.run.faults import Fault
 from bench.run.schedules import lr_multiplier
 from bench.run.spec import RunResult, RunSpec
+from bench.run.step import StepTimes, train_step
 
 BUCKETS = ("frequent", "middle", "rare")
 # Diverged: a non-finite loss, or a smoothed train loss this many times ln(vocab), the loss of the
@@ -59,6 +63,22 @@ class RunOptions:
     # tokens with a 128k vocabulary has 270 GB of logits.
     micro_batch: int = 0
     compile: bool = False  # torch.compile the blocks and the loss head (same math, fused kernels)
+    # A reliability test's injected failure; the callers that honour OPTBENCH_FAULT (`optbench run`,
+    # the sweep's task) pass faults.planned(spec.to_dict()). None in every real run.
+    fault: Fault | None = None
+
+
+class Evaluation(NamedTuple):
+    """The end-of-budget held-out loss (nats/token), overall and by token frequency bucket."""
+
+    loss: float
+    by_frequency: dict[str, float]
+
+
+class _Trained(NamedTuple):
+    model: LlamaModel
+    autocast: AbstractContextManager
+    checkpointer: Checkpointer | None
 
 
 def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
@@ -71,17 +91,27 @@ def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
     data = load_data(spec.data, spec.eval_data, spec.tokenizer, scale.tokens(spec.ratio))
     result = RunResult(run_key=spec.key, spec=spec.to_dict(), status="ok", final_loss=None,
                        unigram_loss=unigram_loss(data), threads=torch.get_num_threads())
-    fault = faults.planned(result.spec)  # None unless a reliability test injects one
     try:
-        _train(spec, data, options, result, fault)
+        trained = _train(spec, data, options, result)
+        if result.status == "ok":
+            evaluation = _evaluate(spec, trained.model, data, trained.autocast,
+                                   options.micro_batch or EVAL_BATCH)
+            if math.isfinite(evaluation.loss):
+                result.final_loss, result.loss_by_frequency = evaluation.loss, evaluation.by_frequency
+                result.bits_per_byte = evaluation.loss / bytes_per_token(data) / math.log(2)
+            else:
+                result.status, result.reason = "diverged", "non-finite evaluation loss"
+        if trained.checkpointer:
+            trained.checkpointer.remove()
     except Exception as e:  # an optimizer that raises fails its run, not the sweep around it
         result.status, result.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
     result.wall_time_s = time.perf_counter() - start
     return result
 
 
-def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResult,
-           fault: faults.Fault | None = None) -> None:
+def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResult) -> _Trained:
+    """Train to the end of the budget (or divergence). What it learns about the run goes into
+    `result` as soon as it is known, so that a run that raises part-way keeps it."""
     scale, hp = get_scale(spec.scale), spec.hparams
     device = torch.device(spec.device)
     torch.manual_seed(spec.seed)
@@ -95,7 +125,7 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     optimizer = opt_def.build(tagged, hp, model)
     # An optimizer that clips inside its own update (MARS clips its corrected gradient, as the study
     # did) says so; clipping the raw gradient as well would clip twice.
-    clip = 0.0 if opt_def.extra.get("clips_gradients") else hp["max_grad_norm"]
+    clip = 0.0 if opt_def.clips_gradients else hp["max_grad_norm"]
     peak_lrs = [g["lr"] for g in optimizer.param_groups]
 
     batch_size = hp["train_batch_size"]
@@ -108,29 +138,21 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
 
     params = [t.param for t in tagged]
     autocast = _autocast(spec, device)
-    curvature = getattr(optimizer, "curvature_step", None)
     ckpt = _checkpointer(spec, options)
     first = _resume(ckpt, model, optimizer, batches, result)
     limit = DIVERGENCE_FACTOR * math.log(data.vocab_size)
     bar = _progress(steps, options.progress)
     bar.update(first)
     running, opt_time, t_train = torch.zeros((), device=device), 0.0, time.perf_counter()
+    times = StepTimes()
     for step in range(first, steps):
-        batch = _to_device(batches.next(), device)
-        x, y = batch[:, :-1], batch[:, 1:]
-        if curvature is not None:
-            curvature(step, model, x, options.micro_batch)
-        loss = _forward_backward(model, loss_fn, x, y, options.micro_batch, autocast, fault, step)
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         mult = lr_multiplier(step, steps, hp["warmup"], hp["lr_schedule"], hp["decay"], hp["min_lr_ratio"])
-        for group, peak in zip(optimizer.param_groups, peak_lrs):
-            group["lr"] = peak * mult
-        t0 = time.perf_counter()
-        optimizer.step()
-        opt_time += time.perf_counter() - t0
-        optimizer.zero_grad(set_to_none=True)
-        running += loss.detach()
+        loss = train_step(model, optimizer, _to_device(batches.next(), device), step, loss_fn=loss_fn,
+                          micro_batch=options.micro_batch, autocast=autocast,
+                          curvature=opt_def.needs_curvature_pass, clip=clip, clip_params=params,
+                          lrs=[peak * mult for peak in peak_lrs], fault=options.fault, times=times)
+        opt_time += times.optimizer_s
+        running += loss
         if (step + 1) % options.log_every == 0 or step + 1 == steps:
             mean = running.item() / ((step % options.log_every) + 1)  # the only sync point
             running.zero_()
@@ -150,10 +172,7 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     result.flops = flops_per_token(scale, data.vocab_size) * result.tokens
     result.optimizer_state_bytes = state_bytes(optimizer)
     result.peak_memory_bytes = _peak_memory(device)
-    if result.status == "ok":
-        _evaluate(spec, model, data, result, autocast, options.micro_batch or EVAL_BATCH)
-    if ckpt:
-        ckpt.remove()
+    return _Trained(model, autocast, ckpt)
 
 
 def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -163,26 +182,8 @@ def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch
 
 
-def _forward_backward(model: LlamaModel, loss_fn, x: torch.Tensor, y: torch.Tensor, micro_batch: int,
-                      autocast, fault: faults.Fault | None, step: int) -> torch.Tensor:
-    """The batch's mean next-token loss, its gradient accumulated over micro-batches of equal tokens
-    per row (each chunk's mean weighted by its share of the rows)."""
-    chunks = list(zip(x.split(micro_batch), y.split(micro_batch))) if micro_batch else [(x, y)]
-    total = None
-    for xs, ys in chunks:
-        with autocast:
-            loss = loss_fn(model, model.trunk(xs), ys)
-        if len(chunks) > 1:
-            loss = loss * (xs.size(0) / x.size(0))
-        if fault is not None:
-            loss = fault.apply(step, loss)
-        loss.backward()
-        total = loss.detach() if total is None else total + loss.detach()
-    return total
-
-
-def _evaluate(spec: RunSpec, model: LlamaModel, data: TokenData, result: RunResult, autocast,
-              batch_size: int) -> None:
+def _evaluate(spec: RunSpec, model: LlamaModel, data: TokenData, autocast: AbstractContextManager,
+              batch_size: int) -> Evaluation:
     """End-of-budget held-out loss, overall and by the training frequency of the target token."""
     scale = get_scale(spec.scale)
     buckets = token_buckets(data).numpy()
@@ -198,13 +199,8 @@ def _evaluate(spec: RunSpec, model: LlamaModel, data: TokenData, result: RunResu
             sums += np.bincount(which, weights=losses.double().cpu().numpy(), minlength=len(BUCKETS))
             counts += np.bincount(which, minlength=len(BUCKETS))
     model.train()
-    loss = float(sums.sum() / counts.sum())
-    if not math.isfinite(loss):
-        result.status, result.reason = "diverged", "non-finite evaluation loss"
-        return
-    result.final_loss = loss
-    result.bits_per_byte = loss / bytes_per_token(data) / math.log(2)
-    result.loss_by_frequency = {b: float(s / c) for b, s, c in zip(BUCKETS, sums, counts) if c > 0}
+    return Evaluation(float(sums.sum() / counts.sum()),
+                      {b: float(s / c) for b, s, c in zip(BUCKETS, sums, counts) if c > 0})
 
 
 def _checkpointer(spec: RunSpec, options: RunOptions) -> Checkpointer | None:

@@ -1,4 +1,5 @@
 """The results store: every finished run, keyed by run key; the source of truth for analysis.
+It gives the runs back as StoredRun records (bench.store.record), filtered in SQL.
 
 SQLAlchemy Core over SQLite (WAL mode) under results/ by default; any SQLAlchemy URL (PostgreSQL
 for a cluster) works the same way. Storing a run twice keeps the first row. A schema version in the
@@ -11,7 +12,7 @@ import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.exc import (
@@ -23,9 +24,12 @@ from sqlalchemy.exc import (
 )
 
 from bench.errors import UserError
-from bench.model.scales import get_scale
 from bench.paths import default_store_url
 from bench.run.spec import RunResult
+from bench.store.record import StoredRun, to_frame
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = "1"
 
@@ -79,10 +83,6 @@ class ResultStore:
                 time.sleep(0.1 * (attempt + 1))
         return None
 
-    def has(self, run_key: str) -> bool:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(RUNS.c.run_key).where(RUNS.c.run_key == run_key)).first() is not None
-
     def put(self, result: RunResult) -> bool:
         """Store a finished run; returns False (and changes nothing) if its key is already stored."""
         try:
@@ -99,23 +99,25 @@ class ResultStore:
             text = conn.execute(sa.select(RUNS.c.result_json).where(RUNS.c.run_key == run_key)).scalar()
         return None if text is None else RunResult.from_dict(json.loads(text))
 
-    def results(self) -> list[RunResult]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(RUNS.c.result_json).order_by(RUNS.c.created_at)).scalars()
-            return [RunResult.from_dict(json.loads(t)) for t in rows]
+    def runs(self, *, optimizer: str | Iterable[str] | None = None,
+             scale: str | Iterable[str] | None = None) -> list[StoredRun]:
+        """The stored runs of the given optimizer(s) and scale(s) (None: any).
 
-    def frame(self):
-        """One row per run: run_key, optimizer, scale, ladder, ratio, seed, status, final_loss, steps,
-        tokens, non_embedding_params, wall_time_s, hparams (dict), created_at, reason (why a run
-        failed or diverged; empty for a finished one)."""
-        import pandas as pd
-
-        columns = ["run_key", "optimizer", "scale", "ladder", "ratio", "seed", "status", "final_loss",
-                   "steps", "tokens", "non_embedding_params", "wall_time_s", "hparams", "created_at", "reason"]
+        The filters run in SQL on the table's indexed columns: only the rows returned are parsed.
+        Within an optimizer and scale, SQLite gives the runs in the order they were stored, which
+        analysis.cells keeps to break ties between equal losses."""
+        query = sa.select(RUNS.c.result_json, RUNS.c.created_at)
+        for column, wanted in ((RUNS.c.optimizer, optimizer), (RUNS.c.scale, scale)):
+            if wanted is not None:
+                query = query.where(column.in_([wanted] if isinstance(wanted, str) else list(wanted)))
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(RUNS.c.result_json, RUNS.c.created_at)).all()
-        records = [_record(json.loads(text), created) for text, created in rows]
-        return pd.DataFrame.from_records(records, columns=columns)
+            rows = conn.execute(query).all()
+        return [StoredRun.from_result(RunResult.from_dict(json.loads(text)), created)
+                for text, created in rows]
+
+    def frame(self, **filters: str | Iterable[str] | None) -> pd.DataFrame:
+        """The runs frame (bench.store.record) of `runs(**filters)`."""
+        return to_frame(self.runs(**filters))
 
 
 def _engine(url: str) -> sa.Engine:
@@ -163,16 +165,4 @@ def _row(result: RunResult) -> dict[str, Any]:
         "final_loss": _finite(result.final_loss), "steps": result.steps, "tokens": result.tokens,
         "wall_time_s": result.wall_time_s, "result_json": json.dumps(result.to_dict(), allow_nan=True),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _record(d: dict[str, Any], created_at: str) -> dict[str, Any]:
-    spec = d["spec"]
-    return {
-        "run_key": d["run_key"], "optimizer": spec["optimizer"], "scale": spec["scale"],
-        "ladder": get_scale(spec["scale"]).ladder, "ratio": spec["ratio"], "seed": spec["seed"],
-        "status": d["status"], "final_loss": d["final_loss"] if d["final_loss"] is not None else float("nan"),
-        "steps": d["steps"], "tokens": d["tokens"], "non_embedding_params": d["non_embedding_params"],
-        "wall_time_s": d["wall_time_s"], "hparams": spec["hparams"], "created_at": created_at,
-        "reason": d.get("reason") or "",
     }

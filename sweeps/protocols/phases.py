@@ -13,16 +13,16 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
-import pandas as pd
+from typing import Any, Sequence
 
 from analysis.paper.ingest import DEFAULT_DATA_DIR, OPTIMIZER_NAMES
 from bench.errors import UserError
 from bench.model.scales import get_scale
 from bench.run.spec import RunSpec
+from bench.store.record import StoredRun
 from sweeps.grid import Config, importance_order, load_grid, snap_config, start_config
 from sweeps.plan import Cell
 from sweeps.protocols.base import FixedConfig, TuningProtocol
@@ -44,14 +44,15 @@ class Tuned:
     loss: float
 
 
-def make_protocol(cell: Cell, budget: int, frame: pd.DataFrame) -> tuple[TuningProtocol, dict]:
-    """The cell's protocol and its grid."""
+def make_protocol(cell: Cell, budget: int,
+                  stored: Sequence[StoredRun]) -> tuple[TuningProtocol, dict]:
+    """The cell's protocol and its grid, given the runs in the store."""
     ladder = get_scale(cell.scale).ladder
     grid = load_grid(cell.optimizer, ladder)
     start = start_config(cell.optimizer, cell.scale, grid)
     if cell.protocol in SAMPLERS:
         return SamplerSearch(cell.protocol, grid, start, budget, SAMPLER_SEED), grid
-    smaller = tuned_cells(frame, cell.optimizer, cell.scale)
+    smaller = tuned_cells(stored, cell.optimizer, cell.scale)
     if cell.protocol == "predict":
         return _phase3(cell, grid, smaller), grid
     if cell.protocol != "coordinate":
@@ -65,20 +66,19 @@ def make_protocol(cell: Cell, budget: int, frame: pd.DataFrame) -> tuple[TuningP
     return CoordinateDescent(grid, snap_config(here[-1].hparams, grid), keys, budget, label), grid
 
 
-def tuned_cells(frame: pd.DataFrame, optimizer: str, scale: str) -> list[Tuned]:
+def tuned_cells(stored: Sequence[StoredRun], optimizer: str, scale: str) -> list[Tuned]:
     """The best seed-0 config of every (scale, ratio) of `optimizer` at smaller scales of the same
-    ladder, smallest scale first."""
+    ladder, smallest scale first (ties in loss go to the lower run key)."""
     target = get_scale(scale)
-    if not len(frame):
-        return []
-    rows = frame[(frame["optimizer"] == optimizer) & (frame["ladder"] == target.ladder)
-                 & (frame["non_embedding_params"] < target.non_embedding_params)
-                 & (frame["seed"] == 0) & (frame["status"] == "ok") & frame["final_loss"].notna()]
-    out = []
-    for (name, ratio), group in rows.groupby(["scale", "ratio"]):
-        best = group.sort_values(["final_loss", "run_key"]).iloc[0]
-        out.append(Tuned(name, float(ratio), int(best["non_embedding_params"]), dict(best["hparams"]),
-                         float(best["final_loss"])))
+    cells: dict[tuple[str, float], list[StoredRun]] = {}
+    for r in stored:
+        if (r.optimizer == optimizer and r.ladder == target.ladder
+                and r.non_embedding_params < target.non_embedding_params
+                and r.seed == 0 and r.status == "ok" and not math.isnan(r.final_loss)):
+            cells.setdefault((r.scale, r.ratio), []).append(r)
+    bests = [min(runs, key=lambda r: (r.final_loss, r.run_key)) for runs in cells.values()]
+    out = [Tuned(b.scale, float(b.ratio), int(b.non_embedding_params), dict(b.hparams),
+                 float(b.final_loss)) for b in bests]
     return sorted(out, key=lambda t: (t.params, t.ratio))
 
 

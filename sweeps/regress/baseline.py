@@ -23,6 +23,7 @@ import pandas as pd
 from bench.errors import UserError
 from bench.model.scales import get_scale
 from bench.run.spec import RunResult, RunSpec
+from bench.store.record import StoredRun, to_frame
 from bench.study import DEFAULT_EVAL_TOKENS, REFERENCE_OPTIMIZER
 
 FORMAT = "optbench-regress-baseline/1"
@@ -58,10 +59,6 @@ class Baseline:
                     yield RunSpec(name, self.scale, ratio, entry.hparams, seed,
                                   eval_tokens=self.eval_tokens)
 
-    def frame(self) -> pd.DataFrame:
-        """The runs in the results store's shape, for analysis.cells.summarize_cells."""
-        return runs_frame(self.runs, self)
-
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT, "scale": self.scale, "seeds": list(self.seeds),
@@ -82,13 +79,21 @@ def run_record(result: RunResult) -> dict[str, Any]:
 
 
 def runs_frame(runs: list[dict[str, Any]], baseline: Baseline) -> pd.DataFrame:
-    """Run records as the store's frame: the columns summarize_cells reads."""
-    params = get_scale(baseline.scale).non_embedding_params
-    rows = [{**{k: r.get(k) for k in RUN_FIELDS}, "scale": baseline.scale,
-             "hparams": baseline.optimizers[r["optimizer"]].hparams,
-             "non_embedding_params": params} for r in runs]
-    columns = [*RUN_FIELDS, "scale", "hparams", "non_embedding_params"]
-    return pd.DataFrame.from_records(rows, columns=columns)
+    """Run records as a runs frame (bench.store.record), for analysis.cells.summarize_cells."""
+    return to_frame(_stored(r, baseline) for r in runs)
+
+
+def _stored(record: dict[str, Any], baseline: Baseline) -> StoredRun:
+    """A run record with what the baseline knows of its run: its spec's key and hyperparameters
+    (the record keeps no token count)."""
+    hparams = baseline.optimizers[record["optimizer"]].hparams
+    spec = RunSpec(record["optimizer"], baseline.scale, record["ratio"], hparams, record["seed"],
+                   eval_tokens=baseline.eval_tokens)
+    loss = record.get("final_loss")
+    return StoredRun(spec.key, spec.optimizer, spec.scale, spec.ratio, spec.seed, record["status"],
+                     math.nan if loss is None else loss, record.get("steps", math.nan), math.nan,
+                     get_scale(spec.scale).non_embedding_params, record.get("wall_time_s", math.nan),
+                     hparams)
 
 
 def save(baseline: Baseline, path: Path) -> None:

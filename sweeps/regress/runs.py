@@ -4,7 +4,7 @@ The check never reads runs back from the results store: a run key is a hash of t
 changed optimizer (the very thing the check looks for) keeps its specs and keys, so every run is
 trained afresh. Each run uses the baseline's thread count, which keeps it bitwise reproducible;
 the number of workers only changes how many run at once, never a result. On a CPU, two 1-thread
-runs side by side give the throughput of one 2-thread run (MEASUREMENTS.md), so 2 cores take
+runs side by side give the throughput of one 2-thread run (docs/MEASUREMENTS.md), so 2 cores take
 2 workers x 1 thread.
 
 Workers are started with "spawn" (no fork of a process whose torch thread pools already run).
@@ -24,7 +24,6 @@ import torch
 from bench.data.tokens import load_data
 from bench.model.scales import get_scale
 from bench.run.spec import RunResult, RunSpec
-from bench.run.train import RunOptions, run
 from sweeps.task import train_task
 
 Report = Callable[[int, int, RunResult], None]  # (done, total, result)
@@ -53,7 +52,7 @@ def _in_process(specs, order, threads, report, results) -> None:
     before = torch.get_num_threads()
     try:
         for i in order:
-            results[i] = run(specs[i], RunOptions(threads=threads))
+            results[i] = RunResult.from_dict(train_task(specs[i].to_dict(), threads))
             report(len(results), len(specs), results[i])
     finally:
         torch.set_num_threads(before)  # the caller's thread count is not ours to change

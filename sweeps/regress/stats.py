@@ -2,35 +2,28 @@
 
 Each optimizer has one statistic:
 - every optimizer but AdamW: the mean over its ratios of log(speedup), the log of its
-  geometric-mean speedup (a change of 0.1 is a speedup about 10% higher). Weighting the ratios
-  by their precision was tried and dropped: with five seeds it caught no more faults and raised
-  no fewer false alarms (results/baselines/README.md);
+  geometric-mean speedup (a change of 0.1 is a speedup about 10% higher);
 - AdamW, whose speedup is 1 by construction: the mean over its ratios of its mean loss, so a
   fault in AdamW itself shows up as a loss shift (and would move every other speedup).
 
-Everything is a bootstrap over seeds: a replicate resamples the seeds of every cell (AdamW's cells
-included, analysis.bootstrap.perturbations), refits AdamW's law on the replicate
-(analysis.fit.profile_fit, the solver analysis uses for its intervals) and reads each replicate
-cell through its replicate law. The point estimates use analysis.speedups / analysis.fit.
+Speedups and their replicates are analysis's (analysis.speedups.estimate_speedups,
+analysis.bootstrap.speedup_replicates): a replicate resamples the seeds of every cell, refits
+AdamW's law on the resampled AdamW cells and reads each cell through that law.
 
 - Each measurement (baseline, now) on its own gives the speedups and intervals the table shows.
 - The change (now - baseline) reads both measurements through one shared AdamW law per
-  replicate, fitted on the AdamW seeds of both measurements together. At this scale AdamW's
-  seed noise is the largest noise there is (its early loss plateau ends at a seed-dependent
-  step); with a law refitted per measurement, that noise entered every change twice and hid
-  changes of 30%. A shared law is valid because an AdamW that did change is caught by AdamW's
-  own row.
+  replicate, fitted on the AdamW seeds of both measurements together, so that AdamW's seed noise
+  (the largest noise at this scale) does not enter every change twice. A shared law is valid
+  because an AdamW that did change is caught by AdamW's own row.
 - Intervals are studentized: the point estimate +- t(df) x the replicates' standard error, with
   df = seeds - 1 for one measurement and 2 x (seeds - 1) for a change. With 3-5 seeds a
-  percentile interval has the tails of the few seeds, far too short at the corrected level: on
-  real runs (12 seeds per cell, disjoint random 3-seed sets as baseline and now) percentile
-  intervals alarmed in 19% of unchanged checks at a nominal 5%. The bootstrap still carries the
-  nonlinearity of the law fit into the standard error; the t quantile restores the tails.
+  percentile interval has the tails of the few seeds, far too short at the corrected level; the
+  bootstrap carries the nonlinearity of the law fit into the standard error, the t quantile
+  restores the tails.
 - A regression is a one-sided test (only a worse optimizer fails the check): flagged when the
   change's upper bound lies below 0, the bound's tail holding alpha/m (Bonferroni over the m
   optimizers checked), so the family-wise false-alarm rate stays at or below alpha. The
   interval shown is two-sided at 1 - 2 alpha/m; IMPROVED? is the mirror test, for information.
-  The measured rate is in results/baselines/README.md.
 """
 from __future__ import annotations
 
@@ -41,13 +34,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.bootstrap import Observed, perturbations
-from analysis.fit import FitError, effective_budget, fit_power_law, profile_fit
+from analysis.bootstrap import Observed, speedup_replicates
+from analysis.fit import FitError, fit_power_law
 from analysis.speedups import SpeedupOptions, estimate_speedups, observed
 from bench.study import REFERENCE_OPTIMIZER
 
 OK, REGRESSION, IMPROVED = "ok", "REGRESSION", "IMPROVED?"
 SIDE_LEVEL = 0.9  # the per-measurement intervals shown beside the change (readers' level)
+
+Estimates = tuple[dict[str, float], dict[str, np.ndarray]]  # per optimizer: point, replicates
 
 
 @dataclass(frozen=True)
@@ -77,17 +72,75 @@ class Side:
 def measure_side(cells: pd.DataFrame, options: CheckOptions, stream: int) -> Side:
     """Point estimates and replicates of every optimizer's statistic from one measurement's cells
     (analysis.cells.summarize_cells of its runs). `stream` picks an independent random stream."""
-    rng = np.random.default_rng([options.seed, stream])
-    speedups = estimate_speedups(cells, SpeedupOptions(n_boot=2000, level=0.9, seed=options.seed)).speedups
-    points = _reference(cells)
-    params = _replicate_fits(points, options.n_boot, rng)
-    point = {REFERENCE_OPTIMIZER: float(np.mean([_mean(p) for p in points]))}
-    replicates = {REFERENCE_OPTIMIZER: np.mean([_loss_reps(p, options.n_boot, rng) for p in points], axis=0)}
-    for name, group in _others(cells):
-        replicates[name] = _log_speedup_reps(group, params, options.n_boot, rng)
-        sub = speedups[speedups["optimizer"] == name]
-        point[name] = float(np.mean(np.log(sub["speedup"].astype(float)))) if len(sub) else math.nan
-    return Side(point, replicates, speedups, _fewest_seeds(cells))
+    result = estimate_speedups(cells, SpeedupOptions(n_boot=options.n_boot, level=SIDE_LEVEL,
+                                                     seed=(options.seed, stream)))
+    table = result.speedups
+    ref = (table["optimizer"] == REFERENCE_OPTIMIZER).to_numpy()
+    point = {REFERENCE_OPTIMIZER: float(np.mean(table["loss"].to_numpy(dtype=float)[ref]))}
+    replicates = {REFERENCE_OPTIMIZER: np.mean(result.loss_replicates[ref], axis=0),
+                  **_means(table[~ref], _log(result.speedup_replicates[~ref]))}
+    for name, group in table[~ref].groupby("optimizer", sort=False):
+        point[name] = float(np.log(group["speedup"].astype(float)).mean())  # skips cells without a loss
+    seeds = int(cells["n_seeds"].min()) if len(cells) else 0
+    return Side(point, replicates, table, seeds)
+
+
+def change(base_cells: pd.DataFrame, now_cells: pd.DataFrame, base: Side, now: Side,
+           options: CheckOptions) -> Estimates:
+    """Point estimate and replicates of (now - baseline) for every optimizer."""
+    rng = np.random.default_rng([options.seed, 2])
+    point = {REFERENCE_OPTIMIZER: now.point[REFERENCE_OPTIMIZER] - base.point[REFERENCE_OPTIMIZER]}
+    replicates = {REFERENCE_OPTIMIZER: now.replicates[REFERENCE_OPTIMIZER] - base.replicates[REFERENCE_OPTIMIZER]}
+    now_rows, base_rows = (c[c["optimizer"] != REFERENCE_OPTIMIZER] for c in (now_cells, base_cells))
+    logs, reps = _shared_law(_pooled_reference(base_cells, now_cells), pd.concat([now_rows, base_rows]),
+                             options.n_boot, rng)
+    k = len(now_rows)
+    now_logs, now_reps = _means(now_rows, logs[:k]), _means(now_rows, reps[:k])
+    base_logs, base_reps = _means(base_rows, logs[k:]), _means(base_rows, reps[k:])
+    for name in base_logs:
+        if name in now_logs:
+            point[name] = float(now_logs[name]) - float(base_logs[name])
+            with np.errstate(invalid="ignore"):  # inf - inf (unbounded on both sides) is NaN: dropped
+                replicates[name] = now_reps[name] - base_reps[name]
+    return point, replicates
+
+
+def _pooled_reference(base_cells: pd.DataFrame, now_cells: pd.DataFrame) -> list[Observed]:
+    """AdamW's cells with the finished seeds of both measurements (ratios both have)."""
+    def reference(cells):
+        return {float(c["ratio"]): tuple(c["losses"])
+                for _, c in cells[cells["optimizer"] == REFERENCE_OPTIMIZER].sort_values("ratio").iterrows()}
+
+    now = reference(now_cells)
+    pooled = [Observed(ratio, losses + now[ratio]) for ratio, losses in reference(base_cells).items()
+              if ratio in now]
+    return [p for p in pooled if p.losses]
+
+
+def _shared_law(points: list[Observed], cells: pd.DataFrame, n_boot: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """log(speedup) of each cell read through AdamW's law fitted on `points`, and its
+    (cells, n_boot) replicates; NaN where the law cannot be fitted."""
+    try:
+        fit = fit_power_law([p.ratio for p in points], [p.loss for p in points])
+    except FitError:
+        return np.full(len(cells), np.nan), np.full((len(cells), n_boot), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.array([np.log(fit.speedup(c["loss"], c["ratio"])) for _, c in cells.iterrows()])
+    reps = speedup_replicates(fit, points, [observed(c) for _, c in cells.iterrows()],
+                              [None] * len(cells), math.nan, n_boot=n_boot, rng=rng)
+    return logs, _log(reps.speedups)
+
+
+def _means(rows: pd.DataFrame, values: np.ndarray) -> dict[str, np.ndarray]:
+    """Per optimizer of `rows` (cells, in order): the mean over its cells of `values` (row i: cell i)."""
+    names = rows["optimizer"].to_numpy()
+    return {name: np.mean(values[names == name], axis=0) for name in dict.fromkeys(names)}
+
+
+def _log(speedups: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(speedups)
 
 
 def studentized(point: float, replicates: np.ndarray | None, level: float, df: int) -> tuple[float, float]:
@@ -113,92 +166,6 @@ def _robust_se(replicates: np.ndarray) -> float:
     return (high - low) / 2 if math.isfinite(high - low) else math.inf
 
 
-def _fewest_seeds(cells: pd.DataFrame) -> int:
-    return min((len(observed(c).losses) for _, c in cells.iterrows()), default=0)
-
-
-def change(base_cells: pd.DataFrame, now_cells: pd.DataFrame, base: Side, now: Side,
-           options: CheckOptions) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Point estimate and replicates of (now - baseline) for every optimizer."""
-    rng = np.random.default_rng([options.seed, 2])
-    pooled = _pooled_reference(base_cells, now_cells)
-    params = _replicate_fits(pooled, options.n_boot, rng)
-    fit = _point_fit(pooled)
-    point = {REFERENCE_OPTIMIZER: now.point[REFERENCE_OPTIMIZER] - base.point[REFERENCE_OPTIMIZER]}
-    replicates = {REFERENCE_OPTIMIZER: now.replicates[REFERENCE_OPTIMIZER] - base.replicates[REFERENCE_OPTIMIZER]}
-    now_groups = {name: group for name, group in _others(now_cells)}
-    for name, group in _others(base_cells):
-        if name not in now_groups:
-            continue
-        rep = [_log_speedup_reps(g, params, options.n_boot, rng) for g in (now_groups[name], group)]
-        with np.errstate(invalid="ignore"):  # inf - inf (unbounded on both sides) is NaN: dropped
-            replicates[name] = rep[0] - rep[1]
-        point[name] = _log_speedup(now_groups[name], fit) - _log_speedup(group, fit)
-    return point, replicates
-
-
-def _reference(cells: pd.DataFrame) -> list[Observed]:
-    ref = cells[cells["optimizer"] == REFERENCE_OPTIMIZER].sort_values("ratio")
-    return [observed(c) for _, c in ref.iterrows()]
-
-
-def _others(cells: pd.DataFrame):
-    return cells[cells["optimizer"] != REFERENCE_OPTIMIZER].groupby("optimizer", sort=False)
-
-
-def _pooled_reference(base_cells: pd.DataFrame, now_cells: pd.DataFrame) -> list[Observed]:
-    """AdamW's cells with the seeds of both measurements (ratios both have)."""
-    now = {p.ratio: p for p in _reference(now_cells)}
-    return [Observed(p.ratio, p.losses + now[p.ratio].losses) for p in _reference(base_cells)
-            if p.ratio in now]
-
-
-def _replicate_fits(points: list[Observed], n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, 3) [alpha, B, beta] of AdamW's law refitted on seed-resampled cells; NaN rows
-    where a refit failed."""
-    reps = np.column_stack([_loss_reps(p, n_boot, rng) for p in points])
-    return profile_fit(np.array([p.ratio for p in points]), reps)
-
-
-def _point_fit(points: list[Observed]):
-    try:
-        return fit_power_law([p.ratio for p in points], [_mean(p) for p in points])
-    except FitError:
-        return None
-
-
-def _loss_reps(obs: Observed, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Replicates of a cell's mean loss, its seeds resampled (NaN where it has fewer than 2
-    finished seeds: the check then cannot tell noise from change, and says so)."""
-    if not obs.seeded:
-        return np.full(n_boot, np.nan)
-    return obs.loss + perturbations(obs, math.nan, n_boot, rng)
-
-
-def _mean(obs: Observed) -> float:
-    return obs.loss if obs.losses else math.nan
-
-
-def _log_speedup_reps(group: pd.DataFrame, params: np.ndarray, n_boot: int,
-                      rng: np.random.Generator) -> np.ndarray:
-    """Replicates of the mean over an optimizer's cells of log(speedup), each cell's seeds
-    resampled and read through the replicate laws `params`."""
-    alpha, b, beta = params.T
-    logs = []
-    for _, cell in group.iterrows():
-        obs = observed(cell)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logs.append(np.log(effective_budget(_loss_reps(obs, n_boot, rng), alpha, b, beta) / obs.ratio))
-    return np.mean(logs, axis=0)
-
-
-def _log_speedup(group: pd.DataFrame, fit) -> float:
-    if fit is None:
-        return math.nan
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.mean([np.log(fit.speedup(_mean(observed(c)), c["ratio"])) for _, c in group.iterrows()]))
-
-
 @dataclass
 class Verdict:
     optimizer: str
@@ -213,8 +180,7 @@ class Verdict:
     note: str = ""
 
 
-def compare(base: Side, now: Side, diff: tuple[dict[str, float], dict[str, np.ndarray]],
-            names: list[str], options: CheckOptions, notes: dict[str, str] | None = None) -> list[Verdict]:
+def compare(base: Side, now: Side, diff: Estimates, names: list[str], options: CheckOptions, notes: dict[str, str] | None = None) -> list[Verdict]:
     """One verdict per optimizer in `names`; `notes` marks optimizers whose runs failed now
     (they are regressions whatever the numbers say)."""
     notes = notes or {}

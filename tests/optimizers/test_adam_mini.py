@@ -3,13 +3,14 @@ and the model's attention modules), the paper's equations, PyPI adam-mini step b
 checkpoint resume and registration."""
 import copy
 
+import pytest
 import torch
 from adam_mini import Adam_mini
 
 from bench.optimizers.registry import get
 from bench.roles import Role, TaggedParam
 
-from .adam_family_testkit import (
+from .testkit import (
     TINY,
     VOCAB,
     assert_registered,
@@ -20,6 +21,8 @@ from .adam_family_testkit import (
     tiny_model,
     train,
 )
+
+pytestmark = pytest.mark.integration
 
 HP = {"learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.95, "epsilon": 1e-8, "weight_decay": 0.1}
 

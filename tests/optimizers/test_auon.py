@@ -9,13 +9,15 @@ from bench.optimizers.auon import AuON, cosh_rms_normalise
 from bench.optimizers.hybrid import HybridOptimizer
 from bench.roles import Role
 
-from .muon_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     build,
     tiny_model,
     train,
 )
+
+pytestmark = pytest.mark.integration
 
 NS = (3.4445, -4.7750, 2.0315)
 

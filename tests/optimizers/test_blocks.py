@@ -1,7 +1,10 @@
 """Per-block state kept as slices of one stack (bench/optimizers/blocks.py: stacked, adopt)."""
+import pytest
 import torch
 
 from bench.optimizers.blocks import adopt, stacked
+
+pytestmark = pytest.mark.unit
 
 
 def test_stacked_reuses_the_stack_its_slots_are_slices_of_and_restacks_otherwise():

@@ -1,18 +1,21 @@
 """Cautious AdamW (bench/optimizers/cautious.py): the masked coordinates are exactly those whose
 AdamW update disagrees in sign with the gradient, the paper's equations, checkpoint resume and
 registration."""
+import pytest
 import torch
 
 from bench.optimizers.registry import get
 from bench.roles import Role
 
-from .adam_family_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     random_grads,
     step_with,
     tagged,
 )
+
+pytestmark = pytest.mark.integration
 
 SHAPES = {"w": (6, 5), "norm": (5,)}
 HP = {"learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.95, "epsilon": 1e-8, "weight_decay": 0.1}

@@ -7,7 +7,7 @@ import torch
 from bench.optimizers.cosmos import Cosmos
 from bench.optimizers.newton_schulz import newton_schulz
 
-from .muon_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     build,
@@ -16,7 +16,7 @@ from .muon_testkit import (
 )
 
 # tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
 F64 = torch.float64

@@ -2,19 +2,22 @@
 take Muon's step, the start is uniform and seeded, checkpoint resume restores the sampler."""
 import copy
 
+import pytest
 import torch
 
 from bench.optimizers.drop_muon import DropMuon, block_layers
 from bench.optimizers.muon import Muon
 from bench.roles import Role
 
-from .muon_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     build,
     tiny_model,
     train,
 )
+
+pytestmark = pytest.mark.integration
 
 
 def _layers(n_layers=4, per_layer=2, seed=0):

@@ -7,6 +7,8 @@ import torch
 from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
 from bench.roles import Role, TaggedParam
 
+pytestmark = pytest.mark.unit
+
 
 def _params(seed: int = 0) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
     torch.manual_seed(seed)

@@ -13,7 +13,7 @@ from bench.optimizers.kron import (
     update_probability,
 )
 
-from .muon_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     build,
@@ -22,7 +22,7 @@ from .muon_testkit import (
 )
 
 # tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
 def _grads(n: int, shape: tuple[int, ...], seed: int = 0, dtype=torch.float32) -> list[torch.Tensor]:

@@ -2,13 +2,14 @@
 checkpoint resume and registration."""
 import copy
 
+import pytest
 import torch
 from lion_pytorch import Lion as ReferenceLion
 
 from bench.optimizers.registry import get
 from bench.roles import Role
 
-from .adam_family_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     build,
@@ -18,6 +19,8 @@ from .adam_family_testkit import (
     tiny_model,
     train,
 )
+
+pytestmark = pytest.mark.integration
 
 SHAPES = {"w": (5, 4), "norm": (4,)}
 

@@ -1,18 +1,21 @@
 """MARS (bench/optimizers/mars.py): with gamma = 0 and no clipping it is AdamW, the study's update
 equations with the global clip of the corrected gradient, checkpoint resume and registration."""
+import pytest
 import torch
 
 from bench.optimizers.common import make_adamw
 from bench.optimizers.registry import get
 from bench.roles import Role
 
-from .adam_family_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     random_grads,
     step_with,
     tagged,
 )
+
+pytestmark = pytest.mark.integration
 
 SHAPES = {"w": (5, 4), "v": (3, 4), "norm": (4,)}
 HP = {"learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.95, "epsilon": 1e-8, "gamma": 0.025,
@@ -80,7 +83,7 @@ def test_matches_the_study_equations_without_clipping():
 
 
 def test_tells_the_train_loop_it_clips_gradients_itself():
-    assert get("mars").extra["clips_gradients"] is True
+    assert get("mars").clips_gradients is True
 
 
 def test_resume_from_checkpoint_is_bitwise():

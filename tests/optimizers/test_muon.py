@@ -2,18 +2,21 @@
 auxiliary AdamW, checkpoint resume and registration."""
 import math
 
+import pytest
 import torch
 
 from bench.optimizers.muon import Muon, orthogonalise
 from bench.roles import Role
 
-from .muon_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     build,
     tiny_model,
     train,
 )
+
+pytestmark = pytest.mark.integration
 
 NS_BAND = (0.6, 1.25)  # where 5 quintic Newton-Schulz steps put every singular value
 

@@ -2,18 +2,21 @@
 right factor, the optimizer is Muon followed by the clip, checkpoint resume and registration."""
 import math
 
+import pytest
 import torch
 
 from bench.model.llama import Attention, rotary_tables
 from bench.optimizers.muonclip import attention_modules, qk_clip
 
-from .muon_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     build,
     tiny_model,
     train,
 )
+
+pytestmark = pytest.mark.integration
 
 TAU = 100.0
 

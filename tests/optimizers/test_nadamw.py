@@ -1,17 +1,20 @@
 """NAdamW (bench/optimizers/nadamw.py): optax's nadamw equations (the study's), the Nesterov first
 step, why torch's momentum_decay must be off, checkpoint resume and registration."""
+import pytest
 import torch
 
 from bench.optimizers.registry import get
 from bench.roles import Role
 
-from .adam_family_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     random_grads,
     step_with,
     tagged,
 )
+
+pytestmark = pytest.mark.integration
 
 SHAPES = {"w": (5, 4), "norm": (4,)}
 HP = {"learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.95, "epsilon": 1e-8, "weight_decay": 0.1}

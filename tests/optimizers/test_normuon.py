@@ -2,18 +2,21 @@
 checkpoint resume and registration."""
 import math
 
+import pytest
 import torch
 
 from bench.optimizers.muon import Muon
 from bench.optimizers.normuon import NorMuon
 
-from .muon_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     build,
     tiny_model,
     train,
 )
+
+pytestmark = pytest.mark.integration
 
 
 def _reference_normuon(w0, grads, lr, momentum, beta2, weight_decay):

@@ -11,13 +11,15 @@ from bench.optimizers.registry import SPACES_DIR, get
 from bench.optimizers.scion import NS_STEPS, ScionSpectral, Signum
 from bench.roles import Role
 
-from .muon_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     build,
     tiny_model,
     train,
 )
+
+pytestmark = pytest.mark.integration
 
 NS10_BAND = (0.6, 1.25)  # ten quintic steps put random matrices' singular values in about [0.68, 1.13]
 STUDY = Path(__file__).resolve().parents[2] / "analysis" / "paper" / "data"  # the study's files, shipped

@@ -4,7 +4,7 @@ import torch
 
 from bench.optimizers.soap import Soap, power_qr
 
-from .muon_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     build,
@@ -13,7 +13,7 @@ from .muon_testkit import (
 )
 
 # tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
 F64 = torch.float64

@@ -1,13 +1,14 @@
 """Sophia-H (bench/optimizers/sophia.py): the clip bound |dp| <= lr, Hutchinson's estimator of the
 Hessian diagonal, the study's update equations, the curvature schedule, checkpoint resume (probe RNG
 included) and registration."""
+import pytest
 import torch
 
 from bench.optimizers.registry import get
 from bench.optimizers.sophia import batch_hutchinson, gaussian_probes, hessian_vector
 from bench.roles import Role
 
-from .adam_family_testkit import (
+from .testkit import (
     assert_registered,
     assert_resume_is_bitwise,
     batch,
@@ -19,6 +20,8 @@ from .adam_family_testkit import (
     train,
 )
 
+pytestmark = pytest.mark.integration
+
 HP = {"learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.95, "epsilon": 1e-7, "gamma": 0.05, "weight_decay": 0.1}
 
 
@@ -29,7 +32,7 @@ def test_no_entry_moves_more_than_lr_without_weight_decay():
     largest = []
     for step in range(6):  # steps 0-1 have h = 0 (pure sign steps); h is refreshed at 2 and 4
         before = [p.detach().clone() for p in model.parameters()]
-        train(model, opt, range(step, step + 1))
+        train(model, opt, range(step, step + 1), curvature=True)
         largest.append(max((p - b).abs().max().item() for p, b in zip(model.parameters(), before)))
     assert max(largest) <= lr * (1 + 1e-4)
     assert largest[0] > lr * 0.999  # clipped entries move by exactly lr
@@ -84,7 +87,7 @@ def test_curvature_is_refreshed_after_every_update_interval_updates():
     wq = model.layers[0].attn.wq.weight
     snapshots = []
     for step in range(7):
-        train(model, opt, range(step, step + 1))
+        train(model, opt, range(step, step + 1), curvature=True)
         snapshots.append(opt.state[wq]["hessian"].clone())
     changed = [not torch.equal(a, b) for a, b in zip(snapshots, snapshots[1:])]
     # refreshed before updates 4 and 7 (after 3 and 6 updates), i.e. between snapshots 2-3 and 5-6

@@ -1,0 +1,78 @@
+"""One training step, the only one: the train loop, the timing of `optbench bench` and the time
+estimates, the GPU bench and the optimizer tests all call it.
+
+The step is: the optimizer's curvature pass (if its registry entry asks for one), forward and backward
+over micro-batches, gradient clipping, the scheduled learning rates, the optimizer step, zero_grad.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from bench.model.llama import LlamaModel, head_loss
+from bench.run.faults import Fault
+
+LossFn = Callable[[LlamaModel, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class StepTimes:
+    """Wall seconds of the last step: all of it up to the end of optimizer.step(), and that alone."""
+
+    step_s: float = 0.0
+    optimizer_s: float = 0.0
+
+
+def train_step(model: LlamaModel, optimizer: torch.optim.Optimizer, batch: torch.Tensor, step: int, *,
+               loss_fn: LossFn = head_loss, micro_batch: int = 0,
+               autocast: AbstractContextManager = nullcontext(), curvature: bool = False,
+               clip: float = 0.0, clip_params: Sequence[torch.Tensor] = (),
+               lrs: Sequence[float] | None = None, fault: Fault | None = None,
+               times: StepTimes | None = None) -> torch.Tensor:
+    """Train on `batch` (token rows: inputs and their next tokens), step number `step`; the batch's
+    mean loss, detached (read back from the device only when the caller asks for it).
+
+    `curvature`: call the optimizer's curvature_step first (OptimizerDef.needs_curvature_pass);
+    `clip` > 0: clip the gradients of `clip_params` to that global norm; `lrs`: each param group's
+    learning rate for this step (None: as they are); `times`: filled with this step's seconds.
+    """
+    t0 = time.perf_counter()
+    x, y = batch[:, :-1], batch[:, 1:]
+    if curvature:
+        optimizer.curvature_step(step, model, x, micro_batch)
+    loss = gradients(model, loss_fn, x, y, micro_batch, autocast, fault, step)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(clip_params, clip, foreach=True)
+    if lrs is not None:
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+    t1 = time.perf_counter()
+    optimizer.step()
+    if times is not None:
+        t2 = time.perf_counter()
+        times.step_s, times.optimizer_s = t2 - t0, t2 - t1
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def gradients(model: LlamaModel, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, micro_batch: int = 0,
+              autocast: AbstractContextManager = nullcontext(), fault: Fault | None = None,
+              step: int = 0) -> torch.Tensor:
+    """The batch's mean next-token loss (detached), its gradient accumulated over micro-batches of
+    equal tokens per row (each chunk's mean weighted by its share of the rows)."""
+    chunks = list(zip(x.split(micro_batch), y.split(micro_batch))) if micro_batch else [(x, y)]
+    total = None
+    for xs, ys in chunks:
+        with autocast:
+            loss = loss_fn(model, model.trunk(xs), ys)
+        if len(chunks) > 1:
+            loss = loss * (xs.size(0) / x.size(0))
+        if fault is not None:
+            loss = fault.apply(step, loss)
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
