@@ -30,7 +30,8 @@ setup: $(STAMP)
 run: $(STAMP)  ## one run on the smallest CPU scale, stored under results/
 	$(OPTBENCH) run --optimizer adamw --scale cpu-xs --ratio 1
 
-lint: $(STAMP)  ## the import layers of pyproject.toml ([tool.importlinter])
+lint: $(STAMP)  ## pyflakes' checks, sorted imports, and the import layers (pyproject.toml)
+	$(VENV)/bin/ruff check
 	$(VENV)/bin/lint-imports
 
 test: $(STAMP)  ## every tier: unit, integration and system (pyproject.toml's markers)

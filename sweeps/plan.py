@@ -5,7 +5,7 @@ improves nothing), and runs already in the store are reused when a protocol asks
 (which of them it asks for is known only as it goes, so they are counted, not subtracted). Time
 comes from
 runs of this scale already in the store when there are some (they include data loading and
-evaluation), else from bench.estimate's measured training burst on this machine.
+evaluation), else from bench.run.estimate's measured training burst on this machine.
 """
 from __future__ import annotations
 

@@ -2,12 +2,7 @@
 import numpy as np
 import pytest
 
-from analysis.bootstrap import (
-    Observed,
-    percentile_interval,
-    perturbations,
-    speedup_intervals,
-)
+from analysis.bootstrap import Observed, percentile_interval, perturbations, speedup_intervals
 from analysis.fit import fit_power_law, power_law
 
 pytestmark = pytest.mark.unit

@@ -2,15 +2,7 @@
 import numpy as np
 import pytest
 
-from analysis.fit import (
-    FitError,
-    _polish,
-    _rss,
-    effective_budget,
-    fit_power_law,
-    power_law,
-    profile_fit,
-)
+from analysis.fit import FitError, _polish, _rss, effective_budget, fit_power_law, power_law, profile_fit
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Time estimates (bench/estimate.py): measured per CPU scale and thread count, cached."""
+"""Time estimates (bench/run/estimate.py): measured per CPU scale and thread count, cached."""
 import json
 import math
 

@@ -1,4 +1,4 @@
-"""OPTBENCH_FAULT (bench/faults.py), the fault injection the reliability tests use: which runs a rule
+"""OPTBENCH_FAULT (bench/run/faults.py), the fault injection the reliability tests use: which runs a rule
 hits, and a mistyped rule is bad input (exit code 2, one line), never a silently healthy run."""
 import pytest
 

@@ -10,12 +10,7 @@ import torch
 from bench.cli import main
 from bench.model.flops import flops_per_token
 from bench.model.scales import get_scale
-from bench.perf.gpu import (
-    datasheet_peak,
-    format_report,
-    run_gpu_benchmarks,
-    write_report,
-)
+from bench.perf.gpu import datasheet_peak, format_report, run_gpu_benchmarks, write_report
 from sweeps.plan import seconds_per_token
 
 pytestmark = pytest.mark.usefixtures("two_threads")

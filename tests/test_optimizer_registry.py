@@ -12,7 +12,6 @@ from bench.run.spec import RunSpec
 from bench.run.step import train_step
 from bench.run.train import RunOptions, run
 
-
 NAMES = [o.name for o in all_optimizers()]
 STUDY = {"adamw", "nadamw", "mars", "cautious", "lion", "adam_mini", "muon", "scion", "kron", "soap", "sophia"}
 NEWER = {"normuon", "auon", "conda", "muonclip"}

@@ -14,7 +14,7 @@ from bench import cli
 from bench.errors import UserError
 from sweeps.regress import baseline as files
 from sweeps.regress.check import Layout, check, new_baseline, updated
-from sweeps.regress.report import format_table
+from sweeps.regress.report import format_table, reproduction_line
 from sweeps.regress.stats import CheckOptions
 
 pytestmark = pytest.mark.integration
@@ -60,6 +60,16 @@ def test_an_identical_measurement_passes(baseline):
     outcome = check(baseline, list(baseline.runs), FAST)
     assert set(verdicts(outcome).values()) == {"ok"} and outcome.regressed == []
     assert all(v.diff == 0 for v in outcome.verdicts)
+
+
+def test_the_report_counts_the_runs_that_reproduce_the_baseline_to_the_last_bit(baseline):
+    assert reproduction_line(baseline.runs, baseline.runs).startswith(
+        f"losses: {len(baseline.runs)} of {len(baseline.runs)} runs equal the baseline's to the last bit")
+    now = [dict(r) for r in baseline.runs]
+    now[3]["final_loss"] = np.nextafter(now[3]["final_loss"], np.inf)  # one ulp
+    now[5]["final_loss"] += 0.01
+    line = reproduction_line(baseline.runs, now)
+    assert f"{len(now) - 2} of {len(now)} runs equal" in line and "2 moved, by at most 1.00e-02" in line
 
 
 def test_a_slower_optimizer_is_a_regression_and_the_table_names_it(baseline):

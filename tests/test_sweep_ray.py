@@ -118,7 +118,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_sweep_completes(store_url,
 def test_runs_that_raise_or_go_non_finite_are_stored_as_failed_and_count_as_the_worst(
         store_url, tmp_path):
     """Of the three learning rates coordinate descent tries first, one raises at its third step
-    and one's loss turns NaN (bench/faults.py): both are stored with their status and reason,
+    and one's loss turns NaN (bench/run/faults.py): both are stored with their status and reason,
     recorded as failed trials, and the finite one is the cell's best; the sweep exits 0."""
     journal = tmp_path / "optuna.journal"
     command = sweep_command(store_url, journal, "--optimizers", "adamw", "--max-trials", "3",

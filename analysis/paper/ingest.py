@@ -1,7 +1,7 @@
 """Read the study's published result files into the runs frame the rest of analysis/ uses.
 
 The files are `Analysis/Results/{optimizer}/{size}/{ratio}/result.json` from marin-community/marin
-(copied, with provenance, to analysis/paper_data/; its README describes them). Each file holds one
+(copied, with provenance, to analysis/paper/data/; its README describes them). Each file holds one
 regime: the centre config (`best_config`), the loss of the centre run ("Baseline") and of each
 one-parameter ablation ("param=value"), and `min_loss`, the number the study's speedups use.
 

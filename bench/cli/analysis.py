@@ -1,7 +1,7 @@
-"""The `optbench analyze` and `optbench reproduce` subcommands (bench/cli.py registers them).
+"""The `optbench analyze` and `optbench reproduce` subcommands.
 
 analyze: speedups, tables and figures from our results store.
-reproduce: the same from the study's published result files (analysis/paper_data/), printed
+reproduce: the same from the study's published result files (analysis/paper/data/), printed
 beside the study's headline. Bad input raises bench.errors.UserError, which the CLI prints as one
 line (exit code 2); problems with single input files are warnings and the rest is analysed.
 """
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
                     "tables with intervals, and print our speedups beside its headline.")
     repro.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR,
                        help="the study's result files (default: the copy shipped in "
-                            "analysis/paper_data)")
+                            "analysis/paper/data)")
     repro.add_argument("--out", type=Path, default=None,
                        help="output folder (default: results/reproduce)")
     _common_options(repro, fit_ratios=",".join(f"{r:g}" for r in STUDY_FIT_RATIOS),
@@ -106,9 +106,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 def load_store_runs(url: str | None) -> pd.DataFrame:
     """The runs frame of the results store at `url` (None: the default store)."""
     try:
-        from bench.store.database import (
-            ResultStore,  # lazily: only analyze needs the store
-        )
+        from bench.store.database import ResultStore  # lazily: only analyze needs the store
     except ImportError as e:
         raise UserError(f"the results store is not available in this installation: {e}") from None
     return ResultStore(url).frame()

@@ -1,4 +1,4 @@
-"""The `optbench regress` subcommand (bench/cli.py registers it): the CI regression check.
+"""The `optbench regress` subcommand: the CI regression check.
 
     optbench regress                          # check the tree against the committed baseline
     optbench regress --update-baseline        # after an intended change: re-measure and rewrite
@@ -14,7 +14,6 @@ import argparse
 from pathlib import Path
 
 from bench.errors import UserError
-
 
 ARGUMENTS: list[tuple[str, dict]] = [  # flag, add_argument's keywords
     ("--baseline", dict(type=Path, default=None, help="baseline file (default: "
@@ -66,7 +65,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 def _check(baseline, args, seeds) -> int:
     from sweeps.regress.check import check, measure
-    from sweeps.regress.report import format_table, summary_line
+    from sweeps.regress.report import format_table, reproduction_line, summary_line
     from sweeps.regress.runs import print_progress
     from sweeps.regress.stats import CheckOptions
 
@@ -76,6 +75,7 @@ def _check(baseline, args, seeds) -> int:
     runs, seconds = measure(baseline, workers, seeds, print_progress())
     outcome = check(baseline, runs, CheckOptions(alpha=args.alpha), seconds)
     print(format_table(outcome.verdicts, outcome.level, outcome.alpha))
+    print(reproduction_line(baseline.runs, runs))
     print(f"{summary_line(outcome.verdicts)} (runs took {seconds:.0f} s)")
     return 1 if outcome.regressed else 0
 
@@ -97,13 +97,7 @@ def _update(baseline, args, path, seeds, tuning=None) -> int:
 
 
 def _new_baseline(args, path, seeds) -> int:
-    from sweeps.regress.check import (
-        Layout,
-        new_baseline,
-        tuned_configs,
-        tuning_record,
-        tuning_runs,
-    )
+    from sweeps.regress.check import Layout, new_baseline, tuned_configs, tuning_record, tuning_runs
 
     names = [n.strip() for n in (args.optimizers or ",".join(Layout().optimizers)).split(",") if n.strip()]
     layout = Layout()

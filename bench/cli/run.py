@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="hyperparameter override, repeatable (lr=8e-3 warmup=0.05 ...)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default="default", help="data spec (see bench/corpus.py)")
+    p.add_argument("--data", default="default", help="data spec (see bench/data/corpus.py)")
     p.add_argument("--eval-data", default="", help="evaluation data spec; default: held-out split")
     p.add_argument("--tokenizer", default="bpe-512")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))

@@ -1,4 +1,4 @@
-"""The `optbench sweep` subcommand (bench/cli.py registers it): plan, confirm, run, summarise.
+"""The `optbench sweep` subcommand: plan, confirm, run, summarise.
 
     optbench sweep --scale cpu-xs --ratios 1,2 --optimizers adamw,muon,lion --workers 2 --yes
 
@@ -52,8 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--store", default=None, help="results store URL (default: sqlite under results/)")
     p.add_argument("--optuna-storage", default=None,
                    help="Optuna storage: a Journal file path or an RDB URL (default: results/optuna.journal)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and its cost and train nothing (a short throughput burst is measured "
-                        "once per scale and thread count when no rate is cached)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and its cost, train nothing (with no rate cached for this scale "
+                        "and thread count, a throughput burst of a few steps is measured first)")
     p.add_argument("--yes", "-y", action="store_true", help="start without asking")
     p.set_defaults(func=cmd_sweep)
 

@@ -1,6 +1,6 @@
 """Tokenized training and evaluation data: cached shards, a held-out split, batches, statistics.
 
-Documents come from bench/corpus.py. A document is held out for evaluation when a hash of its id
+Documents come from bench/data/corpus.py. A document is held out for evaluation when a hash of its id
 falls in the eval fraction, so the split is stable, whole-document, and never trained on. Tokens are
 cached as .npy shards keyed by the source, the tokenizer's content hash and the split rule.
 """

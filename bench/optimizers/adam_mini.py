@@ -26,14 +26,14 @@ from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
 
-QUERY_KEY = ("wq", "wk")  # attention projections whose blocks are heads (bench/model.py names)
+QUERY_KEY = ("wq", "wk")  # attention projections whose blocks are heads (bench/model/llama.py names)
 
 
 def attention_heads(name: str, model: torch.nn.Module | None) -> int | None:
     """n_heads if `name` is the weight of an attention module's wq or wk, else None.
 
     Viewing that (n_heads * head_dim, in) weight as (n_heads, -1) gives one block per head because
-    the attention splits its output features head-major (bench/model.py, Attention._heads).
+    the attention splits its output features head-major (bench/model/llama.py, Attention._heads).
     """
     if model is None or name.count(".") < 2:
         return None

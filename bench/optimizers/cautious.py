@@ -17,11 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from bench.optimizers.adam_moments import (
-    adam_direction,
-    decoupled_step,
-    group_tensors,
-)
+from bench.optimizers.adam_moments import adam_direction, decoupled_step, group_tensors
 from bench.optimizers.base import Optimizer
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register

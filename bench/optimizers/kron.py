@@ -37,16 +37,8 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 import torch
 from torch import Tensor
 
-from bench.optimizers.blocks import (
-    Block,
-    Slot,
-    adopt,
-    assemble,
-    by_signature,
-    partition,
-    stacked,
-)
 from bench.optimizers.base import Optimizer, run_closure
+from bench.optimizers.blocks import Block, Slot, adopt, assemble, by_signature, partition, stacked
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam

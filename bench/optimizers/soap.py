@@ -33,16 +33,8 @@ from typing import Any, Iterable, Mapping, NamedTuple
 import torch
 from torch import Tensor
 
-from bench.optimizers.blocks import (
-    Block,
-    Slot,
-    adopt,
-    assemble,
-    by_signature,
-    partition,
-    stacked,
-)
 from bench.optimizers.base import Optimizer
+from bench.optimizers.blocks import Block, Slot, adopt, assemble, by_signature, partition, stacked
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam

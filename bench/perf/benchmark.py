@@ -6,11 +6,11 @@
 - each optimizer's step time relative to fused AdamW and as a share of a whole training step, per
   scale, and its optimizer-state memory relative to AdamW's;
 - the ceiling at each scale's own shapes: its step's matrix products and attention timed alone
-  (bench/ceilings.py), the share of peak that no implementation of those shapes beats here;
+  (bench/perf/ceilings.py), the share of peak that no implementation of those shapes beats here;
 - Muon's Newton-Schulz: its time against the time its FLOPs take at its precision's peak, and
   against its batched products timed alone;
-- sweep throughput with 1 and 2 workers and Ray's per-trial overhead (sweeps/throughput.py).
-The goals of the performance issue are checked in bench/bench_goals.py. Writes results/bench.json.
+- sweep throughput with 1 and 2 workers and Ray's per-trial overhead (bench/perf/throughput.py).
+The goals of the performance issue are checked in bench/perf/goals.py. Writes results/bench.json.
 Machines are noisy (+-20% run to run): read the ratios, not the seconds.
 """
 from __future__ import annotations
@@ -35,10 +35,10 @@ from bench.optimizers.muon import orthogonalise
 from bench.optimizers.newton_schulz import ns_dtype
 from bench.optimizers.registry import all_optimizers, get
 from bench.paths import results_dir
-from bench.perf.ceilings import newton_schulz_matmuls_ms, training_ceiling
+from bench.perf.ceilings import best_time, newton_schulz_matmuls_ms, training_ceiling
 from bench.roles import Role
 from bench.run.spec import RunSpec
-from bench.run.timing import best_time, model_and_batch, timed_steps
+from bench.run.timing import model_and_batch, timed_steps
 from bench.run.train import state_bytes
 
 SOAP_SPARSE_REFRESH = 10  # the SOAP paper's precondition_frequency, reported beside the default 1
@@ -198,7 +198,7 @@ def _peaks() -> dict[str, float]:
 
 
 def _add_shares(report: dict[str, Any]) -> None:
-    """Training FLOP/s as a share of the peak and of the ceiling (bench/ceilings.py), and
+    """Training FLOP/s as a share of the peak and of the ceiling (bench/perf/ceilings.py), and
     Newton-Schulz against its FLOPs' time at peak and its products' time alone."""
     peaks = report["matmul_peak_flops"]
     for entry in report["scales"].values():

@@ -11,8 +11,9 @@ shapes gets there on this machine.
 """
 from __future__ import annotations
 
+import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,17 @@ import torch.nn.functional as F
 from bench.model.flops import flops_per_token
 from bench.model.scales import get_scale
 from bench.optimizers.newton_schulz import NS_COEFFICIENTS
-from bench.run.timing import best_time
+
+
+def best_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Best-of wall time of fn() in seconds, after one warm-up call."""
+    fn()  # first-call allocations and kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def _linear_ms(tokens: int, fan_in: int, fan_out: int, repeats: int) -> float:

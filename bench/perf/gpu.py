@@ -3,7 +3,7 @@
 - the card's bf16 matrix-multiply peak, measured (8192^3 products) beside its datasheet figure;
 - training throughput of the paper scales in bf16 autocast with fused AdamW and SDPA attention,
   eager and with torch.compile'd blocks: tokens/s and model FLOPs utilisation (MFU, the model's
-  training FLOPs per token from bench.estimate over the datasheet peak, and over the measured one);
+  training FLOPs per token from bench.model.flops over the datasheet peak, and over the measured one);
 - each optimizer's step time against fused AdamW and as a share of a whole training step.
 
 A training step is the paper's batch (128 x 4096 tokens) as micro-batches whose gradients
@@ -74,7 +74,7 @@ def datasheet_peak(name: str) -> float | None:
 
 
 def _model(scale_name: str, compiled: bool, vocab: int):
-    """The model and its loss function, compiled as bench.train does with RunOptions.compile."""
+    """The model and its loss function, compiled as bench.run.train does with RunOptions.compile."""
     torch.manual_seed(0)
     with _device():  # initialised where it runs: 0.3B with its vocabulary is 0.4B weights
         model = LlamaModel(get_scale(scale_name), vocab)
@@ -279,7 +279,7 @@ def write_report(report: dict[str, Any], path: str | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """For machines with a GPU but without the sweep stack (Ray, Optuna): only torch is needed."""
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.perf.gpu", description=__doc__.splitlines()[0])
     p.add_argument("--scales", default="0.1B,0.3B")
     p.add_argument("--optimizers", default="all")
     p.add_argument("--micro-batch", type=int, default=4, help="sequences per forward/backward")

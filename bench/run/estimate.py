@@ -53,7 +53,7 @@ def achieved_flops(scale_name: str, threads: int | None = None, refresh: bool = 
 
 def _measure(scale: Scale, steps: int = 5) -> float:
     """FLOP/s at the median of `steps` fused-AdamW training steps, timed as `optbench bench` times
-    them (bench.timing), so that a burst of other load during one step does not go into the cache."""
+    them (bench.run.timing), so that a burst of other load during one step does not go into the cache."""
     _, model, x = model_and_batch(scale.name)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     step_s, _, _ = timed_steps(model, opt, x, steps)

@@ -1,10 +1,8 @@
-"""Timing on this machine: one measured training step for `optbench bench` and for the time
-estimates (bench/estimate.py), and a best-of timer for single kernels (bench/ceilings.py)."""
+"""Timing on this machine: measured training steps for `optbench bench` and for the time estimates
+(bench/run/estimate.py)."""
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
-from typing import Any, Callable
 
 import torch
 
@@ -12,17 +10,6 @@ from bench.model.flops import DEFAULT_VOCAB
 from bench.model.llama import LlamaModel, head_loss
 from bench.model.scales import Scale, get_scale
 from bench.run.step import StepTimes, train_step
-
-
-def best_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Best-of wall time of fn() in seconds, after one warm-up call."""
-    fn()  # first-call allocations and kernel selection
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def model_and_batch(scale_name: str) -> tuple[Scale, LlamaModel, torch.Tensor]:

@@ -34,15 +34,7 @@ from bench.run.spec import RunSpec
 from bench.study import REFERENCE_OPTIMIZER
 from sweeps.regress.baseline import Baseline, Entry, run_record, runs_frame
 from sweeps.regress.runs import Report, train_all
-from sweeps.regress.stats import (
-    REGRESSION,
-    CheckOptions,
-    Side,
-    Verdict,
-    change,
-    compare,
-    measure_side,
-)
+from sweeps.regress.stats import REGRESSION, CheckOptions, Side, Verdict, change, compare, measure_side
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY_LEVEL = 0.9  # the level of the intervals written into the baseline for readers

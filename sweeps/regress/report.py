@@ -32,6 +32,24 @@ def summary_line(verdicts: list[Verdict]) -> str:
     return f"no regression in {len(verdicts)} optimizers"
 
 
+def reproduction_line(base_runs: list[dict], now_runs: list[dict]) -> str:
+    """How many runs gave the baseline's loss to the last bit (runs are bitwise deterministic for a
+    spec and thread count, so an unchanged tree on the same kind of machine gives all of them)."""
+    def key(r: dict) -> tuple:
+        return r["optimizer"], float(r["ratio"]), int(r["seed"])
+
+    base = {key(r): r["final_loss"] for r in base_runs}
+    pairs = [(base[key(r)], r["final_loss"]) for r in now_runs if key(r) in base]
+    same = sum(b == n for b, n in pairs)
+    moved = [abs(n - b) for b, n in pairs if b is not None and n is not None and b != n]
+    line = f"losses: {same} of {len(pairs)} runs equal the baseline's to the last bit"
+    if moved:
+        line += f"; {len(moved)} moved, by at most {max(moved):.2e} nats"
+    if len(pairs) - same - len(moved):
+        line += f"; {len(pairs) - same - len(moved)} with no loss on one side"
+    return line
+
+
 def _row(v: Verdict) -> list[str]:
     if v.kind == "loss":
         return [v.optimizer, "mean loss", _loss(v.base, v.base_ci), _loss(v.now, v.now_ci),

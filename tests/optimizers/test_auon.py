@@ -9,13 +9,7 @@ from bench.optimizers.auon import AuON, cosh_rms_normalise
 from bench.optimizers.hybrid import HybridOptimizer
 from bench.roles import Role
 
-from .testkit import (
-    assert_registered,
-    assert_resume_is_bitwise,
-    build,
-    tiny_model,
-    train,
-)
+from .testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
 pytestmark = pytest.mark.integration
 

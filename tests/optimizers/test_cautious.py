@@ -7,13 +7,7 @@ import torch
 from bench.optimizers.registry import get
 from bench.roles import Role
 
-from .testkit import (
-    assert_registered,
-    assert_resume_is_bitwise,
-    random_grads,
-    step_with,
-    tagged,
-)
+from .testkit import assert_registered, assert_resume_is_bitwise, random_grads, step_with, tagged
 
 pytestmark = pytest.mark.integration
 

@@ -5,13 +5,7 @@ import torch
 from bench.optimizers.conda import Conda
 from bench.roles import Role
 
-from .testkit import (
-    assert_registered,
-    assert_resume_is_bitwise,
-    build,
-    tiny_model,
-    train,
-)
+from .testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
 # tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]

@@ -7,13 +7,7 @@ import torch
 from bench.optimizers.cosmos import Cosmos
 from bench.optimizers.newton_schulz import newton_schulz
 
-from .testkit import (
-    assert_registered,
-    assert_resume_is_bitwise,
-    build,
-    tiny_model,
-    train,
-)
+from .testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
 # tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]

@@ -9,13 +9,7 @@ from bench.optimizers.drop_muon import DropMuon, block_layers
 from bench.optimizers.muon import Muon
 from bench.roles import Role
 
-from .testkit import (
-    assert_registered,
-    assert_resume_is_bitwise,
-    build,
-    tiny_model,
-    train,
-)
+from .testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
 pytestmark = pytest.mark.integration
 

@@ -4,22 +4,9 @@ import math
 import pytest
 import torch
 
-from bench.optimizers.kron import (
-    DAMPING,
-    SEED,
-    Kron,
-    norm_lower_bound,
-    update_fraction,
-    update_probability,
-)
+from bench.optimizers.kron import DAMPING, SEED, Kron, norm_lower_bound, update_fraction, update_probability
 
-from .testkit import (
-    assert_registered,
-    assert_resume_is_bitwise,
-    build,
-    tiny_model,
-    train,
-)
+from .testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
 # tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]

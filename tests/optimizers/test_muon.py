@@ -8,13 +8,7 @@ import torch
 from bench.optimizers.muon import Muon, orthogonalise
 from bench.roles import Role
 
-from .testkit import (
-    assert_registered,
-    assert_resume_is_bitwise,
-    build,
-    tiny_model,
-    train,
-)
+from .testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
 pytestmark = pytest.mark.integration
 

@@ -8,13 +8,7 @@ import torch
 from bench.model.llama import Attention, rotary_tables
 from bench.optimizers.muonclip import attention_modules, qk_clip
 
-from .testkit import (
-    assert_registered,
-    assert_resume_is_bitwise,
-    build,
-    tiny_model,
-    train,
-)
+from .testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
 pytestmark = pytest.mark.integration
 

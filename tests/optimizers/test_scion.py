@@ -11,13 +11,7 @@ from bench.optimizers.registry import SPACES_DIR, get
 from bench.optimizers.scion import NS_STEPS, ScionSpectral, Signum
 from bench.roles import Role
 
-from .testkit import (
-    assert_registered,
-    assert_resume_is_bitwise,
-    build,
-    tiny_model,
-    train,
-)
+from .testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
 pytestmark = pytest.mark.integration
 
