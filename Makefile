@@ -13,6 +13,7 @@ RATIOS     ?= 0.25,0.5,1
 OPTIMIZERS ?= adamw,muon,lion
 WORKERS    ?= 2
 MAX_TRIALS ?= 5
+SEEDS      ?= 3  # the winner of each cell re-run at 3 seeds: every speedup gets an interval from seeds
 SWEEP_ARGS ?=
 
 .PHONY: setup lint run test test-fast sweep reproduce regress bench bench-gpu clean
@@ -42,7 +43,7 @@ test-fast: $(STAMP)  ## the unit and integration tiers, for the edit-test loop: 
 
 sweep: $(STAMP)
 	$(OPTBENCH) sweep --scale $(SCALE) --ratios $(RATIOS) --optimizers $(OPTIMIZERS) --workers $(WORKERS) \
-		--max-trials $(MAX_TRIALS) --yes $(SWEEP_ARGS)
+		--max-trials $(MAX_TRIALS) --seeds $(SEEDS) --yes $(SWEEP_ARGS)
 
 reproduce: $(STAMP)
 	$(OPTBENCH) reproduce

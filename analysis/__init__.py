@@ -6,7 +6,8 @@ or paper.ingest's from the study's published files), and writes Markdown/CSV/LaT
 PNG/PDF figures. The pieces, in the order data flows:
 
 - paper.ingest: the study's result.json files -> StoredRun records
-- cells: runs -> one row per optimizer x scale x ratio (best config, its seeds, run counts)
+- cells: runs -> one row per optimizer x scale x ratio within a context (best config, its seeds,
+  run counts); runs of different contexts (data, tokenizer, precision, ...) never share a cell
 - fit, bootstrap: the scaling-law fit L(D) = alpha * D^(-B) + beta, its inversion, intervals
 - speedups: cells -> AdamW fit per scale and every cell's speedup with an interval and flags
 - sensitivity: one-parameter ablations around each cell's centre config

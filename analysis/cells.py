@@ -1,10 +1,14 @@
-"""From runs to cells: one row per optimizer x scale x data ratio.
+"""From runs to cells: one row per optimizer x scale x data ratio within a context.
 
 Input is the runs frame (one row per run: bench.store.record.to_frame of the results store's, the
-study's or the regression baseline's runs). Within a cell, runs with the same hyperparameters are
-seeds of one config; the cell's best config is the one with the lowest mean loss over its finished
-("ok") seeds, and the cell's loss is that mean. Diverged and failed runs never enter a mean; they
-are counted.
+study's or the regression baseline's runs). A cell never pools runs of different contexts (data,
+eval data, tokenizer, precision, device, eval tokens: bench.store.record.CONTEXT_COLUMNS): a run on
+other data is another measurement, not another seed. Only an explicit `mix_contexts` pools them,
+and then every cell's context reads MIXED CONTEXTS.
+
+Within a cell, runs with the same hyperparameters are seeds of one config; the cell's best config
+is the one with the lowest mean loss over its finished ("ok") seeds, and the cell's loss is that
+mean. Diverged and failed runs never enter a mean; they are counted.
 
 Choosing the best of many configs by their losses favours lucky ones (the winner's curse); with
 several seeds per config the bias shrinks, and the study had the same bias with one seed.
@@ -19,10 +23,11 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import UserError
-from bench.store.record import REQUIRED_COLUMNS
+from bench.store.record import REQUIRED_COLUMNS, context_labels
 from bench.study import APPROX_BEST_TOL, REFERENCE_OPTIMIZER
 
-CELL_KEYS = ["optimizer", "scale", "ratio"]
+CELL_KEYS = ["optimizer", "scale", "ratio"]  # within one context
+MIXED_CONTEXTS = "MIXED CONTEXTS"
 
 
 def check_runs(runs: pd.DataFrame) -> None:
@@ -49,30 +54,51 @@ def ok_mask(runs: pd.DataFrame) -> pd.Series:
     return (runs["status"] == "ok") & np.isfinite(loss)
 
 
-def summarize_cells(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (optimizer, scale, ratio) with the best config's loss and the cell's counts.
+def summarize_cells(runs: pd.DataFrame, mix_contexts: bool = False) -> pd.DataFrame:
+    """One row per (context, optimizer, scale, ratio) with the best config's loss and the cell's
+    counts; `mix_contexts` pools the contexts (each cell's context then says MIXED CONTEXTS).
 
-    Columns: optimizer, scale, ratio, params, loss, loss_sd, n_seeds, losses (per-seed tuple),
-    hparams (best config), n_configs, n_runs, n_ok, n_diverged, n_failed,
+    Columns: context (its label), optimizer, scale, ratio, params, loss, loss_sd, n_seeds, losses
+    (per-seed tuple), hparams (best config), n_configs, n_runs, n_ok, n_diverged, n_failed,
     approx_best (configs within 3e-3 of the best, best first).
     """
     check_runs(runs)
     hparams = runs["hparams"].map(as_dict)
+    contexts = mixed_label(runs) if mix_contexts else context_labels(runs)
     runs = runs.assign(ratio=runs["ratio"].astype(float), hparams=hparams,
                        final_loss=pd.to_numeric(runs["final_loss"], errors="coerce"),
-                       config=hparams.map(config_key), ok=ok_mask(runs))
-    rows = [_cell_row(key, group) for key, group in runs.groupby(CELL_KEYS, sort=False)]
+                       config=hparams.map(config_key), ok=ok_mask(runs), context=contexts)
+    rows = [_cell_row(key, group)
+            for key, group in runs.groupby(["context", *CELL_KEYS], sort=False)]
     cells = pd.DataFrame(rows)
     return sort_cells(cells) if len(cells) else cells
 
 
+def split_by_context(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The runs of each context (label, runs), the context with the most runs first."""
+    labels = pd.Series(context_labels(runs), index=runs.index)
+    counts = labels.value_counts()
+    order = sorted(dict.fromkeys(labels), key=lambda label: -counts[label])  # ties: first seen first
+    return [(label, runs[labels == label]) for label in order]
+
+
+def mixed_label(runs: pd.DataFrame) -> str:
+    """The context of runs pooled across contexts: MIXED CONTEXTS and the contexts pooled (the
+    one context's own label when there is only one: nothing is mixed)."""
+    labels = [label for label, _ in split_by_context(runs)]
+    return labels[0] if len(labels) == 1 else f"{MIXED_CONTEXTS} ({len(labels)}: {'; '.join(labels)})"
+
+
 def sort_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """AdamW first, then optimizers by name; scales by size; ratios ascending."""
+    """Contexts as they came; AdamW first, then optimizers by name; scales by size; ratios
+    ascending."""
     scales = scale_order(frame)
-    return (frame.assign(_opt=frame["optimizer"].map(lambda o: (o != REFERENCE_OPTIMIZER, o)),
+    contexts = list(frame["context"].unique())
+    return (frame.assign(_ctx=frame["context"].map(contexts.index),
+                         _opt=frame["optimizer"].map(lambda o: (o != REFERENCE_OPTIMIZER, o)),
                          _scale=frame["scale"].map(scales.index))
-            .sort_values(["_opt", "_scale", "ratio"]).drop(columns=["_opt", "_scale"])
-            .reset_index(drop=True))
+            .sort_values(["_ctx", "_opt", "_scale", "ratio"])
+            .drop(columns=["_ctx", "_opt", "_scale"]).reset_index(drop=True))
 
 
 def scale_order(frame: pd.DataFrame) -> list[str]:
@@ -84,13 +110,13 @@ def scale_order(frame: pd.DataFrame) -> list[str]:
 
 
 def _cell_row(key: tuple, group: pd.DataFrame) -> dict:
-    optimizer, scale, ratio = key
+    context, optimizer, scale, ratio = key
     configs = _config_means(group[group["ok"]])
     best = configs.iloc[0] if len(configs) else None
     losses = tuple(best["losses"]) if best is not None else ()
     status = group["status"]
     return {
-        "optimizer": optimizer, "scale": scale, "ratio": float(ratio),
+        "context": context, "optimizer": optimizer, "scale": scale, "ratio": float(ratio),
         "params": _median_params(group),
         "loss": float(np.mean(losses)) if losses else math.nan,
         "loss_sd": float(np.std(losses, ddof=1)) if len(losses) >= 2 else math.nan,

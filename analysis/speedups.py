@@ -1,6 +1,8 @@
 """Every cell's speedup over AdamW, with an interval and flags, from the cells table.
 
-Per scale: fit AdamW's law on its cells at the chosen ratios (analysis/fit.py), read every cell's
+The cells are those of one context (analysis.cells): AdamW's law for a comparison is fitted only on
+AdamW cells of the same scale and the same context, so cells of several contexts are refused. Per
+scale: fit AdamW's law on its cells at the chosen ratios (analysis/fit.py), read every cell's
 loss through it (speedup = D_eff / D), and bootstrap an interval (analysis/bootstrap.py). Each
 cell is flagged where the estimate needs care:
 
@@ -28,11 +30,11 @@ from analysis.fit import FitError, PowerLawFit, fit_power_law
 from bench.errors import UserError
 from bench.study import REFERENCE_OPTIMIZER
 
-SPEEDUP_COLUMNS = ["optimizer", "scale", "ratio", "loss", "adamw_fit_loss", "speedup", "ci_low",
-                   "ci_high", "extrapolated", "below_asymptote", "n_seeds", "uncertainty", "params",
-                   "note"]
-FIT_COLUMNS = ["scale", "params", "alpha", "B", "beta", "fit_ratios", "n_points", "dof", "rmse",
-               "r2", "residual_sd", "sigma", "sigma_source", "note"]
+SPEEDUP_COLUMNS = ["context", "optimizer", "scale", "ratio", "loss", "adamw_fit_loss", "speedup",
+                   "ci_low", "ci_high", "extrapolated", "below_asymptote", "n_seeds", "uncertainty",
+                   "params", "note"]
+FIT_COLUMNS = ["context", "scale", "params", "alpha", "B", "beta", "fit_ratios", "n_points", "dof",
+               "rmse", "r2", "residual_sd", "sigma", "sigma_source", "note"]
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,19 @@ class SpeedupResult:
 
 def estimate_speedups(cells: pd.DataFrame,
                       options: SpeedupOptions = SpeedupOptions()) -> SpeedupResult:
-    """Fit AdamW per scale and give every cell its speedup, interval and flags."""
+    """Fit AdamW per scale and give every cell its speedup, interval and flags (the cells of one
+    context: analysis.cells.split_by_context)."""
+    _check_one_context(cells)
     notes: list[str] = []
     scales = scale_order(cells)
     fits: dict[str, tuple[PowerLawFit, list[Observed]]] = {}
+    no_baseline: dict[str, str] = {}  # scale -> why it has no law at all
     for scale in scales:
+        if not _has_baseline(cells, scale, options.baseline):
+            no_baseline[scale] = (f"no {options.baseline} run with a loss at this scale in this "
+                                  f"context")
+            notes.append(f"scale {scale}: {no_baseline[scale]}, so no law to read speedups through")
+            continue
         points = _fit_points(cells, scale, options)
         try:
             fits[scale] = (fit_power_law([p.ratio for p in points], [p.loss for p in points]),
@@ -87,7 +97,8 @@ def estimate_speedups(cells: pd.DataFrame,
             losses.append(reps.losses)
             speedups.append(reps.speedups)
         else:
-            rows += [_row(c, note="no AdamW fit at this scale") for _, c in sub.iterrows()]
+            note = no_baseline.get(scale, "no AdamW fit at this scale")
+            rows += [_row(c, note=note) for _, c in sub.iterrows()]
             losses.append(np.full((len(sub), options.n_boot), np.nan))
             speedups.append(losses[-1])
     fit_table = pd.DataFrame([_fit_row(s, fits[s][0], cells, *sigmas[s]) for s in fits],
@@ -95,6 +106,18 @@ def estimate_speedups(cells: pd.DataFrame,
     return SpeedupResult(fit_table, pd.DataFrame(rows, columns=SPEEDUP_COLUMNS), notes,
                          {s: f for s, (f, _) in fits.items()}, np.vstack(losses),
                          np.vstack(speedups))
+
+
+def _check_one_context(cells: pd.DataFrame) -> None:
+    contexts = list(cells["context"].unique())
+    if len(contexts) > 1:
+        raise ValueError(f"cells of {len(contexts)} contexts ({'; '.join(contexts)}): estimate "
+                         f"each context's speedups apart (analysis.cells.split_by_context)")
+
+
+def _has_baseline(cells: pd.DataFrame, scale: str, baseline: str) -> bool:
+    return bool(((cells["scale"] == scale) & (cells["optimizer"] == baseline)
+                 & np.isfinite(cells["loss"])).any())
 
 
 def observed(cell: pd.Series) -> Observed:
@@ -176,8 +199,8 @@ def _no_loss_note(cell: pd.Series) -> str:
 
 
 def _row(cell: pd.Series, **values) -> dict:
-    row = {"optimizer": cell["optimizer"], "scale": cell["scale"], "ratio": float(cell["ratio"]),
-           "loss": float(cell["loss"]), "adamw_fit_loss": math.nan, "speedup": math.nan,
+    row = {"context": cell["context"], "optimizer": cell["optimizer"], "scale": cell["scale"],
+           "ratio": float(cell["ratio"]), "loss": float(cell["loss"]), "adamw_fit_loss": math.nan, "speedup": math.nan,
            "ci_low": math.nan, "ci_high": math.nan, "extrapolated": False,
            "below_asymptote": False, "n_seeds": int(cell["n_seeds"]), "uncertainty": "",
            "params": cell["params"], "note": ""}
@@ -188,7 +211,8 @@ def _row(cell: pd.Series, **values) -> dict:
 def _fit_row(scale: str, fit: PowerLawFit, cells: pd.DataFrame, sigma: float,
              source: str) -> dict:
     params = cells.loc[cells["scale"] == scale, "params"].median()
-    return {"scale": scale, "params": params, "alpha": fit.alpha, "B": fit.b, "beta": fit.beta,
+    return {"context": cells["context"].iloc[0], "scale": scale, "params": params,
+            "alpha": fit.alpha, "B": fit.b, "beta": fit.beta,
             "fit_ratios": " ".join(f"{r:g}" for r in fit.ratios), "n_points": len(fit.ratios),
             "dof": fit.dof, "rmse": fit.rmse, "r2": fit.r2, "residual_sd": fit.residual_sd,
             "sigma": sigma, "sigma_source": source, "note": fit.at_bound}

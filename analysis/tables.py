@@ -5,12 +5,15 @@ counts (finished / diverged / failed), the AdamW fits, best hyperparameters per 
 ratio (one block per optimizer, like the study's appendix), and the "approximately best" sets
 (configs within 3e-3 of the best). Markdown and LaTeX hold formatted text; the CSV holds numbers.
 The writers are small and local, so the output does not depend on optional pandas extras.
+
+One set of tables holds one context (analysis.cells), and every caption names it: a table that
+showed two contexts side by side would read as one measurement.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +40,16 @@ class Table:
 
 def build_tables(cells: pd.DataFrame, speedups: pd.DataFrame, fits: pd.DataFrame,
                  level: float) -> list[Table]:
-    """Every table of the analysis, in the order a reader wants them."""
-    return [speedup_vs_scale_table(speedups, level), speedups_table(speedups, level),
-            final_losses_table(cells), run_counts_table(cells), fits_table(fits),
-            best_hparams_table(cells), approx_best_table(cells)]
+    """Every table of the analysis, in the order a reader wants them, each caption naming the
+    cells' one context."""
+    contexts = list(cells["context"].unique())
+    if len(contexts) != 1:
+        raise ValueError(f"tables hold one context, got {len(contexts)}: build each context's "
+                         f"tables apart (analysis.cells.split_by_context)")
+    tables = [speedup_vs_scale_table(speedups, level), speedups_table(speedups, level),
+              final_losses_table(cells), run_counts_table(cells), fits_table(fits),
+              best_hparams_table(cells), approx_best_table(cells)]
+    return [replace(t, caption=f"{t.caption} Context: {contexts[0]}.") for t in tables]
 
 
 def write_table(table: Table, out_dir: Path) -> list[Path]:

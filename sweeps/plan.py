@@ -19,6 +19,7 @@ from bench.model.scales import get_scale
 from bench.run.estimate import achieved_flops, measured_gpu_flops
 from bench.run.spec import RunSpec
 from bench.store.record import StoredRun
+from bench.urls import shown_url
 from sweeps.grid import Config
 
 
@@ -89,10 +90,10 @@ def seconds_per_token(scale: str, threads: int, device: str,
             return math.nan, "no stored runs at this scale and no GPU throughput measured (make bench-gpu)"
         flops, source = measured
         return flops_per_token(get_scale(scale)) / flops, source
-    flops = achieved_flops(scale, threads)
-    rate = flops_per_token(get_scale(scale)) / flops
-    return rate, (f"a measured training burst at {scale}, {flops / 1e9:.1f} GFLOP/s per {threads}-thread "
-                  f"process; evaluation and data loading not included")
+    rate = achieved_flops(scale, threads)
+    return (flops_per_token(get_scale(scale)) / rate.flops_per_s,
+            f"{rate.how}: {rate.flops_per_s / 1e9:.1f} GFLOP/s per process; evaluation and data "
+            f"loading not included")
 
 
 def stored_runs(stored: Sequence[StoredRun], cell: Cell) -> int:
@@ -102,7 +103,7 @@ def stored_runs(stored: Sequence[StoredRun], cell: Cell) -> int:
 
 
 def format_plan(cells: list[CellCost], cost: Cost, settings: dict[str, Any]) -> str:
-    """The plan as the user sees it before confirming."""
+    """The plan as the user sees it before confirming; the store URLs with their passwords hidden."""
     scale = get_scale(cells[0].cell.scale)
     lines = [f"Sweep at {scale.name} ({scale.non_embedding_params:,} non-embedding params), "
              f"protocol {cells[0].cell.protocol}, {len(cells)} cells:",
@@ -118,7 +119,8 @@ def format_plan(cells: list[CellCost], cost: Cost, settings: dict[str, Any]) -> 
     if stored:
         lines.append(f"  {stored} runs of these cells are in the store already: those the protocols "
                      f"ask for are read back, not trained (a rerun resumes)")
-    lines += [f"Results store: {settings['store']}", f"Optuna studies: {settings['optuna']}"]
+    lines += [f"Results store: {shown_url(settings['store'])}",
+              f"Optuna studies: {shown_url(settings['optuna'])}"]
     return "\n".join(lines)
 
 

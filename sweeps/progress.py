@@ -13,6 +13,7 @@ import time
 from typing import TextIO
 
 from bench.run.spec import RunResult
+from bench.urls import hide_passwords
 from sweeps.cell import CellTuning, Request, loss_of
 
 
@@ -51,7 +52,7 @@ class Progress:
     def errored(self, tuning: CellTuning, request: Request, message: str) -> None:
         self.running -= 1
         self.errors += 1
-        self._event(f"error    {_what(tuning, request)}: {message}")
+        self._event(f"error    {_what(tuning, request)}: {hide_passwords(message)}")
 
     def status(self) -> str:
         best = "  ".join(f"{o} {v:.4f}" for o, v in sorted(self.best.items()) if math.isfinite(v))

@@ -16,9 +16,12 @@ from optuna.distributions import CategoricalDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
+from sqlalchemy.exc import SQLAlchemyError
 
+from bench.errors import UserError
 from bench.paths import results_dir
 from bench.run.spec import RunResult
+from bench.urls import error_line, shown_url
 from sweeps.cell import CellTuning, Request, loss_of
 
 
@@ -30,7 +33,11 @@ def open_storage(target: str | None) -> optuna.storages.BaseStorage:
     """A URL with '://' is an RDB storage; anything else is a Journal file path."""
     target = target or default_target()
     if "://" in target:
-        return optuna.storages.RDBStorage(target)
+        try:
+            return optuna.storages.RDBStorage(target)
+        except (SQLAlchemyError, ImportError, ValueError) as e:  # a bad URL, no driver, no server
+            raise UserError(f"cannot open Optuna storage {shown_url(target)}: "
+                            f"{error_line(e, target)}") from None
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(target))
 

@@ -2,9 +2,10 @@
 
 Speedups come from the analysis package (analysis.cells.summarize_cells, then
 analysis.speedups.estimate_speedups) applied to this sweep's runs only, so the table reflects the
-protocol and budget that were run. The study's law L(D) = alpha * D^(-B) + beta has three
-parameters, so a scale needs AdamW at three or more ratios for a speedup; with fewer the analysis
-says so and the best-loss table stands alone.
+protocol and budget that were run. Runs of different contexts (data, precision, ...:
+bench.store.record.CONTEXT_COLUMNS) never share a cell: each context gets its own section. The
+study's law L(D) = alpha * D^(-B) + beta has three parameters, so a scale needs AdamW at three or
+more ratios for a speedup; with fewer the analysis says so and the best-loss table stands alone.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.cells import summarize_cells
+from analysis.cells import split_by_context, summarize_cells
 from analysis.speedups import SpeedupOptions, estimate_speedups
 from analysis.tables import format_frame
 from bench.study import REFERENCE_OPTIMIZER
@@ -57,7 +58,16 @@ def best_configs(tunings: list[CellTuning]) -> str:
 
 
 def speedup_section(runs: pd.DataFrame) -> str:
-    """Speedup over AdamW per ratio, or why there is none."""
+    """Speedup over AdamW per ratio, or why there is none; one section per context when the runs
+    hold several."""
+    contexts = split_by_context(runs)
+    if len(contexts) <= 1:
+        return _context_speedups(runs)
+    return "\n\n".join(f"Context {label}:\n{_context_speedups(sub)}" for label, sub in contexts)
+
+
+def _context_speedups(runs: pd.DataFrame) -> str:
+    """The speedup section of one context's runs."""
     if not len(runs) or not np.isfinite(pd.to_numeric(runs["final_loss"], errors="coerce")).any():
         return "Speedup over AdamW: no finished runs."
     if REFERENCE_OPTIMIZER not in set(runs["optimizer"]):

@@ -6,7 +6,6 @@ import io
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from analysis.fit import power_law
@@ -14,6 +13,7 @@ from analysis.paper.ingest import DEFAULT_DATA_DIR
 from bench.cli import main
 from bench.cli.analysis import analyze_runs, register
 from bench.errors import UserError
+from bench.store.record import StoredRun, to_frame
 
 pytestmark = pytest.mark.integration
 
@@ -137,13 +137,13 @@ def _store_frame(rng):
                 for seed in range(3):
                     loss = power_law(ratio * gain, alpha, b, beta) + rng.normal(0, 0.003)
                     rows.append({"run_key": f"{scale}{optimizer}{ratio}{seed}",
-                                 "optimizer": optimizer, "scale": scale, "ladder": "cpu",
+                                 "optimizer": optimizer, "scale": scale,
                                  "ratio": ratio, "seed": seed, "status": "ok",
                                  "final_loss": loss, "steps": 400, "tokens": 1,
                                  "non_embedding_params": params, "wall_time_s": 60.0,
                                  "hparams": {"learning_rate": 0.01 if seed < 9 else 0.02},
                                  "created_at": "2025-01-01"})
-    frame = pd.DataFrame(rows)
+    frame = to_frame(StoredRun(**row) for row in rows)
     frame.loc[0, ["status", "final_loss"]] = ["diverged", 7.1]
     frame.loc[1, ["status", "final_loss"]] = ["failed", np.nan]
     return frame

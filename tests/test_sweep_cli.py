@@ -1,5 +1,7 @@
 """`optbench sweep` before anything runs: the plan and its cost, the confirmation rule, bad input
 as one line with exit code 2. (Nothing here starts Ray; tests/test_sweep_ray.py does.)"""
+import os
+
 import pytest
 
 from bench.cli import main
@@ -20,6 +22,7 @@ def test_dry_run_prints_the_plan_and_its_cost_and_stores_nothing(store_url, tmp_
     # Its time estimate needs this machine's training throughput: a few training steps measured
     # once, then cached (bench.run.estimate). Measured here first, so the dry run only reads it.
     monkeypatch.setenv("OPTBENCH_RESULTS", str(tmp_path))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine caches its rate
     rate = achieved_flops("cpu-xs", threads=1)
     cached = (cache_dir() / "throughput.json").read_text()
     assert sweep("--ratios", "1,2", "--optimizers", "adamw,muon", "--workers", "2", "--threads", "1",
@@ -30,7 +33,8 @@ def test_dry_run_prints_the_plan_and_its_cost_and_stores_nothing(store_url, tmp_
     tokens = 2 * DEFAULT_MAX_TRIALS * (get_scale("cpu-xs").tokens(1) + get_scale("cpu-xs").tokens(2))
     assert f"{runs} runs, {tokens:,} tokens" in out
     assert "2 worker(s) x 1 thread(s)" in out
-    assert f"a measured training burst at cpu-xs, {rate / 1e9:.1f} GFLOP/s per 1-thread process" in out
+    assert (f"a training burst at cpu-xs on 1 thread(s), measured earlier on this machine (cached in "
+            f"{cache_dir() / 'throughput.json'}): {rate.flops_per_s / 1e9:.1f} GFLOP/s per process") in out
     assert (cache_dir() / "throughput.json").read_text() == cached  # read back, not measured again
     assert len(ResultStore(store_url).frame()) == 0  # no run stored
     journal = tmp_path / "optuna.journal"  # the studies' default home, as the plan says

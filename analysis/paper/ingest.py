@@ -5,7 +5,8 @@ The files are `Analysis/Results/{optimizer}/{size}/{ratio}/result.json` from mar
 regime: the centre config (`best_config`), the loss of the centre run ("Baseline") and of each
 one-parameter ablation ("param=value"), and `min_loss`, the number the study's speedups use.
 
-Every listed run becomes a StoredRun (bench.store.record; seed 0, a paper-ladder scale).
+Every listed run becomes a StoredRun (bench.store.record; seed 0, a paper-ladder scale, the
+study's context STUDY_CONTEXT).
 Missing runs (null) give no row. A loss that is "NaN", not finite, not positive or >= 6 is a
 diverged run (divergent runs sit at 6-8 or 11.76; a few are absurd, like 1.38e14). Where
 `min_loss` is lower than every listed run (a near-best run the file does not list), the centre row
@@ -36,6 +37,13 @@ RESULTS_SUBDIR = Path("Analysis") / "Results"
 PAPER_SCALES = {s.paper_name: (s.name, s.non_embedding_params) for s in SCALES.values() if s.ladder == "paper"}
 OPTIMIZER_NAMES = {"mini": "adam_mini", "soape": "soap"}  # the rest keep the study's name
 DIVERGED_AT = 6.0  # every loss of a run that trained is below 4; divergent ones sit at 6-8+
+# The context every run of the study shares (bench.store.record.CONTEXT_COLUMNS). data, eval_data
+# and tokenizer: docs/PROTOCOL.md, "Data, tokenizer, metric". precision and device are not in
+# PROTOCOL.md: the authors' code (marin's experiments/optimizer_sweep) trains with Levanter, in
+# bf16 compute (its default mixed precision), on TPU pods (its tpu_type settings). eval_tokens:
+# the result files give no count, so None (unknown).
+STUDY_CONTEXT = {"data": "DCLM-baseline mix", "eval_data": "Paloma c4-en", "tokenizer": "llama3",
+                 "precision": "bf16", "device": "tpu", "eval_tokens": None}
 
 @dataclass(frozen=True)
 class Issue:
@@ -233,4 +241,4 @@ def _run(cell: _Cell, key: str, loss: float, hparams: dict) -> StoredRun:
         else math.nan
     return StoredRun(f"{cell.prefix}/{key}", OPTIMIZER_NAMES.get(cell.optimizer, cell.optimizer),
                      scale, cell.ratio, 0, "ok" if _is_ok(loss) else "diverged", loss, steps,
-                     tokens, params, math.nan, hparams)
+                     tokens, params, math.nan, hparams, **STUDY_CONTEXT)

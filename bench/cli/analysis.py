@@ -1,6 +1,7 @@
 """The `optbench analyze` and `optbench reproduce` subcommands.
 
-analyze: speedups, tables and figures from our results store.
+analyze: speedups, tables and figures from our results store, each context (data, eval data,
+tokenizer, precision, device, eval tokens) analysed alone unless --mix-contexts pools them.
 reproduce: the same from the study's published result files (analysis/paper/data/), printed
 beside the study's headline. Bad input raises bench.errors.UserError, which the CLI prints as one
 line (exit code 2); problems with single input files are warnings and the rest is analysed.
@@ -9,17 +10,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
+from analysis.cells import MIXED_CONTEXTS, split_by_context
 from analysis.paper.ingest import DEFAULT_DATA_DIR
 from analysis.paper.reproduce import STUDY_FIT_RATIOS, STUDY_HEADLINE_RATIO, reproduce
-from analysis.pipeline import AnalysisOptions, AnalysisOutputs, run_analysis
+from analysis.pipeline import AnalysisOptions, AnalysisOutputs, analyze_by_context, run_analysis
 from analysis.speedups import SpeedupOptions, parse_ratios
 from analysis.tables import format_frame, speedup_wide
 from bench.errors import UserError
 from bench.paths import results_dir
+from bench.store.record import CONTEXT_COLUMNS, context_text
+from bench.urls import shown_url
 
 
 def register(subparsers) -> None:
@@ -35,6 +40,14 @@ def register(subparsers) -> None:
                          help="output folder (default: results/analysis)")
     analyze.add_argument("--ladder", choices=("cpu", "paper"), default=None,
                          help="analyse only this ladder's runs")
+    for name in CONTEXT_COLUMNS:
+        analyze.add_argument(_flag(name), dest=f"only_{name}", default=None, metavar="VALUE",
+                             help=f"analyse only runs with this {name}, written as in the context "
+                                  f"label" + (" ('held-out' for the training data's held-out split)"
+                                              if name == "eval_data" else ""))
+    analyze.add_argument("--mix-contexts", action="store_true",
+                         help="pool runs of different contexts into one analysis, every table "
+                              "labelled MIXED CONTEXTS (default: each context analysed alone)")
     _common_options(analyze, fit_ratios="all", ratio=None)
     analyze.set_defaults(func=run_analyze)
 
@@ -76,15 +89,64 @@ def run_analyze(args: argparse.Namespace) -> int:
 def analyze_runs(runs: pd.DataFrame, args: argparse.Namespace) -> int:
     """Analyse a runs frame (the store's shape) with the options of `optbench analyze`."""
     options = _options(args)
+    runs = _only_contexts(runs, args)
     if args.ladder is not None:
         runs = runs[runs["ladder"] == args.ladder]
     if not len(runs):
         where = f" on the {args.ladder} ladder" if args.ladder else ""
         raise UserError(f"the results store holds no runs{where}: nothing to analyse")
     out_dir = args.out or results_dir() / "analysis"
-    outputs = run_analysis(runs, out_dir, options)
-    _print_summary(outputs, out_dir)
+    if args.mix_contexts:
+        outputs = run_analysis(runs, out_dir, replace(options, mix_contexts=True))
+        contexts = split_by_context(runs)
+        if len(contexts) > 1:
+            print(f"{MIXED_CONTEXTS}: {len(contexts)} contexts pooled into one analysis:")
+            for label, sub in contexts:
+                print(f"  {label} ({_runs_text(len(sub))})")
+        _print_summary(outputs, out_dir)
+        return 0
+    analyses = analyze_by_context(runs, out_dir, options)
+    if len(analyses) > 1:
+        print(f"the runs hold {len(analyses)} contexts; each is analysed alone (--mix-contexts "
+              f"pools them; {', '.join(_flag(n) for n in CONTEXT_COLUMNS)} pick runs):")
+        for analysis in analyses:
+            print(f"  {analysis.out_dir.name}: {analysis.context} "
+                  f"({_runs_text(len(analysis.runs))})")
+    for analysis in analyses:
+        print(f"\ncontext: {analysis.context} ({_runs_text(len(analysis.runs))})")
+        if analysis.outputs is None:
+            print("not analysed: none of its runs finished with a loss")
+            continue
+        if not len(analysis.outputs.result.fits):
+            print("no speedups in this context: it has no AdamW law (see the warnings)")
+        _print_summary(analysis.outputs, analysis.out_dir)
     return 0
+
+
+def _only_contexts(runs: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
+    """The runs the context filters (--data, --precision, ...) keep; a value no run has is bad
+    input (UserError), caught before anything is written."""
+    chosen: list[str] = []
+    for name in CONTEXT_COLUMNS:
+        wanted = getattr(args, f"only_{name}")
+        if wanted is None:
+            continue
+        values = runs[name].map(lambda value, name=name: context_text(name, value))
+        if not (values == wanted).any():
+            among = f" with {', '.join(chosen)}" if chosen else ""
+            raise UserError(f"{_flag(name)} {wanted!r} matches no stored run{among}; stored "
+                            f"{name} values: {', '.join(sorted(set(values))) or 'none'}")
+        runs = runs[values == wanted]
+        chosen.append(f"{_flag(name)} {wanted}")
+    return runs
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _runs_text(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
@@ -104,12 +166,16 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def load_store_runs(url: str | None) -> pd.DataFrame:
-    """The runs frame of the results store at `url` (None: the default store)."""
+    """The runs frame of the results store at `url` (None: the default store), saying which store
+    (its password hidden) it read."""
     try:
         from bench.store.database import ResultStore  # lazily: only analyze needs the store
     except ImportError as e:
         raise UserError(f"the results store is not available in this installation: {e}") from None
-    return ResultStore(url).frame()
+    store = ResultStore(url)
+    runs = store.frame()
+    print(f"read {_runs_text(len(runs))} from the results store {shown_url(store.url)}")
+    return runs
 
 
 def _options(args: argparse.Namespace) -> AnalysisOptions:

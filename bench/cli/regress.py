@@ -97,12 +97,13 @@ def _update(baseline, args, path, seeds, tuning=None) -> int:
 
 
 def _new_baseline(args, path, seeds) -> int:
+    from bench.urls import shown_url
     from sweeps.regress.check import Layout, new_baseline, tuned_configs, tuning_record, tuning_runs
 
     names = [n.strip() for n in (args.optimizers or ",".join(Layout().optimizers)).split(",") if n.strip()]
     layout = Layout()
     runs = tuning_runs(args.tuned_from, layout.scale, args.tune_ratio)
-    tuned = tuned_configs(runs, args.tuned_from, layout.scale, args.tune_ratio, names)
+    tuned = tuned_configs(runs, shown_url(args.tuned_from), layout.scale, args.tune_ratio, names)
     tuning = tuning_record(runs, args.tuned_from, layout.scale, args.tune_ratio, args.sweep_command)
     return _update(new_baseline(tuned, layout), args, path, seeds, tuning)
 

@@ -68,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.run.spec import RunSpec
     from bench.run.train import RunOptions, run
     from bench.store.database import ResultStore
+    from bench.urls import shown_url
 
     spec = RunSpec(args.optimizer, args.scale, args.ratio, parse_sets(args.sets), args.seed, args.data,
                    args.eval_data, args.tokenizer, args.precision, args.device)
@@ -82,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
-        _print_result(result, store.url, from_store=stored is not None)
+        _print_result(result, shown_url(store.url), from_store=stored is not None)
     return 0 if result.status == "ok" else 1
 
 
@@ -105,13 +106,15 @@ def cmd_scales(args: argparse.Namespace) -> int:
     from bench.model.scales import SCALES
     from bench.run.estimate import run_seconds
 
-    rows = []
+    rows, sources = [], {}
     for s in SCALES.values():
+        seconds, rate = run_seconds(s, 1.0)
+        sources.setdefault(rate.scale, rate.how)  # the first word on each scale measured
         rows.append({"name": s.name, "ladder": s.ladder, "hidden": s.hidden, "intermediate": s.intermediate,
                      "layers": s.layers, "heads": s.heads, "seq_len": s.seq_len,
                      "default_batch": s.default_batch, "non_embedding_params": s.non_embedding_params,
                      "tokens": {str(r): s.tokens(r) for r in (1, 2, 4, 8)},
-                     "est_seconds_1x_here": round(run_seconds(s, 1.0))})
+                     "est_seconds_1x_here": round(seconds), "estimated_from": rate.how})
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -121,7 +124,10 @@ def cmd_scales(args: argparse.Namespace) -> int:
         print(f"{r['name']:8} {r['ladder']:6} {r['hidden']:5} {r['intermediate']:5} {r['layers']:3} "
               f"{r['non_embedding_params']:15,} {r['tokens']['1']:15,} {r['tokens']['8']:16,} "
               f"{_duration(r['est_seconds_1x_here']):>10}")
-    print("(1x here: estimated from a measured training burst on this machine)")
+    print("1x here: training FLOPs over the FLOP/s of")
+    for how in sources.values():
+        print(f"  {how}")
+    print("  (the paper scales take the largest CPU scale's rate: an order of magnitude only)")
     return 0
 
 

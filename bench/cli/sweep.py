@@ -197,6 +197,7 @@ def _plan(tunings, args, resources, store, stored) -> bool:
 def _run(tunings, args, resources, store, address) -> int:
     import ray
 
+    from bench.urls import shown_url
     from sweeps.driver import Driver, start_local
     from sweeps.progress import Progress
     from sweeps.record import StudyRecorder, default_target, open_storage
@@ -216,6 +217,6 @@ def _run(tunings, args, resources, store, address) -> int:
                                        scale=tunings[0].cell.scale)))
     target = args.optuna_storage or default_target()
     print(f"\n{sum(t.trained for t in tunings)} runs trained, {sum(t.reused for t in tunings)} read "
-          f"back from the store ({store.url}); Optuna studies in {target}"
+          f"back from the store ({shown_url(store.url)}); Optuna studies in {shown_url(target)}"
           + ("" if "://" in target else f" (view: optuna-dashboard {target})"))
     return 1 if any(t.error for t in tunings) else 0

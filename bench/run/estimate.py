@@ -4,12 +4,15 @@ Used by `optbench scales` and the sweep's cost estimate (which prefers stored ru
 The figure is per process with the given thread count and per CPU scale, since small models run far
 below the large ones' FLOP/s (cpu-xs at 40% of cpu-l's). The paper scales are far too slow to
 measure on a CPU and take the largest CPU scale's rate, so their CPU estimates give only an order of
-magnitude. Evaluation and data loading are not included.
+magnitude. Evaluation and data loading are not included. A burst measured while the machine is
+busy (its load average above its CPUs) would understate this machine, so it is used once and never
+cached; every figure says how it was obtained.
 """
 from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -27,28 +30,42 @@ def usable_cpus() -> int:
 LARGEST_CPU_SCALE = "cpu-l"
 
 
-def achieved_flops(scale_name: str, threads: int | None = None, refresh: bool = False) -> float:
+class Rate(NamedTuple):
+    """Training FLOP/s on this machine at the CPU scale measured, and how it was obtained."""
+
+    flops_per_s: float
+    scale: str  # the scale measured (a paper scale's estimate takes the largest CPU scale's)
+    how: str
+
+
+def achieved_flops(scale_name: str, threads: int | None = None, refresh: bool = False) -> Rate:
     """Training FLOP/s of a short AdamW burst at `scale_name` (a paper scale: the largest CPU
-    scale's), cached per scale and thread count."""
+    scale's), cached per scale and thread count unless the machine was busy while it ran."""
     scale = get_scale(scale_name)
     if scale.ladder != "cpu":
         scale = get_scale(LARGEST_CPU_SCALE)
     threads = threads or torch.get_num_threads()
     key = f"{scale.name}/{threads}"
+    burst = f"a training burst at {scale.name} on {threads} thread(s)"
     path = cache_dir() / "throughput.json"
     cached = json.loads(path.read_text()) if path.exists() else {}
     if not refresh and key in cached:
-        return cached[key]
+        return Rate(cached[key], scale.name, f"{burst}, measured earlier on this machine (cached in {path})")
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        load_before = os.getloadavg()[0]
         value = _measure(scale)
+        load = max(load_before, os.getloadavg()[0])
     finally:
         torch.set_num_threads(old)
+    if load > usable_cpus():
+        return Rate(value, scale.name, f"{burst}, measured now while the machine was busy (load {load:.1f} on "
+                           f"{usable_cpus()} CPUs): likely too slow, not cached")
     cached[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cached))
-    return value
+    return Rate(value, scale.name, f"{burst}, measured now (load {load:.1f} on {usable_cpus()} CPUs) and cached")
 
 
 def _measure(scale: Scale, steps: int = 5) -> float:
@@ -60,8 +77,10 @@ def _measure(scale: Scale, steps: int = 5) -> float:
     return x.size(0) * scale.seq_len * flops_per_token(scale) / step_s
 
 
-def run_seconds(scale: Scale, ratio: float, threads: int | None = None) -> float:
-    return scale.tokens(ratio) * flops_per_token(scale) / achieved_flops(scale.name, threads)
+def run_seconds(scale: Scale, ratio: float, threads: int | None = None) -> tuple[float, Rate]:
+    """Seconds of training for a ratio-x budget at `scale` here, and the rate they come from."""
+    rate = achieved_flops(scale.name, threads)
+    return scale.tokens(ratio) * flops_per_token(scale) / rate.flops_per_s, rate
 
 
 def measured_gpu_flops(scale: str) -> tuple[float, str] | None:

@@ -21,6 +21,7 @@ from bench.errors import UserError
 from bench.paths import default_store_url
 from bench.run.spec import RunResult
 from bench.store.record import StoredRun, to_frame
+from bench.urls import error_line, hide_passwords, shown_url
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,8 +57,9 @@ class ResultStore:
     def _check_schema(self) -> None:
         version = self._create_tables()
         if version not in (None, SCHEMA_VERSION):
-            raise UserError(f"results store {self.url} has schema version {version}, this optbench "
-                            f"reads {SCHEMA_VERSION}; use another store (--store) or an optbench of that version")
+            raise UserError(f"results store {shown_url(self.url)} has schema version {version}, this "
+                            f"optbench reads {SCHEMA_VERSION}; use another store (--store) or an optbench of "
+                            "that version")
 
     def _create_tables(self, attempts: int = 4) -> str | None:
         """Create what is missing and read the schema version. Several processes opening a new store
@@ -72,8 +74,11 @@ class ResultStore:
                 return version
             except DatabaseError as e:
                 if attempt + 1 == attempts:
-                    raise UserError(f"results store {self.url} is not a readable optbench database: "
-                                    f"{_first_line(e)}") from None
+                    # OperationalError: no server, a refused login, a file that cannot be opened
+                    shown = shown_url(self.url)
+                    problem = (f"cannot open results store {shown}" if isinstance(e, OperationalError)
+                               else f"results store {shown} is not a readable optbench database")
+                    raise UserError(f"{problem}: {error_line(e, self.url)}") from None
                 time.sleep(0.1 * (attempt + 1))
         return None
 
@@ -86,7 +91,8 @@ class ResultStore:
         except IntegrityError:  # the same run key: the run is already stored, keep the first row
             return False
         except OperationalError as e:  # disk full, read-only, lost server: the transaction rolled back
-            raise UserError(f"cannot write to results store {self.url}: {_first_line(e)}") from None
+            raise UserError(f"cannot write to results store {shown_url(self.url)}: "
+                            f"{error_line(e, self.url)}") from None
 
     def get(self, run_key: str) -> RunResult | None:
         with self.engine.connect() as conn:
@@ -117,14 +123,15 @@ class ResultStore:
 def _engine(url: str) -> sa.Engine:
     try:
         parsed = sa.engine.make_url(url)
-    except ArgumentError:
-        raise UserError(f"bad store URL {url!r}; expected e.g. sqlite:///results/optbench.db") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise UserError(f"bad store URL {shown_url(url)!r}; expected e.g. "
+                        "sqlite:///results/optbench.db") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = sa.create_engine(url, connect_args=_connect_args(parsed))
     except (NoSuchModuleError, ImportError) as e:
-        raise UserError(f"cannot open store {url!r}: {e}") from None
+        raise UserError(f"cannot open store {shown_url(url)!r}: {hide_passwords(str(e), url)}") from None
     if parsed.get_backend_name() == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -140,11 +147,6 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
-
-
-def _first_line(e: Exception) -> str:
-    orig = getattr(e, "orig", None) or e
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
 def _finite(x: float | None) -> float | None:

@@ -23,7 +23,7 @@ import pandas as pd
 from bench.errors import UserError
 from bench.model.scales import get_scale
 from bench.run.spec import RunResult, RunSpec
-from bench.store.record import StoredRun, to_frame
+from bench.store.record import CONTEXT_COLUMNS, StoredRun, to_frame
 from bench.study import DEFAULT_EVAL_TOKENS, REFERENCE_OPTIMIZER
 
 FORMAT = "optbench-regress-baseline/1"
@@ -84,8 +84,8 @@ def runs_frame(runs: list[dict[str, Any]], baseline: Baseline) -> pd.DataFrame:
 
 
 def _stored(record: dict[str, Any], baseline: Baseline) -> StoredRun:
-    """A run record with what the baseline knows of its run: its spec's key and hyperparameters
-    (the record keeps no token count)."""
+    """A run record with what the baseline knows of its run: its spec's key, hyperparameters and
+    context (the record keeps no token count)."""
     hparams = baseline.optimizers[record["optimizer"]].hparams
     spec = RunSpec(record["optimizer"], baseline.scale, record["ratio"], hparams, record["seed"],
                    eval_tokens=baseline.eval_tokens)
@@ -93,7 +93,7 @@ def _stored(record: dict[str, Any], baseline: Baseline) -> StoredRun:
     return StoredRun(spec.key, spec.optimizer, spec.scale, spec.ratio, spec.seed, record["status"],
                      math.nan if loss is None else loss, record.get("steps", math.nan), math.nan,
                      get_scale(spec.scale).non_embedding_params, record.get("wall_time_s", math.nan),
-                     hparams)
+                     hparams, **{name: getattr(spec, name) for name in CONTEXT_COLUMNS})
 
 
 def save(baseline: Baseline, path: Path) -> None:

@@ -31,7 +31,9 @@ from analysis.cells import summarize_cells
 from bench.errors import UserError
 from bench.run.estimate import usable_cpus
 from bench.run.spec import RunSpec
+from bench.store.record import CONTEXT_COLUMNS
 from bench.study import REFERENCE_OPTIMIZER
+from bench.urls import hide_passwords, shown_url
 from sweeps.regress.baseline import Baseline, Entry, run_record, runs_frame
 from sweeps.regress.runs import Report, train_all
 from sweeps.regress.stats import REGRESSION, CheckOptions, Side, Verdict, change, compare, measure_side
@@ -131,11 +133,14 @@ def new_baseline(tuned: dict[str, dict[str, Any]], layout: Layout = Layout()) ->
 
 
 def tuning_runs(store_url: str, scale: str, ratio: float) -> pd.DataFrame:
-    """The sweep store's runs at `scale` and `ratio`, read once for tuned_configs and tuning_record."""
+    """The sweep store's runs at `scale` and `ratio` in the baseline's context (the default data,
+    tokenizer, precision and device), read once for tuned_configs and tuning_record."""
     from bench.store.database import ResultStore
 
     frame = ResultStore(store_url).frame(scale=scale)
-    return frame[frame["ratio"].astype(float) == float(ratio)]
+    context = RunSpec(REFERENCE_OPTIMIZER, scale).to_dict()
+    keep = np.logical_and.reduce([frame[c] == context[c] for c in CONTEXT_COLUMNS])
+    return frame[keep & (frame["ratio"].astype(float) == float(ratio))]
 
 
 def tuned_configs(frame: pd.DataFrame, store_url: str, scale: str, ratio: float,
@@ -152,9 +157,10 @@ def tuned_configs(frame: pd.DataFrame, store_url: str, scale: str, ratio: float,
 
 def tuning_record(frame: pd.DataFrame, store_url: str, scale: str, ratio: float,
                   command: str) -> dict[str, Any]:
-    """Provenance of the tuned hyperparameters: the sweep, its store, and when its runs ran."""
+    """Provenance of the tuned hyperparameters: the sweep, its store, and when its runs ran (store
+    URLs with their passwords hidden)."""
     trials = frame.groupby("optimizer").size().to_dict() if len(frame) else {}
-    return {"command": command, "store": store_url, "scale": scale, "ratio": ratio,
+    return {"command": hide_passwords(command), "store": shown_url(store_url), "scale": scale, "ratio": ratio,
             "trials": {k: int(v) for k, v in trials.items()},
             "first_run": str(frame["created_at"].min()) if len(frame) else "",
             "last_run": str(frame["created_at"].max()) if len(frame) else "",
@@ -202,10 +208,10 @@ def _plain(v: Any) -> Any:
 
 def environment() -> dict[str, Any]:
     """Where and when a measurement was taken: commit (and whether the tree had local changes),
-    date, command line, torch, Python, CPU."""
+    date, command line (URL passwords hidden), torch, Python, CPU."""
     return {"commit": _git("rev-parse", "HEAD"), "uncommitted_changes": bool(_git("status", "--porcelain")),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": shlex.join(["optbench", *sys.argv[1:]]),
+            "command": shlex.join(["optbench", *map(hide_passwords, sys.argv[1:])]),
             "torch": torch.__version__, "python": platform.python_version(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "cpus": usable_cpus()}
