@@ -6,16 +6,14 @@ The commands run as users run them (subprocesses) against a real PostgreSQL serv
 password, and every byte they print or write under their results folder is searched for it."""
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
 import pandas as pd
 import pytest
+from pg_server import free_port, local_postgres
 
 from bench.errors import UserError
 from bench.paths import cache_dir
@@ -91,36 +89,11 @@ def test_recorded_tuning_provenance_holds_no_password(monkeypatch):
 
 # --- the commands, against a PostgreSQL server that asks for a password ----------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    """A throwaway PostgreSQL server on loopback whose user optbench has the password SECRET
-    (scram-sha-256 for every connection); its (host, port). Skipped without the server binaries."""
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl: Debian package postgresql)")
-    pytest.importorskip("psycopg", reason="the psycopg driver is not installed")
-    root = Path(tempfile.mkdtemp(prefix="optbench-pg-"))  # under /tmp: the postgres user can reach it
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    (root / "pwfile").write_text(SECRET + "\n")
-    if as_user:
-        shutil.chown(root, "postgres")
-        shutil.chown(root / "pwfile", "postgres")
-    data, port = root / "data", _free_port()
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "optbench", f"--pwfile={root / 'pwfile'}",
-                    "--auth=scram-sha-256"], check=True, capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -h 127.0.0.1 -k {root}", "start"], check=True, capture_output=True)
-    try:
-        yield "127.0.0.1", port
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    """A throwaway PostgreSQL server whose user optbench logs in only with the password SECRET."""
+    with local_postgres(SECRET) as server:
+        yield server
 
 
 def _url(postgres, password: str | None = SECRET, database: str = "postgres") -> str:
@@ -177,7 +150,7 @@ def test_analyze_over_a_password_url_from_the_environment_never_shows_it(stored,
 
 @pytest.mark.system
 @pytest.mark.parametrize("url, message", [
-    (f"postgresql+psycopg://alice:{quote(SECRET, safe='')}@127.0.0.1:{_free_port()}/db",
+    (f"postgresql+psycopg://alice:{quote(SECRET, safe='')}@127.0.0.1:{free_port()}/db",
      "cannot open results store"),  # no server there
     (f"postgresql+psycopg://alice:{quote(SECRET, safe='')}@127.0.0.1:notaport/db", "bad store URL"),
     (f"postgresql+nosuchdriver://alice:{quote(SECRET, safe='')}@127.0.0.1/db", "cannot open store"),

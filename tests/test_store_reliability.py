@@ -1,14 +1,9 @@
 """The store under faults: concurrent writers, a full disk, a truncated file, PostgreSQL."""
 import multiprocessing as mp
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pg_server import USER, local_postgres
 
 from bench.errors import UserError
 from bench.run.spec import RunResult, RunSpec
@@ -81,33 +76,11 @@ def test_a_truncated_database_file_is_refused_and_left_as_it_was(tmp_path):
     assert path.read_bytes() == before
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
-    """A throwaway PostgreSQL server from Debian's packages, on loopback; skipped if unavailable."""
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip("no PostgreSQL server binaries (Debian package postgresql) on this machine")
-    pytest.importorskip("psycopg", reason="the psycopg driver is not installed")
-    root = Path(tempfile.mkdtemp(prefix="optbench-pg-"))  # under /tmp: the postgres user can reach it
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", _free_port()
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "optbench", "--auth=trust"], check=True,
-                   capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -h 127.0.0.1 -k {root}", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://optbench@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    """A throwaway PostgreSQL server on loopback (tests/postgres.py); skipped if unavailable."""
+    with local_postgres() as (host, port):
+        yield f"postgresql+psycopg://{USER}@{host}:{port}/postgres"
 
 
 def test_eight_processes_writing_into_postgresql_lose_and_duplicate_nothing(postgres_url):
