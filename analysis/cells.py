@@ -6,12 +6,12 @@ eval data, tokenizer, precision, device, eval tokens: bench.store.record.CONTEXT
 other data is another measurement, not another seed. Only an explicit `mix_contexts` pools them,
 and then every cell's context reads MIXED CONTEXTS.
 
-Within a cell, runs with the same hyperparameters are seeds of one config; the cell's best config
-is the one with the lowest mean loss over its finished ("ok") seeds, and the cell's loss is that
-mean. Diverged and failed runs never enter a mean; they are counted.
-
-Choosing the best of many configs by their losses favours lucky ones (the winner's curse); with
-several seeds per config the bias shrinks, and the study had the same bias with one seed.
+Within a cell, runs with the same hyperparameters are seeds of one config. Configs are compared
+on the cell's tuning seed (its lowest finished seed: seed 0 of a sweep, where every config was
+tried), as the tuning compared them; the winner's loss is then the mean over all its finished seeds.
+Comparing means over different numbers of seeds would favour a config tried once and lucky over the
+winner whose extra seeds regressed to its true mean (the winner's curse). Diverged and failed runs
+never enter a mean; they are counted.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def summarize_cells(runs: pd.DataFrame, mix_contexts: bool = False) -> pd.DataFr
 
     Columns: context (its label), optimizer, scale, ratio, params, loss, loss_sd, n_seeds, losses
     (per-seed tuple), hparams (best config), n_configs, n_runs, n_ok, n_diverged, n_failed,
-    approx_best (configs within 3e-3 of the best, best first).
+    approx_best (configs within 3e-3 of the best at the tuning seed, best first, with that loss).
     """
     check_runs(runs)
     hparams = runs["hparams"].map(as_dict)
@@ -130,24 +130,30 @@ def _cell_row(key: tuple, group: pd.DataFrame) -> dict:
 
 
 def _config_means(ok_runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished configs of one cell with their seeds' losses, best (lowest mean) first.
+    """Finished configs of one cell with their seeds' losses, best first: by the loss at the
+    cell's tuning seed (configs without a run there come after, by their mean).
 
-    Ties keep the order of first appearance (stable sort), so an ingest that lists a cell's
-    centre run first makes the centre win a tie.
+    "rank" is the loss a config is compared on, "mean" its loss over all its seeds. Ties keep the
+    order of first appearance (stable sort), so an ingest that lists a cell's centre run first
+    makes the centre win a tie.
     """
-    rows = [{"config": cfg, "hparams": grp["hparams"].iloc[0],
-             "losses": tuple(float(v) for v in grp["final_loss"]),
-             "mean": float(grp["final_loss"].mean())}
-            for cfg, grp in ok_runs.groupby("config", sort=False)]
-    frame = pd.DataFrame(rows, columns=["config", "hparams", "losses", "mean"])
-    return frame.sort_values("mean", kind="stable").reset_index(drop=True)
+    tuning_seed = ok_runs["seed"].min() if len(ok_runs) else 0
+    rows = []
+    for cfg, grp in ok_runs.groupby("config", sort=False):
+        at_tuning_seed = grp.loc[grp["seed"] == tuning_seed, "final_loss"]
+        rows.append({"config": cfg, "hparams": grp["hparams"].iloc[0],
+                     "losses": tuple(float(v) for v in grp["final_loss"]),
+                     "mean": float(grp["final_loss"].mean()), "off_seed": len(at_tuning_seed) == 0,
+                     "rank": float((at_tuning_seed if len(at_tuning_seed) else grp["final_loss"]).mean())})
+    frame = pd.DataFrame(rows, columns=["config", "hparams", "losses", "mean", "off_seed", "rank"])
+    return frame.sort_values(["off_seed", "rank"], kind="stable").reset_index(drop=True)
 
 
 def _approx_best(configs: pd.DataFrame) -> list[dict]:
     if not len(configs):
         return []
-    near = configs[configs["mean"] <= configs["mean"].iloc[0] + APPROX_BEST_TOL]
-    return [{"hparams": dict(h), "loss": float(m)} for h, m in zip(near["hparams"], near["mean"])]
+    near = configs[~configs["off_seed"] & (configs["rank"] <= configs["rank"].iloc[0] + APPROX_BEST_TOL)]
+    return [{"hparams": dict(h), "loss": float(m)} for h, m in zip(near["hparams"], near["rank"])]
 
 
 def _median_params(group: pd.DataFrame) -> float:

@@ -40,7 +40,8 @@ class CellTuning:
     results: dict[str, RunResult] = field(default_factory=dict)  # run key -> result, every seed
     trained: int = 0  # runs this invocation trained
     reused: int = 0  # runs found in the store
-    error: str = ""  # a task that raised (not a run that failed): the cell stops, a rerun retries
+    stale: int = 0  # runs whose stored result came from other code, so trained again
+    error: str = ""  # an environment failure (not a run that failed): the cell stops, a rerun retries
 
     def wanted(self) -> list[Request]:
         """Runs whose results the cell needs now (some may be running already)."""

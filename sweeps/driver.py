@@ -4,12 +4,13 @@ A local Ray instance by default (ray.init(num_cpus=workers x threads), no dashbo
 cluster at RAY_ADDRESS. Each task asks for its CPU threads (and one GPU on CUDA); at most
 `workers` run at once, taken in turn from every cell so all optimizers progress together.
 
-Resume: before a run is submitted its run key is looked up in the store and a stored result is
-used instead; the driver writes each result to the store as soon as its task ends. The protocols
-are deterministic given the results, so running the same sweep again after Ctrl-C, kill -9 or a
-crashed worker replays the finished part from the store and trains only what is missing. A task
-that raises (a crash Ray could not retry; a failed *run* comes back as a result) stops its cell
-for this invocation without storing anything, so the next one retries it.
+Resume: before a run is submitted its run key is looked up in the store and a stored result of the
+current code is used instead (bench.run.identity; a stale one only with reuse_stale); the driver
+writes each result to the store as soon as its task ends. The protocols are deterministic given the
+results, so running the same sweep again after Ctrl-C, kill -9 or a crashed worker replays the
+finished part from the store and trains only what is missing. A run its environment stopped (out of
+memory, no device, a killed worker: bench.run.failures) stops its cell for this invocation and is
+stored as an attempt, never as a result, so the next invocation retries it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from itertools import chain, zip_longest
 from typing import Callable
 
+from bench.run.failures import ENVIRONMENT_FAILURE, killed_worker
+from bench.run.identity import current
 from bench.run.spec import RunResult
 from bench.store.database import ResultStore
 from sweeps.cell import CellTuning, Request
@@ -68,9 +71,11 @@ def fair_share_workers() -> None:
 
 class Driver:
     def __init__(self, tunings: list[CellTuning], store: ResultStore, recorder: StudyRecorder,
-                 resources: Resources, progress: Progress, start: Callable[[], None] = lambda: None):
+                 resources: Resources, progress: Progress, start: Callable[[], None] = lambda: None,
+                 reuse_stale: bool = False, retry_failed: bool = False):
         self.tunings, self.store, self.recorder = tunings, store, recorder
         self.resources, self.progress = resources, progress
+        self.reuse_stale, self.retry_failed = reuse_stale, retry_failed
         self._start = start  # starts Ray; called before the first submission only (a finished
         # sweep run again reads everything back from the store and never starts it)
         self._task = None
@@ -105,8 +110,10 @@ class Driver:
                 for request in self._unsubmitted(tuning):
                     if request.key in self._absent:
                         continue
-                    stored = self.store.get(request.key)
-                    if stored is None:
+                    found = self.store.lookup(request.key)
+                    stored = found.current or (found.stale if self.reuse_stale else None)
+                    if stored is None or (self.retry_failed and stored.status != "ok"):
+                        tuning.stale += found.stale is not None and found.current is None
                         self._absent.add(request.key)
                         continue
                     self._accept(tuning, request, stored, reused=True)
@@ -145,10 +152,16 @@ class Driver:
         try:
             result = RunResult.from_dict(ray.get(ref))
         except ray.exceptions.RayError as e:
-            tuning.error = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            result = RunResult(request.key, request.spec.to_dict(), ENVIRONMENT_FAILURE, None,
+                               reason=killed_worker(message), code=current(request.spec.optimizer).as_dict())
+        self.store.put(result)  # first: a run counts as done once it is in the store
+        expected = current(request.spec.optimizer).as_dict()
+        if result.status == ENVIRONMENT_FAILURE or result.code != expected:
+            tuning.error = result.reason if result.status == ENVIRONMENT_FAILURE else (
+                f"a worker ran other code ({result.code}) than this driver ({expected})")
             self.progress.errored(tuning, request, tuning.error)
             return
-        self.store.put(result)  # first: a run counts as done once it is in the store
         self._accept(tuning, request, result, reused=False)
 
     def _accept(self, tuning: CellTuning, request: Request, result: RunResult, reused: bool) -> None:

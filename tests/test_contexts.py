@@ -16,6 +16,7 @@ from analysis.speedups import SpeedupOptions, estimate_speedups
 from analysis.tables import build_tables
 from bench.cli import main
 from bench.model.scales import get_scale
+from bench.run.identity import current
 from bench.run.spec import RunResult, RunSpec
 from bench.store.database import ResultStore
 from bench.store.record import StoredRun, context_labels, to_frame
@@ -32,7 +33,8 @@ FAST = ["--no-plots", "--n-boot", "200"]
 def _result(optimizer: str, ratio: float, seed: int, loss: float, **context) -> RunResult:
     spec = RunSpec(optimizer, "cpu-xs", ratio, {}, seed, **context)
     return RunResult(spec.key, spec.to_dict(), "ok", loss, steps=100, tokens=1000,
-                     non_embedding_params=get_scale("cpu-xs").non_embedding_params)
+                     non_embedding_params=get_scale("cpu-xs").non_embedding_params,
+                     code=current(optimizer).as_dict())
 
 
 def _results(stray: bool) -> list[RunResult]:

@@ -1,9 +1,11 @@
+import json
 import math
 
 import pytest
 import sqlalchemy as sa
 
 from bench.errors import UserError
+from bench.run.identity import current
 from bench.run.spec import RunResult, RunSpec
 from bench.store.database import ResultStore
 
@@ -13,7 +15,7 @@ pytestmark = pytest.mark.integration
 def _result(seed=0, loss=3.0, status="ok", optimizer="adamw", scale="cpu-xs"):
     spec = RunSpec(optimizer, scale, 1, {}, seed=seed)
     return RunResult(spec.key, spec.to_dict(), status, loss if status == "ok" else None, steps=10, tokens=100,
-                     reason="" if status == "ok" else "loss went to nan")
+                     reason="" if status == "ok" else "loss went to nan", code=current(optimizer).as_dict())
 
 
 def test_storing_a_run_twice_keeps_one_row(store_url):
@@ -67,7 +69,7 @@ def test_store_from_another_schema_version_is_refused_and_left_intact(store_url)
     with pytest.raises(UserError, match="schema version 99"):
         ResultStore(store_url)
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM results")).scalar() == 1
 
 
 def test_a_file_that_is_not_a_database_is_a_user_error_and_not_overwritten(tmp_path):
@@ -88,3 +90,75 @@ def test_sqlite_store_uses_wal(store_url):
     store = ResultStore(store_url)
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def _old_code(result: RunResult) -> RunResult:
+    return RunResult(**{**result.to_dict(), "code": {"optimizer": "v0", "harness": "v0"}})
+
+
+def test_a_result_of_other_code_is_stale_kept_and_served_only_when_asked(store_url):
+    store = ResultStore(store_url)
+    store.put(_old_code(_result(seed=0, loss=3.5)))
+    store.put(_old_code(_result(seed=1, loss=3.6)))
+    store.put(_result(seed=1, loss=3.1))  # seed 1 re-trained by the current code
+    assert [r.final_loss for r in store.runs()] == [3.1]
+    assert [r.final_loss for r in store.runs(reuse_stale=True)] == [3.5, 3.1]
+    assert store.count_stale() == 1
+    found = store.lookup(_result(seed=0).run_key)
+    assert found.current is None and found.stale.final_loss == 3.5
+    assert store.get(_result(seed=0).run_key) is None
+    assert store.get(_result(seed=0).run_key, reuse_stale=True).final_loss == 3.5
+    assert sorted(what for what, _, _ in store.history()) == ["served", "stale", "stale"]
+
+
+def test_a_retried_failure_adds_a_row_and_the_newest_is_served(store_url):
+    store = ResultStore(store_url)
+    assert store.put(_result(status="diverged"))
+    assert store.put(_result(loss=3.2))  # --retry-failed
+    assert not store.put(_result(loss=3.3))  # a finished run is stored once
+    assert [r.final_loss for r in store.runs()] == [3.2]
+    assert sorted(what for what, _, _ in store.history()) == ["replaced", "served"]
+
+
+def test_an_environment_failure_is_an_attempt_never_a_result(store_url):
+    store = ResultStore(store_url)
+    failed = RunResult(**{**_result().to_dict(), "status": "error", "final_loss": None,
+                          "reason": "environment (out of memory): OutOfMemoryError: x"})
+    assert store.put(failed) and store.put(failed)
+    assert store.runs() == [] and store.get(failed.run_key) is None
+    assert store.lookup(failed.run_key).attempts == [failed.reason] * 2
+
+
+V1_RUNS = """CREATE TABLE runs (run_key VARCHAR(64) PRIMARY KEY, optimizer VARCHAR(64) NOT NULL,
+ scale VARCHAR(32) NOT NULL, ratio FLOAT NOT NULL, seed INTEGER NOT NULL, status VARCHAR(16) NOT NULL,
+ final_loss FLOAT, steps INTEGER, tokens BIGINT, wall_time_s FLOAT, result_json TEXT NOT NULL,
+ created_at VARCHAR(32) NOT NULL)"""
+
+
+def test_a_version_1_store_is_migrated_its_results_stale_and_its_environment_failures_attempts(tmp_path):
+    """Version 1 stored every failure as a result and recorded no code: its results move over as
+    of unrecorded code, and the failure its environment caused (the finding: `run --device cuda`
+    on a CPU machine stored as failed and served forever) becomes an attempt."""
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    ok, cuda = _result(seed=0), _result(seed=1, status="failed")
+    cuda.reason = "AssertionError: Torch not compiled with CUDA enabled"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE meta (key VARCHAR(64) PRIMARY KEY, value TEXT NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO meta VALUES ('schema_version', '1')"))
+        conn.execute(sa.text(V1_RUNS))
+        for i, r in enumerate((ok, cuda)):
+            conn.execute(sa.text("INSERT INTO runs VALUES (:k, 'adamw', 'cpu-xs', 1.0, :s, :st, :l, 10, 100, "
+                                 "1.0, :j, :t)"),
+                         {"k": r.run_key, "s": r.spec["seed"], "st": r.status, "l": r.final_loss,
+                          "j": json.dumps({k: v for k, v in r.to_dict().items() if k != "code"}),
+                          "t": f"2026-01-0{i + 1}T00:00:00+00:00"})
+    store = ResultStore(url)
+    assert store.runs() == [] and store.count_stale() == 1
+    (old,) = store.runs(reuse_stale=True)
+    assert old.final_loss == 3.0 and old.created_at == "2026-01-01T00:00:00+00:00"
+    assert store.lookup(cuda.run_key).attempts == [cuda.reason]
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT value FROM meta")).scalar() == "2"
+        assert not sa.inspect(conn).has_table("runs")
+    assert ResultStore(url).count_stale() == 1  # opening it again changes nothing

@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from pg_server import USER, local_postgres
 
 from bench.errors import UserError
+from bench.run.identity import current
 from bench.run.spec import RunResult, RunSpec
 from bench.store.database import ResultStore
 
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.system
 
 def _result(seed: int, loss: float = 3.0) -> RunResult:
     spec = RunSpec("adamw", "cpu-xs", 1, {}, seed=seed)
-    return RunResult(spec.key, spec.to_dict(), "ok", loss, steps=1, tokens=1)
+    return RunResult(spec.key, spec.to_dict(), "ok", loss, steps=1, tokens=1, code=current("adamw").as_dict())
 
 
 def _writer(url: str, worker: int, n: int) -> None:

@@ -1,7 +1,8 @@
 """Real sweeps through Ray in a subprocess, as users run them: every run stored once and recorded
 in its Optuna study; a rerun trains nothing; a driver killed with SIGKILL at several points resumes
 without re-running or losing a finished run; a worker killed mid-trial is retried; runs that raise
-or go non-finite are stored as such and count as the worst. Tiny budgets (cpu-xs at 0.05x
+or go non-finite are stored as such and count as the worst; a run its environment stops is an
+attempt, retried by the next sweep. Tiny budgets (cpu-xs at 0.05x
 Chinchilla, a few seconds per run)."""
 import math
 import os
@@ -138,6 +139,28 @@ def test_runs_that_raise_or_go_non_finite_are_stored_as_failed_and_count_as_the_
     assert states == ["COMPLETE", "FAIL", "FAIL"]
     assert study.best_trial.user_attrs["hparams"]["learning_rate"] == 0.008
     assert "2 diverged/failed" in done.stdout + done.stderr
+
+
+def test_a_run_its_environment_stops_is_an_attempt_that_stops_its_cell_and_is_retried(store_url, tmp_path):
+    """A trial that runs out of memory (bench/run/faults.py: oom) says nothing about its config: it
+    is stored as an attempt, not a result, its cell stops (exit 1), and the next sweep trains it."""
+    journal = tmp_path / "optuna.journal"
+    command = sweep_command(store_url, journal, "--optimizers", "adamw", "--max-trials", "3",
+                            "--workers", "2")
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "OPTBENCH_FAULT": "oom@2:learning_rate=0.008"})
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "environment (out of memory)" in first.stdout and "run again to retry" in first.stdout
+    store = ResultStore(store_url)
+    rates = {r.hparams["learning_rate"] for r in store.runs()}
+    assert 0.008 not in rates
+    (attempt,) = [r for what, r, _ in store.history() if what == "attempt"]
+    assert attempt.spec["hparams"]["learning_rate"] == 0.008 and "out of memory" in attempt.reason
+
+    run(command)
+    runs = store.runs()
+    assert {r.hparams["learning_rate"] for r in runs} == {0.004, 0.008, 0.016}
+    assert {r.status for r in runs} == {"ok"}
 
 
 def wait_until(condition, proc, timeout=300):

@@ -11,7 +11,7 @@ import sys
 from bench.errors import UserError
 
 # Each module has register(subparsers): one place per part of the tree adds its commands.
-COMMAND_MODULES = ("bench.cli.run", "bench.cli.sweep", "bench.cli.regress", "bench.cli.analysis",
+COMMAND_MODULES = ("bench.cli.run", "bench.cli.runs", "bench.cli.sweep", "bench.cli.regress", "bench.cli.analysis",
                    "bench.cli.perf")
 
 

@@ -45,6 +45,8 @@ def register(subparsers) -> None:
                              help=f"analyse only runs with this {name}, written as in the context "
                                   f"label" + (" ('held-out' for the training data's held-out split)"
                                               if name == "eval_data" else ""))
+    analyze.add_argument("--reuse-stale", action="store_true",
+                         help="use results of older code where the current code has none")
     analyze.add_argument("--mix-contexts", action="store_true",
                          help="pool runs of different contexts into one analysis, every table "
                               "labelled MIXED CONTEXTS (default: each context analysed alone)")
@@ -83,7 +85,7 @@ def _common_options(parser: argparse.ArgumentParser, fit_ratios: str, ratio: flo
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Handler of `optbench analyze`: the store's runs through `analyze_runs`."""
-    return analyze_runs(load_store_runs(args.store), args)
+    return analyze_runs(load_store_runs(args.store, args.reuse_stale), args)
 
 
 def analyze_runs(runs: pd.DataFrame, args: argparse.Namespace) -> int:
@@ -165,16 +167,23 @@ def run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_store_runs(url: str | None) -> pd.DataFrame:
-    """The runs frame of the results store at `url` (None: the default store), saying which store
-    (its password hidden) it read."""
+def load_store_runs(url: str | None, reuse_stale: bool = False) -> pd.DataFrame:
+    """The runs frame of the results store at `url` (None: the default store): the results of
+    the current code (reuse_stale: else of older code), saying which store (its password hidden)
+    it read and how many stale results it left out."""
     try:
         from bench.store.database import ResultStore  # lazily: only analyze needs the store
     except ImportError as e:
         raise UserError(f"the results store is not available in this installation: {e}") from None
     store = ResultStore(url)
-    runs = store.frame()
-    print(f"read {_runs_text(len(runs))} from the results store {shown_url(store.url)}")
+    stale = store.count_stale()
+    if reuse_stale and not stale:
+        raise UserError(f"--reuse-stale: the results store {shown_url(store.url)} holds no stale result")
+    runs = store.frame(reuse_stale=reuse_stale)
+    print(f"read {_runs_text(len(runs))} from the results store {shown_url(store.url)}"
+          + (f", {stale} of them stale (from older code), used as --reuse-stale asks" if reuse_stale
+             else f"; skipped {_runs_text(stale)} whose results came from older code (stale: "
+                  "`optbench runs --stale` lists them, --reuse-stale uses them)" if stale else ""))
     return runs
 
 

@@ -35,6 +35,7 @@ def register(subparsers) -> None:
                    help="torch.compile the transformer blocks and the loss head")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="checkpoint every STEPS steps under results/checkpoints; a rerun resumes")
+    add_reuse_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_run)
 
@@ -73,7 +74,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = RunSpec(args.optimizer, args.scale, args.ratio, parse_sets(args.sets), args.seed, args.data,
                    args.eval_data, args.tokenizer, args.precision, args.device)
     store = ResultStore(args.store)  # opened first: a bad store fails before an hour of training
-    stored = store.get(spec.key)
+    found = store.lookup(spec.key)
+    if args.reuse_stale and found.stale is None:
+        raise UserError(f"--reuse-stale: the store holds no stale result of run {spec.key}")
+    stored = found.current or (found.stale if args.reuse_stale else None)
+    if stored is not None and args.retry_failed and stored.status != "ok":
+        stored = None
     options = RunOptions(threads=args.threads, progress=not args.json, checkpoint_every=args.checkpoint_every,
                          checkpoint_dir=str(results_dir() / "checkpoints"), micro_batch=args.micro_batch,
                          compile=args.compile, fault=planned(spec.to_dict()))
@@ -84,7 +90,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict()))
     else:
         _print_result(result, shown_url(store.url), from_store=stored is not None)
+        _print_history(found, stored)
     return 0 if result.status == "ok" else 1
+
+
+def add_reuse_flags(p: argparse.ArgumentParser) -> None:
+    """--reuse-stale and --retry-failed, for the commands that train."""
+    p.add_argument("--reuse-stale", action="store_true",
+                   help="serve results of older code (stale, see `optbench runs --stale`) instead of "
+                        "re-training them")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="re-train stored runs that diverged or failed (environment failures are always retried)")
+
+
+def _print_history(found, served) -> None:
+    """What the store held besides what was served: a stale result re-trained, failed attempts."""
+    if found.stale is not None and served is None and found.current is None:
+        print(f"  re-trained    the stored result came from other code ({_code(found.stale)}); "
+              "it stays in the store")
+    if found.attempts and served is None:
+        print(f"  retried       {len(found.attempts)} earlier attempt(s) failed: {found.attempts[-1]}")
+
+
+def _code(result) -> str:
+    code = result.code or {}
+    return f"optimizer {code.get('optimizer', 'unrecorded')}, harness {code.get('harness', 'unrecorded')}"
 
 
 def _print_result(r, url: str, from_store: bool) -> None:
@@ -96,10 +126,13 @@ def _print_result(r, url: str, from_store: bool) -> None:
         print(f"  eval loss     {r.final_loss:.4f} nats/token ({r.bits_per_byte:.4f} bits/byte)")
         print(f"  unigram       {r.unigram_loss:.4f} nats/token (a model that ignores context)")
         print(f"  by frequency  {buckets}")
-    print(f"  budget        {r.tokens:,} tokens, {r.steps} steps, {r.epochs:.2f} epochs")
-    print(f"  cost          {r.wall_time_s:.1f} s, {r.tokens_per_s:,.0f} tokens/s, {r.flops:.3g} FLOPs, "
-          f"optimizer step {r.optimizer_step_ms:.2f} ms")
-    print(f"  run key       {r.run_key} ({'already in' if from_store else 'stored in'} {url})")
+    if r.status != "error":  # a run its environment stopped has no budget or cost to speak of
+        print(f"  budget        {r.tokens:,} tokens, {r.steps} steps, {r.epochs:.2f} epochs")
+        print(f"  cost          {r.wall_time_s:.1f} s, {r.tokens_per_s:,.0f} tokens/s, {r.flops:.3g} FLOPs, "
+              f"optimizer step {r.optimizer_step_ms:.2f} ms")
+    where = "already in" if from_store else ("attempt recorded in" if r.status == "error" else "stored in")
+    print(f"  run key       {r.run_key} ({where} {url})")
+    print(f"  code          {_code(r)}")
 
 
 def cmd_scales(args: argparse.Namespace) -> int:

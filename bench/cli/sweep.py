@@ -12,6 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from bench.cli.run import add_reuse_flags
 from bench.errors import UserError
 
 if TYPE_CHECKING:  # imported lazily below: every optbench command loads this module
@@ -56,6 +57,7 @@ def register(subparsers) -> None:
                    help="print the plan and its cost, train nothing (with no rate cached for this scale "
                         "and thread count, a throughput burst of a few steps is measured first)")
     p.add_argument("--yes", "-y", action="store_true", help="start without asking")
+    add_reuse_flags(p)
     p.set_defaults(func=cmd_sweep)
 
 
@@ -76,7 +78,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     address = os.environ.get("RAY_ADDRESS") or None
     resources = resolve_resources(args, _cluster(address))
     cells = [Cell(o, scale.name, r, args.protocol) for r in ratios for o in optimizers]
-    stored = store.runs(scale=_ladder_up_to(scale))  # read once: the protocols and the plan's cost
+    if args.reuse_stale and not store.count_stale(optimizer=optimizers, scale=scale.name):
+        raise UserError(f"--reuse-stale: the store holds no stale result of {', '.join(optimizers)} "
+                        f"at {scale.name}")
+    # read once: the protocols and the plan's cost
+    stored = store.runs(scale=_ladder_up_to(scale), reuse_stale=args.reuse_stale)
     tunings = _tunings(cells, args, resources.device, stored)
     if not _plan(tunings, args, resources, store, stored):
         return 1
@@ -206,7 +212,8 @@ def _run(tunings, args, resources, store, address) -> int:
     recorder = StudyRecorder(open_storage(args.optuna_storage))
     start = (lambda: None) if address else (lambda: start_local(resources))
     try:
-        Driver(tunings, store, recorder, resources, Progress(), start).run()
+        Driver(tunings, store, recorder, resources, Progress(), start, args.reuse_stale,
+               args.retry_failed).run()
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -214,9 +221,12 @@ def _run(tunings, args, resources, store, address) -> int:
         recorder.finish(t)
     # read the store again: the runs this sweep trained are in it now
     print(summary(tunings, store.frame(optimizer={t.cell.optimizer for t in tunings},
-                                       scale=tunings[0].cell.scale)))
+                                       scale=tunings[0].cell.scale, reuse_stale=args.reuse_stale)))
     target = args.optuna_storage or default_target()
-    print(f"\n{sum(t.trained for t in tunings)} runs trained, {sum(t.reused for t in tunings)} read "
+    stale = sum(t.stale for t in tunings)
+    print(f"\n{sum(t.trained for t in tunings)} runs trained"
+          + (f" ({stale} of them had a stale result from other code)" if stale else "")
+          + f", {sum(t.reused for t in tunings)} read "
           f"back from the store ({shown_url(store.url)}); Optuna studies in {shown_url(target)}"
           + ("" if "://" in target else f" (view: optuna-dashboard {target})"))
     return 1 if any(t.error for t in tunings) else 0

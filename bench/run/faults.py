@@ -5,7 +5,8 @@ OPTBENCH_FAULT holds rules separated by ";", each KIND@STEP followed by optional
     OPTBENCH_FAULT="raise@3:learning_rate=0.004;nan@5:optimizer=muon:seed=1"
 
 - raise@S: the training step S raises RuntimeError (a crashing kernel or optimizer);
-- nan@S:   the training loss is NaN from step S on (a run that blows up).
+- nan@S:   the training loss is NaN from step S on (a run that blows up);
+- oom@S:   the training step S runs out of memory (an environment failure: bench/run/failures.py).
 
 A rule applies to the runs whose spec matches every filter: a RunSpec field (optimizer, scale,
 ratio, seed, ...) or a hyperparameter (learning_rate, ...); numbers compare as numbers. The rest of
@@ -26,7 +27,7 @@ import torch
 from bench.errors import UserError
 
 VARIABLE = "OPTBENCH_FAULT"
-KINDS = ("raise", "nan")
+KINDS = ("raise", "nan", "oom")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Fault:
             return loss
         if self.kind == "raise":
             raise RuntimeError(f"injected fault ({VARIABLE}): raise at step {self.step}")
+        if self.kind == "oom":
+            raise torch.OutOfMemoryError(f"injected fault ({VARIABLE}): out of memory at step {self.step}")
         return loss * float("nan")
 
 

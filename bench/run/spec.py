@@ -129,7 +129,7 @@ def _as_type(value: Any, default: Any) -> Any:
 class RunResult:
     run_key: str
     spec: dict[str, Any]
-    status: str  # ok | diverged | failed
+    status: str  # ok | diverged | failed (results) | error (the environment's: bench.run.failures)
     final_loss: float | None  # end-of-budget held-out loss, nats/token
     reason: str = ""
     bits_per_byte: float | None = None
@@ -150,6 +150,7 @@ class RunResult:
     micro_batch: int = 0  # sequences per forward/backward (0: the whole batch)
     compiled: bool = False  # the blocks and the loss head ran through torch.compile
     roles: dict[str, str] = field(default_factory=dict)  # parameter name -> role
+    code: dict[str, str] = field(default_factory=dict)  # code versions (bench.run.identity)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,7 +35,9 @@ from bench.model.flops import flops_per_token
 from bench.model.llama import LlamaModel, compile_model, head_loss
 from bench.model.scales import get_scale
 from bench.optimizers import registry
+from bench.run import identity
 from bench.run.checkpoint import Checkpointer
+from bench.run.failures import ENVIRONMENT_FAILURE, classify, no_device
 from bench.run.faults import Fault
 from bench.run.schedules import lr_multiplier
 from bench.run.spec import RunResult, RunSpec
@@ -82,15 +84,20 @@ class _Trained(NamedTuple):
 
 
 def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
-    """Train to the end of the budget and evaluate; failures come back as a status, not an error."""
+    """Train to the end of the budget and evaluate; failures come back as a status, not an error
+    (bench.run.failures: "failed" for the run's own, "error" for its environment's)."""
     options = options or RunOptions()
     if options.threads:
         torch.set_num_threads(options.threads)
     start = time.perf_counter()
+    result = RunResult(run_key=spec.key, spec=spec.to_dict(), status="ok", final_loss=None,
+                       threads=torch.get_num_threads(), code=identity.current(spec.optimizer).as_dict())
+    if reason := no_device(spec.device):
+        result.status, result.reason = ENVIRONMENT_FAILURE, reason
+        return result
     scale = get_scale(spec.scale)
     data = load_data(spec.data, spec.eval_data, spec.tokenizer, scale.tokens(spec.ratio))
-    result = RunResult(run_key=spec.key, spec=spec.to_dict(), status="ok", final_loss=None,
-                       unigram_loss=unigram_loss(data), threads=torch.get_num_threads())
+    result.unigram_loss = unigram_loss(data)
     try:
         trained = _train(spec, data, options, result)
         if result.status == "ok":
@@ -104,7 +111,7 @@ def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
         if trained.checkpointer:
             trained.checkpointer.remove()
     except Exception as e:  # an optimizer that raises fails its run, not the sweep around it
-        result.status, result.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
+        result.status, result.reason = classify(e)
     result.wall_time_s = time.perf_counter() - start
     return result
 
