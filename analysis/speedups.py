@@ -218,6 +218,16 @@ def _fit_row(scale: str, fit: PowerLawFit, cells: pd.DataFrame, sigma: float,
             "sigma": sigma, "sigma_source": source, "note": fit.at_bound}
 
 
+def missing_intervals(speedups: pd.DataFrame) -> str:
+    """Why cells with a finite speedup have no interval, in one line; "" when every one has."""
+    rows = speedups[np.isfinite(speedups["speedup"]) & ~np.isfinite(speedups["ci_low"])]
+    if not len(rows):
+        return ""
+    reasons = "; ".join(dict.fromkeys(note for note in rows["note"] if note)) or "the bootstrap gave none"
+    shown = int(np.isfinite(speedups["speedup"]).sum())
+    return f"no interval for {len(rows)} of {shown} speedups: {reasons}"
+
+
 def parse_ratios(text: str | None) -> tuple[float, ...] | None:
     """'1,2,4,8' -> (1.0, 2.0, 4.0, 8.0); None, '' or 'all' -> None (every ratio)."""
     if text is None or text.strip().lower() in ("", "all"):

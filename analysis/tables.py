@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.cells import scale_order
+from analysis.speedups import missing_intervals
 from bench.study import APPROX_BEST_TOL
 
 EXTRAPOLATED_MARK = "*"
@@ -68,7 +69,7 @@ def speedup_vs_scale_table(speedups: pd.DataFrame, level: float) -> Table:
     """Wide: one block per ratio, optimizer rows, scale columns, 'speedup [low, high]'."""
     sections = [(f"{ratio:g}x Chinchilla", speedup_wide(speedups, ratio))
                 for ratio in sorted(speedups["ratio"].unique())]
-    return Table("speedup_vs_scale", _speedup_caption(level), sections,
+    return Table("speedup_vs_scale", _speedup_caption(level, speedups), sections,
                  speedups.drop(columns=["params"]))
 
 
@@ -91,7 +92,7 @@ def speedups_table(speedups: pd.DataFrame, level: float) -> Table:
         f"{level:.0%} interval": [_interval_text(r) for _, r in speedups.iterrows()],
         "seeds": speedups["n_seeds"], "uncertainty": speedups["uncertainty"],
         "note": speedups["note"]})
-    return Table("speedups", _speedup_caption(level), [("", shown)],
+    return Table("speedups", _speedup_caption(level, speedups), [("", shown)],
                  speedups[SPEEDUPS_CSV_COLUMNS])
 
 
@@ -230,8 +231,10 @@ def _label(text: str) -> str:
 
 # --- formatting --------------------------------------------------------------------------------
 
-def _speedup_caption(level: float) -> str:
-    return (f"Speedup over AdamW (D_eff / D) with {level:.0%} bootstrap intervals. "
+def _speedup_caption(level: float, speedups: pd.DataFrame) -> str:
+    missing = missing_intervals(speedups)
+    return (f"Speedup over AdamW (D_eff / D) with {level:.0%} bootstrap intervals"
+            + (f" ({missing})" if missing else "") + ". "
             f"{EXTRAPOLATED_MARK} = the loss lies outside the range of AdamW losses the fit was "
             f"made on (the law is extrapolated); inf = below the fit's asymptote.")
 

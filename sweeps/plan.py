@@ -10,13 +10,12 @@ evaluation), else from bench.run.estimate's measured training burst on this mach
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from bench.model.flops import flops_per_token
 from bench.model.scales import get_scale
-from bench.run.estimate import achieved_flops, measured_gpu_flops
+from bench.run.estimate import seconds_per_token
 from bench.run.spec import RunSpec
 from bench.store.record import StoredRun
 from bench.urls import shown_url
@@ -72,28 +71,10 @@ def estimate_cost(cells: list[CellCost], workers: int, threads: int, device: str
     runs = sum(c.max_runs for c in cells)
     tokens = sum(c.max_runs * c.tokens_per_run for c in cells)
     flops = sum(c.max_runs * c.tokens_per_run * flops_per_token(get_scale(c.cell.scale)) for c in cells)
-    per_token, source = seconds_per_token(cells[0].cell.scale, threads, device, stored)
+    scale = cells[0].cell.scale
+    rates = [r.wall_time_s / r.tokens for r in stored if r.scale == scale and r.status == "ok" and r.tokens > 0]
+    per_token, source = seconds_per_token(scale, threads, device, rates)
     return Cost(runs, tokens, flops, tokens * per_token / max(1, workers), source)
-
-
-def seconds_per_token(scale: str, threads: int, device: str,
-                      stored: Sequence[StoredRun]) -> tuple[float, str]:
-    """Measured seconds per training token at `scale`, and where the figure comes from."""
-    rates = [r.wall_time_s / r.tokens for r in stored
-             if r.scale == scale and r.status == "ok" and r.tokens > 0]
-    if rates:
-        return (statistics.median(rates),
-                f"the median of {len(rates)} stored run(s) at {scale}, loading and evaluation included")
-    if device == "cuda":
-        measured = measured_gpu_flops(scale)
-        if measured is None:
-            return math.nan, "no stored runs at this scale and no GPU throughput measured (make bench-gpu)"
-        flops, source = measured
-        return flops_per_token(get_scale(scale)) / flops, source
-    rate = achieved_flops(scale, threads)
-    return (flops_per_token(get_scale(scale)) / rate.flops_per_s,
-            f"{rate.how}: {rate.flops_per_s / 1e9:.1f} GFLOP/s per process; evaluation and data "
-            f"loading not included")
 
 
 def stored_runs(stored: Sequence[StoredRun], cell: Cell) -> int:

@@ -2,8 +2,9 @@
 
 Storage: a Journal file under results/ by default (fast and lock-free under many workers, see
 docs/MEASUREMENTS.md), or any RDB URL Optuna accepts. The record follows the results store, which is
-the source of truth: each run is added once (by run key) when its result is known, fresh or read
-back from the store, so after an interruption a rerun fills in whatever the record missed.
+the source of truth: each run is added once (by run key and code version) when its result is known, fresh or read
+back from the store, so after an interruption a rerun fills in whatever the record missed; a run
+re-trained by changed code is a new trial.
 Diverged and failed runs are recorded as failed trials with their status and reason.
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ class StudyRecorder:
     def record(self, tuning: CellTuning, request: Request, result: RunResult) -> None:
         """Add the run as a trial of the cell's study unless it is there already."""
         study = self.study(tuning)
-        if result.run_key in self._keys[study.study_name]:
+        if _trial_id(result.run_key, _code(result)) in self._keys[study.study_name]:
             return
         params = {k: v for k, v in request.config.items() if k in tuning.grid and v in tuning.grid[k]}
         loss = loss_of(result)
@@ -60,11 +61,12 @@ class StudyRecorder:
             params=params, distributions={k: CategoricalDistribution(tuning.grid[k]) for k in params},
             value=loss if math.isfinite(loss) else None,
             state=TrialState.COMPLETE if math.isfinite(loss) else TrialState.FAIL,
-            user_attrs={"run_key": result.run_key, "seed": request.seed, "status": result.status,
+            user_attrs={"run_key": result.run_key, "code": _code(result), "seed": request.seed,
+                        "status": result.status,
                         "reason": result.reason, "hparams": dict(result.spec["hparams"]),
                         "steps": result.steps, "tokens": result.tokens,
                         "wall_time_s": round(result.wall_time_s, 2)}))
-        self._keys[study.study_name].add(result.run_key)
+        self._keys[study.study_name].add(_trial_id(result.run_key, _code(result)))
 
     def finish(self, tuning: CellTuning) -> None:
         """Store the cell's outcome on its study: best config and loss, approximately-best set."""
@@ -86,5 +88,16 @@ class StudyRecorder:
                                ("description", tuning.protocol.label)):
                 study.set_user_attr(key, value)
             self._studies[name] = study
-            self._keys[name] = {t.user_attrs.get("run_key") for t in study.get_trials(deepcopy=False)}
+            self._keys[name] = {_trial_id(t.user_attrs.get("run_key"), t.user_attrs.get("code"))
+                                for t in study.get_trials(deepcopy=False)}
         return self._studies[name]
+
+
+def _code(result: RunResult) -> str:
+    """The code versions of a result, "optimizer/harness" (bench.run.identity)."""
+    return f"{result.code.get('optimizer', 'unrecorded')}/{result.code.get('harness', 'unrecorded')}"
+
+
+def _trial_id(run_key: str | None, code: str | None) -> str:
+    """A trial per run and code version: a run re-trained after a code change is a new trial."""
+    return f"{run_key} {code}"

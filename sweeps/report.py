@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.cells import split_by_context, summarize_cells
-from analysis.speedups import SpeedupOptions, estimate_speedups
+from analysis.speedups import SpeedupOptions, estimate_speedups, missing_intervals
 from analysis.tables import format_frame
 from bench.study import REFERENCE_OPTIMIZER
 from sweeps.cell import CellTuning
@@ -58,12 +58,9 @@ def best_configs(tunings: list[CellTuning]) -> str:
 
 
 def speedup_section(runs: pd.DataFrame) -> str:
-    """Speedup over AdamW per ratio, or why there is none; one section per context when the runs
-    hold several."""
-    contexts = split_by_context(runs)
-    if len(contexts) <= 1:
-        return _context_speedups(runs)
-    return "\n\n".join(f"Context {label}:\n{_context_speedups(sub)}" for label, sub in contexts)
+    """Speedup over AdamW per ratio, or why there is none; one section per context, each headed by
+    the context it holds."""
+    return "\n\n".join(f"Context {label}:\n{_context_speedups(sub)}" for label, sub in split_by_context(runs))
 
 
 def _context_speedups(runs: pd.DataFrame) -> str:
@@ -77,8 +74,10 @@ def _context_speedups(runs: pd.DataFrame) -> str:
     shown = result.speedups[np.isfinite(result.speedups["speedup"])]
     if not len(shown):
         return "\n".join(["Speedup over AdamW: none (the AdamW fit needs 3+ ratios at a scale).", *lines])
-    lines += ["Speedup over AdamW (AdamW-equivalent data / data used; 90% interval where there is "
-              "one; * = loss outside AdamW's fitted range):", format_frame(speedup_grid(shown))]
+    missing = missing_intervals(result.speedups)
+    lines += ["Speedup over AdamW (AdamW-equivalent data / data used, 90% interval"
+              + (f"; {missing}" if missing else "") + "; * = loss outside AdamW's fitted range):",
+              format_frame(speedup_grid(shown))]
     return "\n".join(lines)
 
 

@@ -149,6 +149,14 @@ def test_analyze_over_a_password_url_from_the_environment_never_shows_it(stored,
 
 
 @pytest.mark.system
+def test_listing_the_runs_of_a_password_url_never_shows_it(stored, postgres):
+    _, results, home = stored
+    p = _optbench("runs", "--store", _url(postgres), results=results, home=home)
+    assert p.returncode == 0 and f"1 stored run(s) in {shown_url(_url(postgres))}" in p.stdout, p.stderr
+    assert not _leaks_in(p, results)
+
+
+@pytest.mark.system
 @pytest.mark.parametrize("url, message", [
     (f"postgresql+psycopg://alice:{quote(SECRET, safe='')}@127.0.0.1:{free_port()}/db",
      "cannot open results store"),  # no server there

@@ -163,6 +163,20 @@ def test_a_run_its_environment_stops_is_an_attempt_that_stops_its_cell_and_is_re
     assert {r.status for r in runs} == {"ok"}
 
 
+def test_a_sweep_with_seeds_ends_with_an_interval_for_every_speedup(store_url, tmp_path):
+    """The finding this reproduces: the README's main job (`make sweep`) ended with speedups and no
+    intervals, because its winners had one seed each. With --seeds 2 every winner has a noise
+    estimate, so AdamW's law and every speedup get an interval; the table names its context."""
+    command = sweep_command(store_url, tmp_path / "optuna.journal", "--optimizers", "adamw,muon",
+                            "--max-trials", "2", "--seeds", "2", "--workers", "2", ratio="0.25,0.5,1")
+    out = run(command).stdout
+    section = out[out.index("Context data=default eval=held-out tok=bpe-512 fp32 cpu"):]
+    header, table = section.splitlines()[1], section.splitlines()[4:6]
+    assert header.startswith("Speedup over AdamW") and "no interval" not in header, section
+    assert [line.split()[0] for line in table] == ["adamw", "muon"]
+    assert all(line.count("[") == 3 for line in table), section
+
+
 def wait_until(condition, proc, timeout=300):
     """Poll `condition` until it is truthy (its value is returned) while `proc` still runs."""
     deadline = time.monotonic() + timeout

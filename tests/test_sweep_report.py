@@ -32,3 +32,12 @@ def test_two_ratios_say_why_there_is_no_speedup():
 
 def test_without_adamw_it_asks_for_adamw():
     assert "needs AdamW" in speedup_section(runs([("muon", 1.0, 3.3)]))
+
+
+def test_a_table_without_intervals_says_why_in_its_header():
+    """The finding this reproduces: the README's main job ended with speedups and no intervals,
+    its AdamW law fitted through three single-seed points. Such a table must say why."""
+    adamw = [("adamw", r, 3.0 + 1.0 * r ** -0.5) for r in (1.0, 2.0, 4.0)]
+    text = speedup_section(runs(adamw + [("muon", 1.0, 3.5)]))
+    header = next(line for line in text.splitlines() if line.startswith("Speedup over AdamW"))
+    assert "no interval for 4 of 4 speedups: no residual scale" in header

@@ -19,7 +19,7 @@ from analysis.cells import MIXED_CONTEXTS, split_by_context
 from analysis.paper.ingest import DEFAULT_DATA_DIR
 from analysis.paper.reproduce import STUDY_FIT_RATIOS, STUDY_HEADLINE_RATIO, reproduce
 from analysis.pipeline import AnalysisOptions, AnalysisOutputs, analyze_by_context, run_analysis
-from analysis.speedups import SpeedupOptions, parse_ratios
+from analysis.speedups import SpeedupOptions, missing_intervals, parse_ratios
 from analysis.tables import format_frame, speedup_wide
 from bench.errors import UserError
 from bench.paths import results_dir
@@ -105,7 +105,7 @@ def analyze_runs(runs: pd.DataFrame, args: argparse.Namespace) -> int:
             print(f"{MIXED_CONTEXTS}: {len(contexts)} contexts pooled into one analysis:")
             for label, sub in contexts:
                 print(f"  {label} ({_runs_text(len(sub))})")
-        _print_summary(outputs, out_dir)
+        _print_summary(outputs, out_dir, options.speedup.level)
         return 0
     analyses = analyze_by_context(runs, out_dir, options)
     if len(analyses) > 1:
@@ -121,7 +121,7 @@ def analyze_runs(runs: pd.DataFrame, args: argparse.Namespace) -> int:
             continue
         if not len(analysis.outputs.result.fits):
             print("no speedups in this context: it has no AdamW law (see the warnings)")
-        _print_summary(analysis.outputs, analysis.out_dir)
+        _print_summary(analysis.outputs, analysis.out_dir, options.speedup.level)
     return 0
 
 
@@ -160,7 +160,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
         print(f"warning: {issue}", file=sys.stderr)
     print(f"read {len(rep.paper.runs)} runs from {rep.paper.files_read} result files in "
           f"{args.data}")
-    _print_summary(rep.outputs, out_dir)
+    _print_summary(rep.outputs, out_dir, options.speedup.level)
     print(f"\nOur speedups beside the study's headline (fastest optimizer per scale, "
           f"{options.speedup.level:.0%} intervals, * = extrapolated fit):")
     print(format_frame(rep.comparison))
@@ -197,7 +197,7 @@ def _options(args: argparse.Namespace) -> AnalysisOptions:
     return AnalysisOptions(speedup, args.ratio, not args.no_plots)
 
 
-def _print_summary(outputs: AnalysisOutputs, out_dir: Path) -> None:
+def _print_summary(outputs: AnalysisOutputs, out_dir: Path, level: float) -> None:
     for note in outputs.notes:
         print(f"warning: {note}", file=sys.stderr)
     cells = outputs.cells
@@ -210,7 +210,9 @@ def _print_summary(outputs: AnalysisOutputs, out_dir: Path) -> None:
               f" on ratios {fit.fit_ratios} (rmse {fit.rmse:.2g}, {fit.dof} dof{bound})")
     ratio = outputs.headline_ratio
     if ratio is not None:
-        print(f"\nSpeedup over AdamW at {ratio:g}x Chinchilla:")
+        missing = missing_intervals(outputs.result.speedups)
+        print(f"\nSpeedup over AdamW at {ratio:g}x Chinchilla ({outputs.cells['context'].iloc[0]}; "
+              f"{level:.0%} intervals" + (f"; {missing}" if missing else "") + "):")
         print(format_frame(speedup_wide(outputs.result.speedups, ratio)))
     print(f"\nwrote {len(outputs.files)} files to {out_dir}")
     for name in ("speedups.csv", "speedup_vs_scale.md", "speedup_vs_scale.png"):

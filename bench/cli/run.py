@@ -141,13 +141,13 @@ def cmd_scales(args: argparse.Namespace) -> int:
 
     rows, sources = [], {}
     for s in SCALES.values():
-        seconds, rate = run_seconds(s, 1.0)
-        sources.setdefault(rate.scale, rate.how)  # the first word on each scale measured
+        seconds, how = run_seconds(s, 1.0)
+        sources.setdefault(how, None)
         rows.append({"name": s.name, "ladder": s.ladder, "hidden": s.hidden, "intermediate": s.intermediate,
                      "layers": s.layers, "heads": s.heads, "seq_len": s.seq_len,
                      "default_batch": s.default_batch, "non_embedding_params": s.non_embedding_params,
                      "tokens": {str(r): s.tokens(r) for r in (1, 2, 4, 8)},
-                     "est_seconds_1x_here": round(seconds), "estimated_from": rate.how})
+                     "est_seconds_1x_here": round(seconds), "estimated_from": how})
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -157,8 +157,8 @@ def cmd_scales(args: argparse.Namespace) -> int:
         print(f"{r['name']:8} {r['ladder']:6} {r['hidden']:5} {r['intermediate']:5} {r['layers']:3} "
               f"{r['non_embedding_params']:15,} {r['tokens']['1']:15,} {r['tokens']['8']:16,} "
               f"{_duration(r['est_seconds_1x_here']):>10}")
-    print("1x here: training FLOPs over the FLOP/s of")
-    for how in sources.values():
+    print("1x here: training time (bench.run.estimate.seconds_per_token, as a sweep's plan) from")
+    for how in sources:
         print(f"  {how}")
     print("  (the paper scales take the largest CPU scale's rate: an order of magnitude only)")
     return 0

@@ -1,6 +1,7 @@
 """Time estimates on this machine: a short measured training burst gives achieved FLOP/s, cached.
 
-Used by `optbench scales` and the sweep's cost estimate (which prefers stored runs' wall times).
+`seconds_per_token` is the one source of every estimate: `optbench scales` and the sweep's cost
+estimate (which prefers stored runs' wall times).
 The figure is per process with the given thread count and per CPU scale, since small models run far
 below the large ones' FLOP/s (cpu-xs at 40% of cpu-l's). The paper scales are far too slow to
 measure on a CPU and take the largest CPU scale's rate, so their CPU estimates give only an order of
@@ -11,8 +12,10 @@ cached; every figure says how it was obtained.
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import NamedTuple
+import statistics
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -77,10 +80,30 @@ def _measure(scale: Scale, steps: int = 5) -> float:
     return x.size(0) * scale.seq_len * flops_per_token(scale) / step_s
 
 
-def run_seconds(scale: Scale, ratio: float, threads: int | None = None) -> tuple[float, Rate]:
-    """Seconds of training for a ratio-x budget at `scale` here, and the rate they come from."""
-    rate = achieved_flops(scale.name, threads)
-    return scale.tokens(ratio) * flops_per_token(scale) / rate.flops_per_s, rate
+def seconds_per_token(scale: str, threads: int | None = None, device: str = "cpu",
+                      stored_rates: Sequence[float] = ()) -> tuple[float, str]:
+    """Seconds per training token at `scale` here, and where the figure comes from: the one source
+    of every time estimate (`optbench scales`, a sweep's plan). `stored_rates` are stored runs'
+    seconds per token at this scale (loading and evaluation included), preferred when there are
+    any; else the GPU benchmark (cuda) or a measured training burst (cpu)."""
+    if stored_rates:
+        return (statistics.median(stored_rates),
+                f"the median of {len(stored_rates)} stored run(s) at {scale}, loading and evaluation included")
+    flops = flops_per_token(get_scale(scale))
+    if device == "cuda":
+        measured = measured_gpu_flops(scale)
+        if measured is None:
+            return math.nan, "no stored runs at this scale and no GPU throughput measured (make bench-gpu)"
+        return flops / measured[0], measured[1]
+    rate = achieved_flops(scale, threads)
+    return (flops / rate.flops_per_s, f"{rate.how}: {rate.flops_per_s / 1e9:.1f} GFLOP/s per process; "
+            "evaluation and data loading not included")
+
+
+def run_seconds(scale: Scale, ratio: float, threads: int | None = None) -> tuple[float, str]:
+    """Seconds of training for a ratio-x budget at `scale` here (no stored runs), and their source."""
+    per_token, how = seconds_per_token(scale.name, threads)
+    return scale.tokens(ratio) * per_token, how
 
 
 def measured_gpu_flops(scale: str) -> tuple[float, str] | None:
