@@ -108,6 +108,8 @@ def _print_history(found, served) -> None:
     if found.stale is not None and served is None and found.current is None:
         print(f"  re-trained    the stored result came from other code ({_code(found.stale)}); "
               "it stays in the store")
+    if served is not None and served is found.stale:
+        print("  stale         from other code than the current one, served as --reuse-stale asks")
     if found.attempts and served is None:
         print(f"  retried       {len(found.attempts)} earlier attempt(s) failed: {found.attempts[-1]}")
 

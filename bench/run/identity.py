@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.errors import UserError
 
@@ -65,9 +66,26 @@ def source_digest(part: str) -> str:
     """12 hex digits over the syntax trees (docstrings left out) of the part's modules."""
     h = hashlib.sha256()
     for path in part_sources(part):
-        h.update(path.relative_to(BENCH).as_posix().encode() + b"\0")
-        h.update(ast.dump(_without_docstrings(ast.parse(path.read_text(), str(path)))).encode() + b"\0")
+        h.update(path.relative_to(BENCH).as_posix().encode() + b"\0" + _module(path).digest + b"\0")
     return h.hexdigest()[:12]
+
+
+class _Module(NamedTuple):
+    digest: bytes  # of its syntax tree without docstrings
+    imports: tuple[str, ...]  # the optimizer modules it imports
+
+
+@lru_cache(maxsize=None)  # modules are shared by many parts: each is parsed once
+def _module(path: Path) -> _Module:
+    tree = ast.parse(path.read_text(), str(path))
+    imports = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imports.append(node.module)
+        elif isinstance(node, ast.Import):
+            imports += [a.name for a in node.names]
+    inside = tuple(m for m in imports if m.startswith(_OPTIMIZERS_PACKAGE + "."))
+    return _Module(hashlib.sha256(ast.dump(_without_docstrings(tree)).encode()).digest(), inside)
 
 
 def part_sources(part: str) -> list[Path]:
@@ -131,15 +149,9 @@ def _optimizer_modules(module: str) -> set[str]:
     seen, todo = set(), [module]
     while todo:
         name = todo.pop()
-        if name in seen or name in _NOT_OPTIMIZER_CODE:
-            continue
-        seen.add(name)
-        tree = ast.parse(_module_path(name).read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(_OPTIMIZERS_PACKAGE + "."):
-                todo.append(node.module)
-            elif isinstance(node, ast.Import):
-                todo += [a.name for a in node.names if a.name.startswith(_OPTIMIZERS_PACKAGE + ".")]
+        if name not in seen and name not in _NOT_OPTIMIZER_CODE:
+            seen.add(name)
+            todo += _module(_module_path(name)).imports
     return seen
 
 

@@ -1,8 +1,8 @@
 """Training the regression check's runs: in this process, or in a pool of worker processes.
 
-The check never reads runs back from the results store: a run key is a hash of the spec, and a
-changed optimizer (the very thing the check looks for) keeps its specs and keys, so every run is
-trained afresh. Each run uses the baseline's thread count, which keeps it bitwise reproducible;
+The check never reads runs back from the results store: it measures the code as it is now, the
+same on every machine whatever a user's store holds, so every run is trained afresh. A run its
+environment stops (bench.run.failures) gives no verdict: the check ends with that error instead. Each run uses the baseline's thread count, which keeps it bitwise reproducible;
 the number of workers only changes how many run at once, never a result. On a CPU, two 1-thread
 runs side by side give the throughput of one 2-thread run (docs/MEASUREMENTS.md), so 2 cores take
 2 workers x 1 thread.
@@ -22,7 +22,9 @@ from typing import Callable, Sequence
 import torch
 
 from bench.data.tokens import load_data
+from bench.errors import UserError
 from bench.model.scales import get_scale
+from bench.run.failures import ENVIRONMENT_FAILURE
 from bench.run.spec import RunResult, RunSpec
 from sweeps.task import train_task
 
@@ -41,6 +43,9 @@ def train_all(specs: Sequence[RunSpec], threads: int, workers: int,
         _in_process(specs, order, threads, report, results)
     else:
         _in_pool(specs, order, threads, workers, report, results)
+    stopped = [r for r in results.values() if r.status == ENVIRONMENT_FAILURE]
+    if stopped:
+        raise UserError(f"{len(stopped)} run(s) could not run on this machine, so no verdict: {stopped[0].reason}")
     return [results[i] for i in range(len(specs))]
 
 
