@@ -144,7 +144,7 @@ def cmd_scales(args: argparse.Namespace) -> int:
     rows, sources = [], {}
     for s in SCALES.values():
         seconds, how = run_seconds(s, 1.0)
-        sources.setdefault(how, None)
+        sources.setdefault(how.split(",")[0], how)  # one line per measurement (paper scales share cpu-l's)
         rows.append({"name": s.name, "ladder": s.ladder, "hidden": s.hidden, "intermediate": s.intermediate,
                      "layers": s.layers, "heads": s.heads, "seq_len": s.seq_len,
                      "default_batch": s.default_batch, "non_embedding_params": s.non_embedding_params,
@@ -160,7 +160,7 @@ def cmd_scales(args: argparse.Namespace) -> int:
               f"{r['non_embedding_params']:15,} {r['tokens']['1']:15,} {r['tokens']['8']:16,} "
               f"{_duration(r['est_seconds_1x_here']):>10}")
     print("1x here: training time (bench.run.estimate.seconds_per_token, as a sweep's plan) from")
-    for how in sources:
+    for how in sources.values():
         print(f"  {how}")
     print("  (the paper scales take the largest CPU scale's rate: an order of magnitude only)")
     return 0
