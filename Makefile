@@ -15,8 +15,10 @@ WORKERS    ?= 2
 MAX_TRIALS ?= 5
 SEEDS      ?= 3  # the winner of each cell re-run at 3 seeds: every speedup gets an interval from seeds
 SWEEP_ARGS ?=
+JOURNAL    ?= results/optuna.journal  # make dashboard: the Optuna record to serve
+PORT       ?= 8080
 
-.PHONY: setup lint run test test-fast sweep reproduce regress bench bench-gpu clean
+.PHONY: setup lint run test test-fast sweep dashboard reproduce regress bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -44,6 +46,9 @@ test-fast: $(STAMP)  ## the unit and integration tiers, for the edit-test loop: 
 sweep: $(STAMP)
 	$(OPTBENCH) sweep --scale $(SCALE) --ratios $(RATIOS) --optimizers $(OPTIMIZERS) --workers $(WORKERS) \
 		--max-trials $(MAX_TRIALS) --seeds $(SEEDS) --yes $(SWEEP_ARGS)
+
+dashboard: $(STAMP)  ## optuna-dashboard over the sweeps' Optuna journal, at http://127.0.0.1:$(PORT)
+	$(VENV)/bin/optuna-dashboard $(JOURNAL) --host 127.0.0.1 --port $(PORT)
 
 reproduce: $(STAMP)
 	$(OPTBENCH) reproduce

@@ -1,5 +1,10 @@
-"""Live progress of a sweep on stderr: runs done / running / failed and the best loss so far per
-optimizer, redrawn in place on a terminal; as plain event lines otherwise (logs, CI, tests).
+"""Live progress of a sweep on stderr: runs done of the most the plan may need, an ETA, runs
+running and failed, and the best loss so far per optimizer; a tqdm bar on a terminal, plain event
+lines otherwise (logs, CI, tests).
+
+The total is the plan's upper bound (a protocol may stop early, and then the sweep ends sooner).
+The ETA is the remaining runs times the mean wall time of the runs trained so far (before the
+first one ends: the plan's estimate), over the workers.
 
 Event lines name the run key, so a log shows exactly which runs were trained and which were read
 back from the store.
@@ -7,10 +12,11 @@ back from the store.
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import time
 from typing import TextIO
+
+from tqdm import tqdm
 
 from bench.run.spec import RunResult
 from bench.urls import hide_passwords
@@ -18,12 +24,24 @@ from sweeps.cell import CellTuning, Request, loss_of
 
 
 class Progress:
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self, total: int = 0, estimate_s: float = math.nan, workers: int = 1,
+                 stream: TextIO | None = None):
+        """`total`: the most runs the plan may need; `estimate_s`: the plan's seconds for all of
+        them on one worker (nan: unknown); `workers`: runs at once."""
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
+        self.total, self.workers = total, max(1, workers)
+        self.per_run_s = estimate_s / total if total else math.nan  # until runs tell us
         self.trained = self.reused = self.failed = self.errors = self.running = 0
+        self.trained_s = 0.0
         self.best: dict[str, float] = {}
         self.start = time.monotonic()
+        self.bar = tqdm(total=total or None, unit="run", file=self.stream, dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n}/{total} runs [{elapsed}{postfix}]") if self.tty else None
+
+    @property
+    def done(self) -> int:
+        return self.trained + self.reused + self.errors
 
     def started(self, tuning: CellTuning, request: Request) -> None:
         self.running += 1
@@ -38,6 +56,7 @@ class Progress:
         else:
             self.running -= 1
             self.trained += 1
+            self.trained_s += result.wall_time_s
         self.failed += result.status != "ok"
         loss = loss_of(result)
         optimizer = tuning.cell.optimizer
@@ -54,34 +73,49 @@ class Progress:
         self.errors += 1
         self._event(f"error    {_what(tuning, request)}: {hide_passwords(message)}")
 
+    def eta_s(self) -> float:
+        """Seconds until the most runs the plan may need are done (nan: no total or estimate)."""
+        per_run = self.trained_s / self.trained if self.trained else self.per_run_s
+        return max(0, self.total - self.done) * per_run / self.workers
+
     def status(self) -> str:
         best = "  ".join(f"{o} {v:.4f}" for o, v in sorted(self.best.items()) if math.isfinite(v))
-        minutes = (time.monotonic() - self.start) / 60
-        return (f"[{minutes:5.1f} min] {self.trained} trained, {self.reused} from store, "
-                f"{self.running} running, {self.failed + self.errors} diverged/failed"
+        eta = self.eta_s()
+        return (f"{self.trained} trained, {self.reused} from store, {self.running} running, "
+                f"{self.failed + self.errors} diverged/failed"
+                + (f", ETA {_duration(eta)} at most" if math.isfinite(eta) and self.done < self.total else "")
                 + (f" | best: {best}" if best else ""))
 
     def refresh(self) -> None:
-        """Redraw the status line (terminal only)."""
-        if self.tty:
-            width = shutil.get_terminal_size().columns - 1
-            self.stream.write("\r" + self.status()[:width].ljust(width))
-            self.stream.flush()
+        """Redraw the bar (terminal only)."""
+        if self.bar is not None:
+            self.bar.n = self.done
+            self.bar.set_postfix_str(self.status(), refresh=True)
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
+        if self.bar is not None:
+            self.refresh()
+            self.bar.close()
         else:
-            self.stream.write(self.status() + "\n")
+            self.stream.write(self._line() + "\n")
         self.stream.flush()
 
+    def _line(self) -> str:
+        minutes = (time.monotonic() - self.start) / 60
+        of = f" of {self.total}" if self.total else ""
+        return f"[{minutes:5.1f} min] {self.done}{of} runs: {self.status()}"
+
     def _event(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text + "\n")
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
             self.refresh()
         else:
-            self.stream.write(f"{self.status()}  {text}\n")
-        self.stream.flush()
+            self.stream.write(f"{self._line()}  {text}\n")
+            self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _what(tuning: CellTuning, request: Request) -> str:

@@ -2,10 +2,13 @@
 
 Storage: a Journal file under results/ by default (fast and lock-free under many workers, see
 docs/MEASUREMENTS.md), or any RDB URL Optuna accepts. The record follows the results store, which is
-the source of truth: each run is added once (by run key and code version) when its result is known, fresh or read
-back from the store, so after an interruption a rerun fills in whatever the record missed; a run
-re-trained by changed code is a new trial.
-Diverged and failed runs are recorded as failed trials with their status and reason.
+the source of truth: each run is added once (by run key and code version) when its result is known,
+fresh or read back from the store, so after an interruption a rerun fills in whatever the record
+missed; a run re-trained by changed code is a new trial. Diverged and failed runs are recorded as
+failed trials with their status and reason. A trial's intermediate values are its run's held-out
+curve (loss by step). Each hyperparameter is recorded with its real range (float or int, log where
+the grid is geometric), so Optuna's plots and importances, and optuna-dashboard (`make dashboard`),
+read it as a number.
 """
 from __future__ import annotations
 
@@ -13,10 +16,10 @@ import math
 from pathlib import Path
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState, create_trial
 from sqlalchemy.exc import SQLAlchemyError
 
 from bench.errors import UserError
@@ -57,15 +60,21 @@ class StudyRecorder:
             return
         params = {k: v for k, v in request.config.items() if k in tuning.grid and v in tuning.grid[k]}
         loss = loss_of(result)
-        study.add_trial(create_trial(
-            params=params, distributions={k: CategoricalDistribution(tuning.grid[k]) for k in params},
-            value=loss if math.isfinite(loss) else None,
-            state=TrialState.COMPLETE if math.isfinite(loss) else TrialState.FAIL,
-            user_attrs={"run_key": result.run_key, "code": _code(result), "seed": request.seed,
-                        "status": result.status,
-                        "reason": result.reason, "hparams": dict(result.spec["hparams"]),
-                        "steps": result.steps, "tokens": result.tokens,
-                        "wall_time_s": round(result.wall_time_s, 2)}))
+
+        def trial(distributions: dict[str, BaseDistribution]) -> FrozenTrial:
+            return create_trial(
+                params=params, distributions=distributions, value=loss if math.isfinite(loss) else None,
+                intermediate_values={step: v for step, v in result.eval_curve if math.isfinite(v)},
+                state=TrialState.COMPLETE if math.isfinite(loss) else TrialState.FAIL,
+                user_attrs={"run_key": result.run_key, "code": _code(result), "seed": request.seed,
+                            "status": result.status, "reason": result.reason,
+                            "hparams": dict(result.spec["hparams"]), "steps": result.steps,
+                            "tokens": result.tokens, "wall_time_s": round(result.wall_time_s, 2)})
+
+        try:
+            study.add_trial(trial({k: distribution(tuning.grid[k]) for k in params}))
+        except ValueError:  # a study recorded before trials had real ranges keeps its categories
+            study.add_trial(trial({k: CategoricalDistribution(tuning.grid[k]) for k in params}))
         self._keys[study.study_name].add(_trial_id(result.run_key, _code(result)))
 
     def finish(self, tuning: CellTuning) -> None:
@@ -101,3 +110,17 @@ def _code(result: RunResult) -> str:
 def _trial_id(run_key: str | None, code: str | None) -> str:
     """A trial per run and code version: a run re-trained after a code change is a new trial."""
     return f"{run_key} {code}"
+
+
+def distribution(values: list) -> BaseDistribution:
+    """A grid's values as Optuna should see them (plots, importances, the dashboard): an int or
+    float range, on a log scale where the grid is geometric (learning rates, batch sizes), else
+    categories (booleans, names, a mix, a single value)."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) < len(values) or len(set(numbers)) < 2:
+        return CategoricalDistribution(values)
+    ordered = sorted(set(numbers))
+    log = ordered[0] > 0 and all(b / a >= 1.5 for a, b in zip(ordered, ordered[1:]))
+    if all(isinstance(v, int) for v in numbers):
+        return IntDistribution(ordered[0], ordered[-1], log=log)
+    return FloatDistribution(float(ordered[0]), float(ordered[-1]), log=log)

@@ -11,8 +11,8 @@ import sys
 from bench.errors import UserError
 
 # Each module has register(subparsers): one place per part of the tree adds its commands.
-COMMAND_MODULES = ("bench.cli.run", "bench.cli.runs", "bench.cli.sweep", "bench.cli.regress", "bench.cli.analysis",
-                   "bench.cli.perf")
+COMMAND_MODULES = ("bench.cli.run", "bench.cli.runs", "bench.cli.sweep", "bench.cli.regress",
+                   "bench.cli.analysis", "bench.cli.curves", "bench.cli.perf")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -84,11 +84,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # read once: the protocols and the plan's cost
     stored = store.runs(scale=_ladder_up_to(scale), reuse_stale=args.reuse_stale)
     tunings = _tunings(cells, args, resources.device, stored)
-    if not _plan(tunings, args, resources, store, stored):
+    cost = _plan(tunings, args, resources, store, stored)
+    if cost is None:
         return 1
     if args.dry_run:
         return 0
-    return _run(tunings, args, resources, store, address)
+    return _run(tunings, args, resources, store, address, cost)
 
 
 def parse_optimizers(text: str, ladder: str) -> list[str]:
@@ -177,8 +178,8 @@ def _tunings(cells, args, device: str, stored):
     return tunings
 
 
-def _plan(tunings, args, resources, store, stored) -> bool:
-    """Print the plan and its cost; ask unless --yes. False if the user said no."""
+def _plan(tunings, args, resources, store, stored):
+    """Print the plan and its cost (sweeps.plan.Cost); ask unless --yes. None if the user said no."""
     from sweeps.plan import CellCost, estimate_cost, format_plan, stored_runs
     from sweeps.record import default_target
 
@@ -189,18 +190,18 @@ def _plan(tunings, args, resources, store, stored) -> bool:
                                     "device": resources.device, "store": store.url,
                                     "optuna": args.optuna_storage or default_target()}), flush=True)
     if args.dry_run or args.yes:
-        return True
+        return cost
     if not sys.stdin.isatty():
         raise UserError("a sweep starts only when confirmed; pass --yes to start it without asking "
                         "(stdin is not a terminal, so it cannot ask)")
     answer = input("Start the sweep? [y/N] ")
     if answer.strip().lower() in ("y", "yes"):
-        return True
+        return cost
     print("not started")
-    return False
+    return None
 
 
-def _run(tunings, args, resources, store, address) -> int:
+def _run(tunings, args, resources, store, address, cost) -> int:
     import ray
 
     from bench.urls import shown_url
@@ -212,7 +213,8 @@ def _run(tunings, args, resources, store, address) -> int:
     recorder = StudyRecorder(open_storage(args.optuna_storage))
     start = (lambda: None) if address else (lambda: start_local(resources))
     try:
-        Driver(tunings, store, recorder, resources, Progress(), start, args.reuse_stale,
+        progress = Progress(cost.runs, cost.seconds * resources.workers, resources.workers)
+        Driver(tunings, store, recorder, resources, progress, start, args.reuse_stale,
                args.retry_failed).run()
     finally:
         if ray.is_initialized():

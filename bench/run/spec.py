@@ -136,6 +136,9 @@ class RunResult:
     loss_by_frequency: dict[str, float] = field(default_factory=dict)  # frequent / middle / rare
     unigram_loss: float | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss)
+    # (step, held-out loss on a share of the eval tokens: bench.run.train.CURVE_POINTS), the last at the end
+    eval_curve: list[tuple[int, float]] = field(default_factory=list)
+    lr_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, lr / each group's peak lr)
     tokens: int = 0
     steps: int = 0
     epochs: float = 0.0
@@ -158,5 +161,6 @@ class RunResult:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunResult":
         d = dict(d)
-        d["curve"] = [tuple(p) for p in d.get("curve", [])]
+        for name in ("curve", "eval_curve", "lr_curve"):
+            d[name] = [tuple(p) for p in d.get(name, [])]
         return cls(**d)

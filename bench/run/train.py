@@ -49,6 +49,11 @@ BUCKETS = ("frequent", "middle", "rare")
 # already exploding at its first log point is still caught).
 DIVERGENCE_FACTOR = 1.5
 EVAL_BATCH = 32  # sequences per evaluation forward pass
+# The held-out curve: the loss at this many evenly spaced steps, the last at the end of the run, on
+# the first 1/CURVE_SHARE of the evaluation tokens (one set for every point, so the points compare;
+# all of them cost about one more evaluation). The result, final_loss, scores all the tokens.
+CURVE_POINTS = 8
+CURVE_SHARE = 8
 
 
 @dataclass
@@ -101,6 +106,8 @@ def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
     try:
         trained = _train(spec, data, options, result)
         if result.status == "ok":
+            result.eval_curve.append((result.steps, _curve_loss(spec, trained.model, data, trained.autocast,
+                                                                options.micro_batch)))
             evaluation = _evaluate(spec, trained.model, data, trained.autocast,
                                    options.micro_batch or EVAL_BATCH)
             if math.isfinite(evaluation.loss):
@@ -148,6 +155,7 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     ckpt = _checkpointer(spec, options)
     first = _resume(ckpt, model, optimizer, batches, result)
     limit = DIVERGENCE_FACTOR * math.log(data.vocab_size)
+    curve_at = {round(steps * k / CURVE_POINTS) for k in range(1, CURVE_POINTS)} - {0, steps}
     bar = _progress(steps, options.progress)
     bar.update(first)
     running, opt_time, t_train = torch.zeros((), device=device), 0.0, time.perf_counter()
@@ -160,17 +168,21 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
                           lrs=[peak * mult for peak in peak_lrs], fault=options.fault, times=times)
         opt_time += times.optimizer_s
         running += loss
+        if step + 1 in curve_at:
+            result.eval_curve.append((step + 1, _curve_loss(spec, model, data, autocast, options.micro_batch)))
         if (step + 1) % options.log_every == 0 or step + 1 == steps:
             mean = running.item() / ((step % options.log_every) + 1)  # the only sync point
             running.zero_()
             result.curve.append((step + 1, mean))
+            result.lr_curve.append((step + 1, mult))
             bar.update(step + 1 - bar.n)
             bar.set_postfix(loss=f"{mean:.3f}")
             if not math.isfinite(mean) or mean > limit:
                 result.status, result.reason = "diverged", f"train loss {mean:.3g} at step {step + 1}"
                 break
             if ckpt and ckpt.due(step + 1, steps):
-                ckpt.save({"step": step + 1, "curve": result.curve, "model": model.state_dict(),
+                ckpt.save({"step": step + 1, "curve": result.curve, "eval_curve": result.eval_curve,
+                           "lr_curve": result.lr_curve, "model": model.state_dict(),
                            "optimizer": optimizer.state_dict(), "position": batches.position})
     bar.close()
     done = max(1, step + 1 - first)
@@ -189,15 +201,23 @@ def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch
 
 
+def _curve_loss(spec: RunSpec, model: LlamaModel, data: TokenData, autocast: AbstractContextManager,
+                micro_batch: int) -> float:
+    """The held-out loss on the curve's share of the evaluation tokens."""
+    tokens = max(get_scale(spec.scale).seq_len, spec.eval_tokens // CURVE_SHARE)
+    return _evaluate(spec, model, data, autocast, micro_batch or EVAL_BATCH, tokens).loss
+
+
 def _evaluate(spec: RunSpec, model: LlamaModel, data: TokenData, autocast: AbstractContextManager,
-              batch_size: int) -> Evaluation:
-    """End-of-budget held-out loss, overall and by the training frequency of the target token."""
+              batch_size: int, tokens: int | None = None) -> Evaluation:
+    """Held-out loss on the first `tokens` evaluation tokens (None: all of the spec's), overall and
+    by the training frequency of the target token."""
     scale = get_scale(spec.scale)
     buckets = token_buckets(data).numpy()
     sums, counts = np.zeros(len(BUCKETS)), np.zeros(len(BUCKETS))
     model.eval()
     with torch.no_grad(), autocast:
-        for batch in eval_batches(data, scale.seq_len, spec.eval_tokens, batch_size):
+        for batch in eval_batches(data, scale.seq_len, tokens or spec.eval_tokens, batch_size):
             batch = _to_device(batch, torch.device(spec.device))
             logits = model(batch[:, :-1]).float()
             losses = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
@@ -226,6 +246,8 @@ def _resume(ckpt, model, optimizer, batches, result) -> int:
     optimizer.load_state_dict(state["optimizer"])
     batches.position = state["position"]
     result.curve = [tuple(p) for p in state["curve"]]
+    result.eval_curve = [tuple(p) for p in state.get("eval_curve", [])]
+    result.lr_curve = [tuple(p) for p in state.get("lr_curve", [])]
     return state["step"]
 
 

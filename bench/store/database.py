@@ -159,6 +159,11 @@ class ResultStore:
         return [StoredRun.from_result(_parse(text), created)
                 for text, created in self._served(optimizer, scale, reuse_stale)]
 
+    def results(self, *, optimizer: str | Iterable[str] | None = None,
+                scale: str | Iterable[str] | None = None, reuse_stale: bool = False) -> list[RunResult]:
+        """The results `runs` serves, whole (curves and all)."""
+        return [_parse(text) for text, _ in self._served(optimizer, scale, reuse_stale)]
+
     def count_stale(self, *, optimizer: str | Iterable[str] | None = None,
                     scale: str | Iterable[str] | None = None) -> int:
         """Run keys among these whose every result comes from other code than the current."""
