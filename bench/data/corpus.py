@@ -52,7 +52,12 @@ def parse_sources(spec: str) -> list[Source]:
     total = sum(s.weight for s in sources)
     if not math.isfinite(total):
         raise UserError(f"bad weights in data spec {spec!r}: their sum overflows; use smaller numbers")
-    return [Source(s.kind, s.target, s.config, s.field, s.weight / total) for s in sources]
+    normalised = [Source(s.kind, s.target, s.config, s.field, s.weight / total) for s in sources]
+    lost = [s for s in normalised if s.weight == 0]  # too small beside the others to be a float
+    if lost:
+        raise UserError(f"bad weights in data spec {spec!r}: {lost[0].kind}:{lost[0].target} would get no "
+                        "data beside the others; use weights within a factor of 1e300")
+    return normalised
 
 
 def _weight(text: str | None, part: str) -> float:
