@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from itertools import chain, zip_longest
 from typing import Callable
 
-from bench.run.failures import ENVIRONMENT_FAILURE, killed_worker
+from bench.run.failures import ENVIRONMENT_FAILURE, task_failure
 from bench.run.identity import current
 from bench.run.spec import RunResult
 from bench.store.database import ResultStore
@@ -154,7 +154,8 @@ class Driver:
         except ray.exceptions.RayError as e:
             message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             result = RunResult(request.key, request.spec.to_dict(), ENVIRONMENT_FAILURE, None,
-                               reason=killed_worker(message), code=current(request.spec.optimizer).as_dict())
+                               reason=task_failure(type(e).__name__, message),
+                               code=current(request.spec.optimizer).as_dict())
         self.store.put(result)  # first: a run counts as done once it is in the store
         expected = current(request.spec.optimizer).as_dict()
         if result.status == ENVIRONMENT_FAILURE or result.code != expected:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.run.failures import ENVIRONMENT_FAILURE, classify
+from bench.run.failures import ENVIRONMENT_FAILURE, classify, task_failure
 from bench.store.database import ResultStore
 
 RUN = ["run", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "0.05", "--threads", "2"]
@@ -33,6 +33,12 @@ def test_failures_of_the_environment_are_told_apart(error, cause):
                                    torch.linalg.LinAlgError("linalg.eigh: failed to converge")])
 def test_failures_of_the_run_itself_are_results(error):
     assert classify(error) == ("failed", f"{type(error).__name__}: {error}")
+
+
+@pytest.mark.unit
+def test_a_sweep_task_that_returned_nothing_says_whether_its_worker_died():
+    assert task_failure("WorkerCrashedError", "exit code 9").startswith("environment (killed worker): Worker")
+    assert task_failure("RayTaskError(OSError)", "no shard").startswith("environment (the task raised): Ray")
 
 
 @pytest.mark.integration

@@ -49,9 +49,11 @@ def no_device(device: str) -> str | None:
     return None
 
 
-def killed_worker(message: str) -> str:
-    """The reason of a run whose worker process died under it."""
-    return f"{_PREFIX} (killed worker): {message}"
+def task_failure(error_type: str, message: str) -> str:
+    """The reason of a run whose task never returned a result: its worker died (WorkerCrashedError,
+    after Ray's own retries) or the task raised before the run could start (RayTaskError)."""
+    cause = "killed worker" if "Crashed" in error_type or "Died" in error_type else "the task raised"
+    return f"{_PREFIX} ({cause}): {error_type}: {message}"
 
 
 def environment_failure(reason: str) -> bool:
