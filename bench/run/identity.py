@@ -44,9 +44,6 @@ class CodeVersion:
     def as_dict(self) -> dict[str, str]:
         return {"optimizer": self.optimizer, "harness": self.harness}
 
-    def __str__(self) -> str:
-        return f"optimizer {self.optimizer}, harness {self.harness}"
-
 
 def current(optimizer: str) -> CodeVersion:
     """The code version a run of `optimizer` gets from the code as it is now."""
