@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bench.errors import UserError
 from bench.paths import results_dir
 from bench.run.spec import RunResult
+from bench.study import geometric
 from bench.urls import error_line, shown_url
 from sweeps.cell import CellTuning, Request, loss_of
 
@@ -120,7 +121,7 @@ def distribution(values: list) -> BaseDistribution:
     if len(numbers) < len(values) or len(set(numbers)) < 2:
         return CategoricalDistribution(values)
     ordered = sorted(set(numbers))
-    log = ordered[0] > 0 and all(b / a >= 1.5 for a, b in zip(ordered, ordered[1:]))
+    log = geometric(ordered)
     if all(isinstance(v, int) for v in numbers):
         return IntDistribution(ordered[0], ordered[-1], log=log)
     return FloatDistribution(float(ordered[0]), float(ordered[-1]), log=log)

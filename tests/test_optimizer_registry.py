@@ -1,12 +1,17 @@
-"""Every registered optimizer, on the real model: trains, checkpoints exactly, is fully described."""
+"""Every registered optimizer, on the real model: trains, checkpoints exactly, is fully described
+(its variants and their differences too)."""
+import argparse
 import copy
+import json
 
 import pytest
 import torch
 
+from bench.cli.run import cmd_optimizers
+from bench.errors import UserError
 from bench.model.llama import LlamaModel
 from bench.model.scales import get_scale
-from bench.optimizers.registry import TRAIN_KEYS, all_optimizers
+from bench.optimizers.registry import TRAIN_KEYS, VARIANTS, all_optimizers
 from bench.roles import Role
 from bench.run.spec import RunSpec
 from bench.run.step import train_step
@@ -74,3 +79,83 @@ def test_checkpoint_restore_continues_bitwise(name):
     _steps(model2, opt2, batches[3:], 3, curvature)
     for (n, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
         assert torch.equal(a, b), f"{name}: {n} differs after restore"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", NAMES)
+def test_an_optimizer_with_variants_defaults_to_the_study_and_lists_its_differences(name):
+    opt = next(o for o in all_optimizers() if o.name == name)
+    assert ("variant" in opt.defaults) == bool(opt.differences)
+    if opt.differences:
+        assert opt.defaults["variant"] == VARIANTS[0] == "study"
+        assert all(line and "\n" not in line for line in opt.differences)
+    assert opt.added_later <= set(opt.defaults)
+
+
+@pytest.mark.unit
+def test_a_bad_variant_is_the_users_error():
+    model = LlamaModel(get_scale("cpu-xs"), 64)
+    soap = next(o for o in all_optimizers() if o.name == "soap")
+    with pytest.raises(UserError, match="variant"):
+        soap.build(model.tagged_parameters(), {**soap.defaults, "variant": "levanter"}, model)
+
+
+@pytest.mark.unit
+def test_optbench_optimizers_lists_each_variant_and_its_differences(capsys):
+    cmd_optimizers(argparse.Namespace(json=True))
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["soap"]["variants"] == ["study", "authors"] and rows["lion"]["variants"] == []
+    assert any("max_precond_dim" in line for line in rows["soap"]["differences"])
+    cmd_optimizers(argparse.Namespace(json=False))
+    text = capsys.readouterr().out
+    assert "variants: study | authors (default study)" in text and "1/max(mean, 1e-3)" in text
+
+
+def _built(name, hp_overrides):
+    opt_def = next(o for o in all_optimizers() if o.name == name)
+    hp = {**RunSpec(name, "cpu-xs", 1, {}).hparams, **hp_overrides}
+    torch.manual_seed(0)
+    model = LlamaModel(get_scale("cpu-xs"), 64)
+    return opt_def, model, opt_def.build(model.tagged_parameters(), hp, model)
+
+
+def _decay_by_role(name, hp_overrides):
+    """{role: the set of weight decays its params' groups carry}."""
+    _, model, opt = _built(name, hp_overrides)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    out = {}
+    for t in model.tagged_parameters():
+        out.setdefault(t.role, set()).add(decay[id(t.param)])
+    return out
+
+
+def _trained(name, hp_overrides):
+    opt_def, model, opt = _built(name, hp_overrides)
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 64, (4, 33), generator=gen) for _ in range(3)]
+    _steps(model, opt, batches, 0, opt_def.needs_curvature_pass)
+    return {t.name: t.param.detach().clone() for t in model.tagged_parameters()}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", NAMES)
+def test_decay_roles_picks_the_decayed_parameters(name):
+    """The default decays hidden matrices and the head (the study's mask), all roles all, "" nothing:
+    then weight_decay changes nothing (no optimizer decays a role behind its groups' back; the same
+    grouping both times, as Kron draws its probes in group order)."""
+    assert _decay_by_role(name, {"weight_decay": 0.5}) == {
+        Role.HIDDEN: {0.5}, Role.HEAD: {0.5}, Role.EMBEDDING: {0.0}, Role.NORM: {0.0}}
+    everything = _decay_by_role(name, {"weight_decay": 0.5, "decay_roles": "hidden,head,embedding,norm,bias"})
+    assert set().union(*everything.values()) == {0.5}
+    undecayed = _trained(name, {"weight_decay": 0.0, "decay_roles": ""})
+    nothing = _trained(name, {"weight_decay": 0.5, "decay_roles": ""})
+    for n, w in undecayed.items():
+        torch.testing.assert_close(nothing[n], w, rtol=0, atol=1e-6, msg=n)
+
+
+@pytest.mark.unit
+def test_an_unknown_role_in_decay_roles_is_the_users_error():
+    model = LlamaModel(get_scale("cpu-xs"), 64)
+    adamw = next(o for o in all_optimizers() if o.name == "adamw")
+    with pytest.raises(UserError, match="decay_roles"):
+        adamw.build(model.tagged_parameters(), {**adamw.defaults, "decay_roles": "hidden,gains"}, model)

@@ -83,7 +83,7 @@ class AdamMini(Optimizer):
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module | None) -> AdamMini:
-    groups = decay_groups(params, hp["learning_rate"], hp["weight_decay"], betas=(hp["beta1"], hp["beta2"]),
+    groups = decay_groups(params, hp["learning_rate"], hp, betas=(hp["beta1"], hp["beta2"]),
                           eps=hp["epsilon"])
     blocks = {tp.param: block_count(tp, model) for tp in params}
     return AdamMini(groups, blocks, lr=hp["learning_rate"])

@@ -8,7 +8,7 @@ the Newton-Schulz-then-cosh structure of the hybrid.
 
 For each hidden matrix (Nesterov momentum in the EMA form, as the reference's lerp calls):
   M <- beta M + (1 - beta) g,   V = (1 - beta) g + beta M
-  hybrid only: V <- NS1(V)                         (one quintic Newton-Schulz step: Hybrid-AuON)
+  hybrid only: V <- NS_k(V)                        (k = ns_steps quintic Newton-Schulz steps, default 1)
   G = V / (||V||_F + 1e-7)
   U = G / (sqrt(mean(cosh(G)^2)) + 1e-8)           (the cosh "brake": large entries shrink the step)
   W <- W * (1 - lr * weight_decay) - lr * sqrt(max(1, rows/cols)) * U
@@ -24,6 +24,10 @@ sqrt(max(1, rows/cols)) factor and defaults HybridAuON to 5 Newton-Schulz steps.
 training script (normalised G, no gamma, shape factor), which is also how a third-party summary of
 the paper states the update (junaidaliop.github.io/zij/math/auon; of the paper itself we could read
 only the abstract), and the abstract's single Newton-Schulz step for the hybrid.
+
+auon_hybrid's `ns_steps` (default 1, the abstract's; the package's HybridAuON defaults to 5) is a
+hyperparameter so either can be run; 5 alone does not make the package's update, which also differs
+in the three ways above, so there is no `authors` variant yet and the default stays 1.
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from bench.errors import UserError
+from bench.optimizers.common import decay_of
 from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
 from bench.optimizers.muon import AUX_ROLES, MUON_DEFAULTS, Muon, orthogonalise
 from bench.optimizers.registry import OptimizerDef, register
@@ -61,13 +67,20 @@ class AuON(Muon):
         return [cosh_rms_normalise(u) for u in updates]
 
 
-def _builder(ns_steps: int):
-    def build(params: list[TaggedParam], hp: Mapping[str, Any],
-              model: torch.nn.Module) -> HybridOptimizer:
-        return build_hybrid(params, hp, lambda hidden: AuON(
-            [t.param for t in hidden], lr=hp["learning_rate"], momentum=hp["momentum"],
-            weight_decay=hp["weight_decay"], ns_steps=ns_steps))
-    return build
+def _build(params: list[TaggedParam], hp: Mapping[str, Any], ns_steps: int) -> HybridOptimizer:
+    return build_hybrid(params, hp, lambda hidden: AuON(
+        [t.param for t in hidden], lr=hp["learning_rate"], momentum=hp["momentum"],
+        weight_decay=decay_of(hp, Role.HIDDEN), ns_steps=ns_steps))
+
+
+def build_auon(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> HybridOptimizer:
+    return _build(params, hp, ns_steps=0)
+
+
+def build_hybrid_auon(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> HybridOptimizer:
+    if hp["ns_steps"] < 1:  # 0 would be plain auon, registered on its own
+        raise UserError("bad value for hyperparameter 'ns_steps': must be a positive integer")
+    return _build(params, hp, ns_steps=hp["ns_steps"])
 
 
 # The Muon family's defaults (the study's Muon, so the auxiliary AdamW is the same across the
@@ -83,7 +96,7 @@ SOURCE = ("ours, following ryyzn9/AuON (Auon_Adam_train.py; auon/optimizer.py Hy
 register(OptimizerDef(
     name="auon",
     family="matrix",
-    build=_builder(ns_steps=0),
+    build=build_auon,
     defaults=AUON_DEFAULTS,
     roles={Role.HIDDEN: "AuON: Nesterov EMA momentum, Frobenius-normalised, / RMS(cosh), "
                         "x sqrt(max(1, rows/cols)), decayed", **AUX_ROLES},
@@ -95,9 +108,10 @@ register(OptimizerDef(
 register(OptimizerDef(
     name="auon_hybrid",
     family="matrix",
-    build=_builder(ns_steps=1),
-    defaults=AUON_DEFAULTS,
-    roles={Role.HIDDEN: "Hybrid-AuON: as auon with one Newton-Schulz step before the cosh-RMS "
+    build=build_hybrid_auon,
+    defaults={**AUON_DEFAULTS, "ns_steps": 1},
+    added_later=frozenset({"ns_steps"}),
+    roles={Role.HIDDEN: "Hybrid-AuON: as auon with ns_steps Newton-Schulz steps before the cosh-RMS "
                         "normalisation", **AUX_ROLES},
     paper=PAPER,
     source=SOURCE,

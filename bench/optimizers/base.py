@@ -23,7 +23,19 @@ def run_closure(closure: Callable[[], float] | None) -> float | None:
 
 
 class Optimizer(torch.optim.Optimizer):
-    """A torch optimizer whose step updates each param group with gradients through `update_group`."""
+    """A torch optimizer whose step updates each param group with gradients through `update_group`.
+
+    `later_options`: group options added after checkpoints were written without them, with the value
+    that reproduces how those ran; a loaded state dict that lacks one gets it (torch's convention).
+    """
+
+    later_options: dict[str, Any] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for name, value in self.later_options.items():
+                group.setdefault(name, value)
 
     def groups_with_grads(self) -> Iterator[tuple[dict[str, Any], list[Tensor]]]:
         """(group, its params that have a gradient) for each group that has any."""

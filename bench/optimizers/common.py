@@ -5,6 +5,7 @@ from typing import Any, Mapping
 
 import torch
 
+from bench.errors import UserError
 from bench.roles import Role, TaggedParam
 
 # Defaults of the hyperparameters the train loop consumes (see registry.TRAIN_KEYS). Warmup and decay
@@ -18,20 +19,35 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "min_lr_ratio": 0.0,
     "max_grad_norm": 1.0,
     "train_batch_size": 32,
+    "decay_roles": "hidden,head",  # not the loop's: every optimizer's, see decayed_roles
 }
 
-# Weight decay goes on matrices that map activations (hidden matrices and the output head), not on
-# embeddings, norm gains or biases, as in the study's Levanter default mask.
-DECAYED_ROLES = {Role.HIDDEN, Role.HEAD}
+def decayed_roles(hp: Mapping[str, Any]) -> set[Role]:
+    """The roles weight decay applies to: `decay_roles`, comma-separated role names. The default
+    "hidden,head" is the study's Levanter mask (matrices that map activations: not embeddings, norm
+    gains or biases); the authors' references mostly decay every parameter ("hidden,head,embedding,
+    norm,bias"); "" decays nothing."""
+    names = [n.strip() for n in hp["decay_roles"].split(",") if n.strip()]
+    known = {r.value: r for r in Role}
+    if any(n not in known for n in names):
+        raise UserError(f"bad value for hyperparameter 'decay_roles': role names among {', '.join(known)}")
+    return {known[n] for n in names}
 
 
-def decay_groups(params: list[TaggedParam], lr: float, weight_decay: float,
+def decay_of(hp: Mapping[str, Any], role: Role) -> float:
+    """The weight decay of params of `role`: weight_decay if the role is decayed, else 0."""
+    return hp["weight_decay"] if role in decayed_roles(hp) else 0.0
+
+
+def decay_groups(params: list[TaggedParam], lr: float, hp: Mapping[str, Any],
                  **group_opts: Any) -> list[dict[str, Any]]:
-    """Split params into a decayed and a non-decayed param group, dropping empty ones."""
-    decayed = [p.param for p in params if p.role in DECAYED_ROLES]
-    plain = [p.param for p in params if p.role not in DECAYED_ROLES]
+    """Split params into a decayed (weight_decay, roles in decay_roles) and a non-decayed param
+    group, dropping empty ones."""
+    roles = decayed_roles(hp)
+    decayed = [p.param for p in params if p.role in roles]
+    plain = [p.param for p in params if p.role not in roles]
     groups = [
-        {"params": decayed, "lr": lr, "weight_decay": weight_decay, **group_opts},
+        {"params": decayed, "lr": lr, "weight_decay": hp["weight_decay"], **group_opts},
         {"params": plain, "lr": lr, "weight_decay": 0.0, **group_opts},
     ]
     return [g for g in groups if g["params"]]
@@ -39,7 +55,7 @@ def decay_groups(params: list[TaggedParam], lr: float, weight_decay: float,
 
 def adamw_groups(params: list[TaggedParam], hp: Mapping[str, Any], lr: float) -> list[dict[str, Any]]:
     """Param groups for an auxiliary AdamW (Muon-family optimizers hand non-matrix params to it)."""
-    return decay_groups(params, lr, hp["weight_decay"], betas=(hp["beta1"], hp["beta2"]),
+    return decay_groups(params, lr, hp, betas=(hp["beta1"], hp["beta2"]),
                         eps=hp["epsilon"])
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from bench.optimizers.base import Optimizer
-from bench.optimizers.common import DECAYED_ROLES, TRAIN_DEFAULTS
+from bench.optimizers.common import TRAIN_DEFAULTS, decayed_roles
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
 
@@ -120,15 +120,16 @@ class Conda(Optimizer):
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> Conda:
-    """Hidden matrices projected; the rest plain Adam; decay on hidden matrices and the head."""
+    """Hidden matrices projected; the rest plain Adam; decay on the roles in decay_roles."""
     groups = []
+    decayed = decayed_roles(hp)
     for project in (True, False):
-        for decayed in (True, False):
+        for want in (True, False):
             ps = [t.param for t in params
-                  if (t.role == Role.HIDDEN) == project and (t.role in DECAYED_ROLES) == decayed]
+                  if (t.role == Role.HIDDEN) == project and (t.role in decayed) == want]
             if ps:
                 groups.append({"params": ps, "project": project,
-                               "weight_decay": hp["weight_decay"] if decayed else 0.0})
+                               "weight_decay": hp["weight_decay"] if want else 0.0})
     return Conda(groups, lr=hp["learning_rate"], betas=(hp["beta1"], hp["beta2"]), eps=hp["epsilon"],
                  update_proj_gap=hp["update_proj_gap"], conda_scale=hp["conda_scale"])
 

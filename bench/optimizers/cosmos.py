@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from bench.optimizers.base import Optimizer
-from bench.optimizers.common import TRAIN_DEFAULTS, make_adamw
+from bench.optimizers.common import TRAIN_DEFAULTS, decay_of, make_adamw
 from bench.optimizers.hybrid import HybridOptimizer
 from bench.optimizers.newton_schulz import newton_schulz, ns_dtype
 from bench.optimizers.registry import OptimizerDef, register
@@ -126,7 +126,7 @@ def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Modu
     if hidden:
         parts.append(Cosmos([t.param for t in hidden], lr=hp["learning_rate"],
                             betas=(hp["beta1"], hp["beta2"]), eps=hp["epsilon"],
-                            weight_decay=hp["weight_decay"], rank=hp["rank"], gamma=hp["gamma"],
+                            weight_decay=decay_of(hp, Role.HIDDEN), rank=hp["rank"], gamma=hp["gamma"],
                             lr_ratio=hp["lr_ratio"]))
     if rest:
         parts.append(make_adamw(rest, hp, hp["learning_rate"]))

@@ -19,7 +19,9 @@ Preconditioner updates follow Levanter's schedule, which is deterministic: the u
 p(t) = clip(exp(-0.001 (t - update_prob_flat_start)), preconditioner_update_probability, 1) and the
 preconditioner is updated whenever a counter reaches 1/p(t). The only randomness is the probe V, drawn
 from the optimizer's own torch.Generator (seeded with a constant) whose state, with the step and
-update counters, lives in self.state["kron"] so a checkpoint restores it.
+update counters, lives in self.state["kron"] so a checkpoint restores it. The `noise` hook replaces
+that draw: noise(params) returns one probe per param (each param's shape), which is how a test steps
+Kron beside another implementation on the same probes (tests/optimizers/test_kron.py, kron-torch).
 
 Parameters: the study ran Kron on every parameter (embedding, head, hidden, norm gains). Not
 reproduced from Levanter: merge_small_dims (it never triggers at the study's sizes but would
@@ -173,13 +175,15 @@ class Kron(Optimizer):
                  normalize_grads: bool = False, preconditioner_update_probability: float = 0.05,
                  update_prob_flat_start: int = 500, preconditioner_lr: float = 0.1,
                  preconditioner_init_scale: float = 1.0, block_size: int = 256,
-                 partition_grads_into_blocks: bool = True) -> None:
+                 partition_grads_into_blocks: bool = True,
+                 noise: Callable[[list[Tensor]], list[Tensor]] | None = None) -> None:
         defaults = dict(lr=lr, b1=b1, weight_decay=weight_decay, normalize_grads=normalize_grads,
                         preconditioner_update_probability=preconditioner_update_probability,
                         update_prob_flat_start=update_prob_flat_start, preconditioner_lr=preconditioner_lr,
                         preconditioner_init_scale=preconditioner_init_scale, block_size=block_size,
                         partition_grads_into_blocks=partition_grads_into_blocks)
         super().__init__(params, defaults)
+        self.noise = noise  # the probe hook (module doc); not state: a checkpoint never holds it
 
     def _global(self, device: torch.device) -> dict[str, Any]:
         if STATE_KEY not in self.state:
@@ -266,8 +270,8 @@ class Kron(Optimizer):
         debiased = torch._foreach_div(moms, 1.0 - group["b1"] ** step)
         probes = damping = None
         if gen is not None:  # probes in param order, so blocking and grouping never change them
-            probes = [torch.randn(p.shape, generator=gen, dtype=p.dtype, device=gen.device).to(p.device)
-                      for p in params]
+            probes = self.noise(params) if self.noise else [
+                torch.randn(p.shape, generator=gen, dtype=p.dtype, device=gen.device).to(p.device) for p in params]
             damping = [DAMPING * m.abs().mean() for m in debiased]
 
         pieces: dict[int, dict[int, Tensor]] = {i: {} for i in range(len(params))}
@@ -342,7 +346,7 @@ class Kron(Optimizer):
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> Kron:
-    groups = decay_groups(params, hp["learning_rate"], hp["weight_decay"])
+    groups = decay_groups(params, hp["learning_rate"], hp)
     return Kron(groups, lr=hp["learning_rate"], b1=hp["beta1"], normalize_grads=hp["normalize_grads"],
                 preconditioner_update_probability=hp["preconditioner_update_probability"],
                 update_prob_flat_start=hp["update_prob_flat_start"],

@@ -41,7 +41,7 @@ class Lion(Optimizer):
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module | None) -> Lion:
-    groups = decay_groups(params, hp["learning_rate"], hp["weight_decay"], betas=(hp["beta1"], hp["beta2"]))
+    groups = decay_groups(params, hp["learning_rate"], hp, betas=(hp["beta1"], hp["beta2"]))
     return Lion(groups, lr=hp["learning_rate"])
 
 

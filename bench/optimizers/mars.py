@@ -67,7 +67,7 @@ class Mars(Optimizer):
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module | None) -> Mars:
-    groups = decay_groups(params, hp["learning_rate"], hp["weight_decay"], betas=(hp["beta1"], hp["beta2"]),
+    groups = decay_groups(params, hp["learning_rate"], hp, betas=(hp["beta1"], hp["beta2"]),
                           eps=hp["epsilon"], gamma=hp["gamma"])
     return Mars(groups, lr=hp["learning_rate"], max_grad_norm=hp["max_grad_norm"] or 0.0)
 

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from bench.optimizers.base import Optimizer
-from bench.optimizers.common import TRAIN_DEFAULTS
+from bench.optimizers.common import TRAIN_DEFAULTS, decay_of
 from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
 from bench.optimizers.momentum import nesterov_ema, nesterov_sum
 from bench.optimizers.newton_schulz import muon_scale, newton_schulz, ns_dtype
@@ -120,7 +120,7 @@ AUX_ROLES = {Role.HEAD: "AdamW at lr * muon_to_adam_lr, decayed",
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> HybridOptimizer:
     return build_hybrid(params, hp, lambda hidden: Muon(
         [t.param for t in hidden], lr=hp["learning_rate"], momentum=hp["momentum"],
-        weight_decay=hp["weight_decay"], eps=hp["muon_epsilon"]))
+        weight_decay=decay_of(hp, Role.HIDDEN), eps=hp["muon_epsilon"]))
 
 
 register(OptimizerDef(

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from bench.optimizers.common import decay_of
 from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
 from bench.optimizers.muon import AUX_ROLES, MUON_DEFAULTS, Muon
 from bench.optimizers.registry import OptimizerDef, register
@@ -69,7 +70,7 @@ class MuonClip(Muon):
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: nn.Module) -> HybridOptimizer:
     return build_hybrid(params, hp, lambda hidden: MuonClip(
         [t.param for t in hidden], attention_modules(model), hp["qk_clip_tau"],
-        lr=hp["learning_rate"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
+        lr=hp["learning_rate"], momentum=hp["momentum"], weight_decay=decay_of(hp, Role.HIDDEN),
         eps=hp["muon_epsilon"]))
 
 

@@ -28,7 +28,7 @@ CONSTANT_MOMENTUM = float("inf")
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any],
           model: torch.nn.Module | None) -> torch.optim.NAdam:
-    groups = decay_groups(params, hp["learning_rate"], hp["weight_decay"], betas=(hp["beta1"], hp["beta2"]),
+    groups = decay_groups(params, hp["learning_rate"], hp, betas=(hp["beta1"], hp["beta2"]),
                           eps=hp["epsilon"], momentum_decay=CONSTANT_MOMENTUM, decoupled_weight_decay=True)
     return torch.optim.NAdam(groups, lr=hp["learning_rate"])
 

@@ -6,7 +6,7 @@ package imports every module in the folder, so nothing else is edited.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -21,6 +21,14 @@ TRAIN_KEYS = ("learning_rate", "warmup", "lr_schedule", "decay", "min_lr_ratio",
               "train_batch_size")
 
 SPACES_DIR = Path(__file__).resolve().parent  # <name>.json beside <name>.py
+
+# The values of the `variant` hyperparameter of an optimizer whose two sources differ: the study's
+# (Levanter) semantics, the default, or its authors' published code (docs/DESIGN.md, "Variants").
+VARIANTS = ("study", "authors")
+
+# Hyperparameters every optimizer gained after run keys were first issued (common.TRAIN_DEFAULTS):
+# like an optimizer's own `added_later`, left out of a run key while at their defaults.
+SHARED_ADDED_LATER = frozenset({"decay_roles"})
 
 Builder = Callable[[list[TaggedParam], Mapping[str, Any], torch.nn.Module], torch.optim.Optimizer]
 
@@ -38,6 +46,11 @@ class OptimizerDef:
     max_grad_norm itself (MARS clips its corrected gradient), so the loop does not clip;
     `needs_curvature_pass`, the loop calls its `curvature_step` (base.Optimizer) before each step's
     forward/backward (Sophia's Hessian estimate).
+
+    `differences`: for an optimizer with a `variant` hyperparameter, how its `authors` variant
+    differs from `study`, one short line each (`optbench optimizers` lists them). `added_later`:
+    hyperparameters added after run keys were first issued; a run key leaves each out while it
+    equals its default, so the runs stored before it existed keep their keys (bench/run/spec.py).
     """
 
     name: str
@@ -51,6 +64,17 @@ class OptimizerDef:
     notes: str = ""
     clips_gradients: bool = False
     needs_curvature_pass: bool = False
+    differences: tuple[str, ...] = ()
+    added_later: frozenset[str] = frozenset()
+    choices: Mapping[str, tuple] = field(default_factory=dict)  # a named hyperparameter's allowed values
+
+    def allowed(self, name: str) -> tuple | None:
+        """The values hyperparameter `name` may take, where they are a fixed set (spec.py checks)."""
+        return VARIANTS if name == "variant" else self.choices.get(name)
+
+    def keyless_at_default(self) -> frozenset[str]:
+        """The hyperparameters a run key leaves out while they equal their defaults (spec.py)."""
+        return self.added_later | (SHARED_ADDED_LATER & set(self.defaults))
 
     def space(self, ladder: str = "cpu") -> dict[str, list]:
         """The search grid for `ladder` ("cpu" or "paper") from <name>.json beside its module."""
@@ -76,6 +100,10 @@ def register(opt: OptimizerDef) -> OptimizerDef:
     missing = [k for k in TRAIN_KEYS if k not in opt.defaults]
     if missing:
         raise ValueError(f"optimizer {opt.name!r} defaults lack train keys {missing}")
+    if bool(opt.differences) != (opt.defaults.get("variant") == VARIANTS[0]):
+        raise ValueError(f"optimizer {opt.name!r}: a variant (default {VARIANTS[0]!r}) needs its differences")
+    if not opt.added_later <= set(opt.defaults):
+        raise ValueError(f"optimizer {opt.name!r}: added_later names unknown hyperparameters")
     _REGISTRY[opt.name] = opt
     return opt
 
@@ -92,3 +120,11 @@ def all_optimizers() -> list[OptimizerDef]:
     from bench import optimizers  # noqa: F401
 
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def variant_of(hp: Mapping[str, Any]) -> str:
+    """hp's `variant`, checked (a builder's first call, so a bad value is the user's error)."""
+    value = hp["variant"]
+    if value not in VARIANTS:
+        raise UserError(f"bad value for hyperparameter 'variant': must be one of {', '.join(VARIANTS)}")
+    return value

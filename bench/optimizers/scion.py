@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from bench.optimizers.base import Optimizer
-from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
+from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups, decay_of
 from bench.optimizers.hybrid import HybridOptimizer
 from bench.optimizers.muon import Muon, orthogonalise
 from bench.optimizers.newton_schulz import muon_scale
@@ -87,11 +87,11 @@ def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Modu
     parts: list[torch.optim.Optimizer] = []
     if hidden:
         parts.append(ScionSpectral([t.param for t in hidden], lr=hp["learning_rate"],
-                                   momentum=hp["momentum"], weight_decay=hp["weight_decay"],
+                                   momentum=hp["momentum"], weight_decay=decay_of(hp, Role.HIDDEN),
                                    eps=hp["scion_epsilon"]))
     if rest:
         signum_lr = hp["learning_rate"] * hp["scion_to_signum_lr"]
-        parts.append(Signum(decay_groups(rest, signum_lr, hp["weight_decay"], beta=hp["beta1"]),
+        parts.append(Signum(decay_groups(rest, signum_lr, hp, beta=hp["beta1"]),
                             lr=signum_lr, beta=hp["beta1"]))
     return HybridOptimizer(*parts)
 

@@ -13,16 +13,28 @@ one power-iteration step and a QR decomposition, columns sorted by estimated eig
 entries permuted to follow them (the reference's get_orthogonal_matrix_QR). eigh/QR never run
 between refreshes.
 
-Where the two references differ we follow the authors': the bias correction counts the moment
-updates (Levanter's counts the skipped first step too) and the refresh uses L, R after this step's
-gradient (Levanter's uses the previous ones). Like both, m is kept in the original basis (Levanter;
-the authors' code re-rotates a rotated m, the same numbers) and the first step is skipped.
+Where the two references differ, the `study` variant (the default) follows the authors' unless
+said otherwise: the bias correction counts the moment updates (Levanter's counts the skipped first
+step too) and the refresh uses L, R after this step's gradient (Levanter's uses the previous ones).
+Like both, m is kept in the original basis (Levanter; the authors' code re-rotates a rotated m, the
+same numbers up to rounding) and the first step is skipped. Where `study` and `authors` differ:
+  - weight decay: `study` decays before the update, W (1 - lr wd) - lr s U, as Levanter's chain
+    (add_decayed_weights after scale_by_soap, so the decay reads the old weights); `authors` decays
+    after it, (W - lr s U)(1 - lr wd), as nikhilvyas/SOAP's step (p.add_ then p.add_(p, -lr wd));
+  - `max_precond_dim` (default 10000, a vocabulary): `study` preconditions a side only if it is
+    < max_precond_dim (Levanter's _get_preconditioner_types: `s >= max_precond_dim` is unrotated);
+    `authors` if it is <= max_precond_dim (their `sh > max_precond_dim` leaves a side unrotated).
+The authors' code has no blocks: with partition_grads_into_blocks=False (or blocks as large as the
+matrix) `authors` is their update; with blocks it is their update per block.
+Code read: nikhilvyas/SOAP soap.py at a1e553530fde97d0e6b307d7c82ac6d38b072340; stanford-crfm/levanter
+src/levanter/optim/soap.py at 1fe50e5bebd422cdf7cb2b023a6e0da56a773200.
 
-Parameters: the study ran SOAP on every parameter. A side of at least 10000 (a vocabulary) gets no
-preconditioner, as in both references. 1-D parameters (norm gains) take plain Adam with the same
-bias correction, as the authors' default (precondition_1d=False); Levanter instead preconditions
-them with a full 1-D Gram matrix. Levanter's merge_small_dims (which would flatten the CPU ladder's
-small matrices into vectors; it never triggers at the study's sizes) is not reproduced.
+Parameters: the study ran SOAP on every parameter. A side larger than max_precond_dim (a
+vocabulary) gets no preconditioner, in both references. 1-D parameters (norm gains) take plain
+Adam with the same bias correction, as the authors' default (precondition_1d=False); Levanter instead
+preconditions them with a full 1-D Gram matrix (in both variants we follow the authors here).
+Levanter's merge_small_dims (which would flatten the CPU ladder's small matrices into vectors; it
+never triggers at the study's sizes) is not reproduced.
 """
 from __future__ import annotations
 
@@ -36,10 +48,8 @@ from torch import Tensor
 from bench.optimizers.base import Optimizer
 from bench.optimizers.blocks import Block, Slot, adopt, assemble, by_signature, partition, stacked
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
-from bench.optimizers.registry import OptimizerDef, register
+from bench.optimizers.registry import OptimizerDef, register, variant_of
 from bench.roles import Role, TaggedParam
-
-MAX_PRECOND_DIM = 10000  # both references: larger sides (vocabularies) are left unrotated
 
 
 class _Job(NamedTuple):
@@ -57,13 +67,16 @@ class _Job(NamedTuple):
 
 
 @lru_cache(maxsize=None)
-def _blocks(shape: tuple[int, ...], block_size: int) -> tuple[bool, bool, list[Block]]:
-    left, right = shape[0] < MAX_PRECOND_DIM, shape[1] < MAX_PRECOND_DIM
+def _blocks(shape: tuple[int, ...], block_size: int, max_dim: int, inclusive: bool) -> tuple[bool, bool, list[Block]]:
+    """Which sides rotate and the blocks. A side rotates below max_dim, or at it when `inclusive`
+    (the authors' comparison; the study's is strict)."""
+    left, right = ((side <= max_dim) if inclusive else (side < max_dim) for side in shape)
     return left, right, partition(shape, block_size, left, right)
 
 
-def _block_size(group: Mapping[str, Any]) -> int:
-    return group["block_size"] if group["partition_grads_into_blocks"] else 0
+def _layout(shape: tuple[int, ...], group: Mapping[str, Any]) -> tuple[bool, bool, list[Block]]:
+    size = group["block_size"] if group["partition_grads_into_blocks"] else 0
+    return _blocks(shape, size, group["max_precond_dim"], group["variant"] == "authors")
 
 
 def _rotate(x: Tensor, ql: Tensor | None, qr: Tensor | None) -> Tensor:
@@ -103,13 +116,17 @@ def power_qr(gram: Tensor, q: Tensor, v: Tensor, dim: int) -> tuple[Tensor, Tens
 class Soap(Optimizer):
     """SOAP (see module doc). 1-D params and matrices too large on both sides take Adam."""
 
+    later_options = {"max_precond_dim": 10000, "variant": "study"}
+
     def __init__(self, params: Iterable[Any], lr: float, betas: tuple[float, float] = (0.95, 0.98),
                  shampoo_beta: float = 0.95, eps: float = 1e-15, weight_decay: float = 0.0,
                  precondition_frequency: int = 1, block_size: int = 256,
-                 partition_grads_into_blocks: bool = True) -> None:
+                 partition_grads_into_blocks: bool = True, max_precond_dim: int = 10000,
+                 variant: str = "study") -> None:
         defaults = dict(lr=lr, betas=betas, shampoo_beta=shampoo_beta, eps=eps,
                         weight_decay=weight_decay, precondition_frequency=precondition_frequency,
-                        block_size=block_size, partition_grads_into_blocks=partition_grads_into_blocks)
+                        block_size=block_size, partition_grads_into_blocks=partition_grads_into_blocks,
+                        max_precond_dim=max_precond_dim, variant=variant)
         super().__init__(params, defaults)
 
     def update_group(self, params: list[Tensor], group: dict[str, Any]) -> None:
@@ -124,12 +141,11 @@ class Soap(Optimizer):
 
     def _jobs(self, params: list[Tensor], group: Mapping[str, Any]) -> list[_Job]:
         """Every rotated block of every matrix in `params` (Adam-only params have none)."""
-        size = _block_size(group)
         jobs = []
         for i, p in enumerate(params):
             if p.ndim != 2:
                 continue
-            left, right, blocks = _blocks(tuple(p.shape), size)
+            left, right, blocks = _layout(tuple(p.shape), group)
             if left or right:
                 jobs += [_Job(i, k, b, left, right) for k, b in enumerate(blocks)]
         return jobs
@@ -175,16 +191,19 @@ class Soap(Optimizer):
             for j, u in zip(batch, self._precondition(params, batch, group)):
                 pieces[j.param][j.index] = u
         for i, blocks in pieces.items():
-            layout = _blocks(tuple(params[i].shape), _block_size(group))[2]
+            layout = _layout(tuple(params[i].shape), group)[2]
             updates[i] = assemble([blocks[k] for k in range(len(layout))], layout)
         self._adam(params, updates, group)
 
         lr, wd = group["lr"], group["weight_decay"]
-        if wd:
+        decay_first = group["variant"] == "study"  # the authors decay after the update
+        if wd and decay_first:
             torch._foreach_mul_(params, 1.0 - lr * wd)
         scales = [-lr * math.sqrt(1.0 - beta2 ** s["step"]) / (1.0 - beta1 ** s["step"]) for s in states]
         torch._foreach_mul_(updates, scales)
         torch._foreach_add_(params, updates)
+        if wd and not decay_first:
+            torch._foreach_mul_(params, 1.0 - lr * wd)
 
     def _adam(self, params: list[Tensor], updates: list[Tensor | None], group: Mapping[str, Any]) -> None:
         """Plain Adam direction m / (sqrt(v) + eps) for the params no block covers."""
@@ -229,11 +248,12 @@ class Soap(Optimizer):
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> Soap:
-    groups = decay_groups(params, hp["learning_rate"], hp["weight_decay"])
+    groups = decay_groups(params, hp["learning_rate"], hp)
     return Soap(groups, lr=hp["learning_rate"], betas=(hp["beta1"], hp["beta2"]),
                 shampoo_beta=hp["shampoo_beta"], eps=hp["epsilon"],
                 precondition_frequency=hp["precondition_frequency"], block_size=hp["block_size"],
-                partition_grads_into_blocks=hp["partition_grads_into_blocks"])
+                partition_grads_into_blocks=hp["partition_grads_into_blocks"],
+                max_precond_dim=hp["max_precond_dim"], variant=variant_of(hp))
 
 
 register(OptimizerDef(
@@ -246,12 +266,16 @@ register(OptimizerDef(
     defaults={**TRAIN_DEFAULTS, "learning_rate": 0.032, "warmup": 0.05,
               "beta1": 0.95, "beta2": 0.98, "shampoo_beta": 0.95, "epsilon": 1e-15,
               "precondition_frequency": 1, "block_size": 256, "partition_grads_into_blocks": True,
-              "weight_decay": 0.1},
+              "weight_decay": 0.1, "max_precond_dim": 10000, "variant": "study"},
+    added_later=frozenset({"max_precond_dim", "variant"}),
+    differences=("weight decay: study before the update (Levanter), authors after it",
+                 "a side of exactly max_precond_dim: study leaves it unrotated, authors rotates it"),
     roles={Role.HIDDEN: "SOAP per block, decayed", Role.HEAD: "SOAP per block, decayed",
-           Role.EMBEDDING: "SOAP per block (a side >= 10000 unrotated), no decay",
+           Role.EMBEDDING: "SOAP per block (a side above max_precond_dim unrotated), no decay",
            Role.NORM: "Adam (SOAP's 1-D default), no decay", Role.BIAS: "Adam, no decay"},
     paper="Vyas et al., SOAP: Improving and Stabilizing Shampoo using Adam, arXiv:2409.11321",
-    source="ours, following nikhilvyas/SOAP soap.py and the study's Levanter scale_by_soap; "
-           "checked against eigh/QR computed directly and torch.optim.AdamW in a fixed basis",
+    source="ours, following nikhilvyas/SOAP soap.py (a1e5535) and the study's Levanter scale_by_soap; "
+           "checked against eigh/QR computed directly, torch.optim.AdamW in a fixed basis and (authors) "
+           "a float64 transcription of soap.py",
     notes="the study's data calls it 'soape'; 1-D params take Adam (Levanter preconditions them)",
 ))

@@ -3,6 +3,11 @@
 A RunSpec is frozen and validated on construction; its hyperparameters are resolved against the
 optimizer's defaults, so an explicit default and an omitted one give the same run. Its run key is a
 content hash of the canonical JSON: the same key means the same run.
+
+One rule keeps stored runs findable when an optimizer gains a hyperparameter: a hyperparameter it
+declares as added later (`OptimizerDef.keyless_at_default()`: its own `added_later` and the shared
+`decay_roles`) is left out of the key while it equals its default, the behaviour the runs made
+before it existed had. Set to anything else, it is in the key like every other.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Any, Mapping
 from bench.errors import UserError
 from bench.model.scales import get_scale
 from bench.optimizers import registry
+from bench.roles import Role
 from bench.run.schedules import SCHEDULES
 from bench.study import DEFAULT_EVAL_TOKENS
 
@@ -61,7 +67,11 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        d = self.to_dict()
+        opt = registry.get(self.optimizer)
+        d["hparams"] = {k: v for k, v in d["hparams"].items()
+                        if not (k in opt.keyless_at_default() and v == opt.defaults[k])}
+        canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
     @classmethod
@@ -84,6 +94,10 @@ _RULES = {
     "max_grad_norm": (lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "lr_schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    "decay_roles": (lambda v: {n.strip() for n in v.split(",") if n.strip()} <= {r.value for r in Role},
+                    f"comma-separated role names among {', '.join(r.value for r in Role)}"),
+    "ns_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "max_precond_dim": (lambda v: v >= 1, "an integer >= 1"),
 }
 _BETA = (lambda v: 0 <= v < 1, "in [0, 1)")
 
@@ -97,6 +111,9 @@ def resolve_hparams(opt: registry.OptimizerDef, overrides: Mapping[str, Any]) ->
     hp = dict(opt.defaults)
     for name, value in overrides.items():
         hp[name] = _coerce(name, value, opt.defaults[name])
+        allowed = opt.allowed(name)
+        if allowed is not None and hp[name] not in allowed:
+            raise UserError(f"bad value for hyperparameter {name!r}: must be one of {', '.join(map(str, allowed))}")
     return hp
 
 

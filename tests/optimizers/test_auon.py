@@ -1,10 +1,12 @@
 """AuON and Hybrid-AuON (bench/optimizers/auon.py): the cosh-RMS normalised update, the hybrid's
-single Newton-Schulz step, the update equations, checkpoint resume and registration."""
+Newton-Schulz steps (one by default, ns_steps a hyperparameter), the update equations, checkpoint
+resume and registration."""
 import math
 
 import pytest
 import torch
 
+from bench.errors import UserError
 from bench.optimizers.auon import AuON, cosh_rms_normalise
 from bench.optimizers.hybrid import HybridOptimizer
 from bench.roles import Role
@@ -27,8 +29,9 @@ def _auon_reference(w0, grads, lr, momentum, weight_decay, ns_steps):
         if ns_steps:
             x = v / (v.norm() + 1e-7)
             x = x.T if rows > cols else x
-            gram = x @ x.T
-            x = NS[0] * x + (NS[1] * gram + NS[2] * gram @ gram) @ x
+            for _ in range(ns_steps):
+                gram = x @ x.T
+                x = NS[0] * x + (NS[1] * gram + NS[2] * gram @ gram) @ x
             v = x.T if rows > cols else x
         gn = v / (v.norm() + 1e-7)
         u = gn / (torch.cosh(gn).square().mean().sqrt() + 1e-8)
@@ -82,7 +85,7 @@ def test_hybrid_applies_one_newton_schulz_step_to_the_singular_values():
     assert (s_plain / s_plain[0] - s_u / s_u[0]).abs().max() > 0.05
 
 
-@pytest.mark.parametrize("ns_steps", [0, 1])
+@pytest.mark.parametrize("ns_steps", [0, 1, 5])
 def test_steps_match_a_float64_reference(ns_steps):
     shapes = [(6, 4), (4, 6), (4, 6)]  # tall, wide, and a repeated shape (one batched call)
     torch.manual_seed(0)
@@ -112,6 +115,17 @@ def test_hidden_matrices_get_auon_and_the_rest_adamw(name):
     roles = {id(t.param): t.role for t in model.tagged_parameters()}
     assert {roles[id(p)] for p in matrix.param_groups[0]["params"]} == {Role.HIDDEN}
     assert all(g["lr"] == pytest.approx(0.01) for g in adamw.param_groups)
+
+
+@pytest.mark.parametrize("ns_steps", [1, 5])
+def test_the_hybrids_step_count_is_a_hyperparameter(ns_steps):
+    model = tiny_model()
+    assert build("auon_hybrid", model, ns_steps=ns_steps).parts[0].param_groups[0]["ns_steps"] == ns_steps
+
+
+def test_a_hybrid_without_newton_schulz_is_refused():
+    with pytest.raises(UserError, match="ns_steps"):
+        build("auon_hybrid", tiny_model(), ns_steps=0)
 
 
 @pytest.mark.parametrize("name", ["auon", "auon_hybrid"])

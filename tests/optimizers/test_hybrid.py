@@ -83,7 +83,7 @@ def test_build_hybrid_gives_hidden_to_the_matrix_part_and_the_rest_to_adamw_at_t
               TaggedParam("head", torch.nn.Parameter(torch.randn(5, 4)), Role.HEAD),
               TaggedParam("gain", torch.nn.Parameter(torch.ones(4)), Role.NORM)]
     hp = {"learning_rate": 0.04, "muon_to_adam_lr": 0.3, "beta1": 0.8, "beta2": 0.98,
-          "epsilon": 1e-15, "weight_decay": 0.1}
+          "epsilon": 1e-15, "weight_decay": 0.1, "decay_roles": "hidden,head"}
     opt = build_hybrid(tagged, hp, lambda hidden: torch.optim.SGD([t.param for t in hidden], lr=0.04))
     matrix, aux = opt.parts
     assert matrix.param_groups[0]["params"] == [tagged[0].param]

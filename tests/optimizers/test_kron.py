@@ -176,6 +176,33 @@ def test_matches_kron_torch_step_by_step(kron_torch):
     torch.testing.assert_close(opt.state[ours[0]]["QL.0"], ref.state[theirs[0]]["Q"][0], atol=1e-5, rtol=1e-4)
 
 
+def test_the_noise_hook_gives_kron_and_kron_torch_the_same_injected_probes(kron_torch, monkeypatch):
+    """Probes from a generator neither draws from (seed 7), injected into ours through `noise` and
+    into kron-torch through torch.randn_like, its only draw: the steps match, so the probes alone
+    carried the randomness."""
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(3, 6)),
+            torch.nn.Parameter(torch.randn(6))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    gen = torch.Generator().manual_seed(7)
+    probes = [torch.randn(p.shape, generator=gen) for _ in range(20) for p in ours]  # step-major, 20 steps
+    mine, their_queue = list(probes), list(probes)
+    hp = dict(lr=0.02, b1=0.9, preconditioner_update_probability=1.0)
+    opt = Kron([{"params": ours[:2], "weight_decay": 0.1}, {"params": ours[2:], "weight_decay": 0.0}],
+               preconditioner_lr=0.1, normalize_grads=False,
+               noise=lambda params: [mine.pop(0) for _ in params], **hp)
+    ref = kron_torch.Kron(theirs, weight_decay=0.1, precond_lr=0.1, precond_init_scale=1.0, **hp)
+    monkeypatch.setattr(torch, "randn_like", lambda g: their_queue.pop(0).to(g.dtype))
+    for step, gs in enumerate(zip(*[_grads(20, p.shape, seed=i) for i, p in enumerate(ours)])):
+        for a, b, g in zip(ours, theirs, gs):
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=f"step {step}")
+    assert not mine and not their_queue  # every probe used, once per param per step
+
+
 def test_trains_a_tiny_model():
     model = tiny_model()
     losses = train(model, build("kron", model, block_size=8), range(25))

@@ -51,7 +51,7 @@ def test_without_correction_and_clipping_it_is_adamw():
     params, twins = tagged(SHAPES), tagged(SHAPES)
     grad_steps = random_grads(params, 5)
     _run(params, grad_steps, gamma=0.0, max_grad_norm=0.0)
-    adamw = make_adamw(twins, {**HP, "weight_decay": 0.1}, HP["learning_rate"])
+    adamw = make_adamw(twins, {**HP, "weight_decay": 0.1, "decay_roles": "hidden,head"}, HP["learning_rate"])
     for grads in grad_steps:
         step_with(adamw, twins, grads)
     for a, b in zip(params, twins):

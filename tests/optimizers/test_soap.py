@@ -2,9 +2,20 @@
 import pytest
 import torch
 
+from bench.optimizers.registry import get
 from bench.optimizers.soap import Soap, power_qr
+from bench.roles import Role
 
-from .testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
+from .testkit import (
+    assert_registered,
+    assert_resume_is_bitwise,
+    build,
+    random_grads,
+    step_with,
+    tagged,
+    tiny_model,
+    train,
+)
 
 # tiny matrices: one thread avoids OpenMP oversubscription on busy CI cores
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
@@ -199,3 +210,102 @@ def test_resume_from_a_checkpoint_is_bitwise_identical(overrides):
 
 def test_registered_with_complete_defaults_and_loadable_spaces():
     assert_registered("soap")
+
+
+# -- the `authors` variant ---------------------------------------------------------------------
+
+def _authors_soap(ws, grads, lr, beta1, beta2, shampoo_beta, eps, wd, freq, max_dim):
+    """nikhilvyas/SOAP soap.py (commit a1e553530fde97d0e6b307d7c82ac6d38b072340) transcribed for
+    2-D and 1-D tensors in float64, defaults (correct_bias, precondition_1d=False, no merge_dims,
+    no normalize_grads): m in the rotated basis, re-rotated at each refresh; eigh of GG + 1e-30 I;
+    a side > max_dim unrotated; decay after the update. `wd` is a list, one per tensor."""
+    ws = [w.clone() for w in ws]
+    states = [{} for _ in ws]
+
+    def project(x, qs, back=False):
+        for q in qs:  # tensordot over dim 0 then cycle the dims, as their project/project_back
+            x = x.permute(*range(1, x.ndim), 0) if q is None else torch.tensordot(x, q, dims=[[0], [1 if back else 0]])
+        return x
+
+    def update_preconditioner(g, st):
+        if st["Q"] is not None:
+            st["m"] = project(st["m"], st["Q"], back=True)
+        for i, gg in enumerate(st["GG"]):
+            if gg is not None:
+                outer = g @ g.T if i == 0 else g.T @ g
+                st["GG"][i] = gg + (1 - shampoo_beta) * (outer - gg)
+        if st["Q"] is None:
+            st["Q"] = [None if gg is None else torch.linalg.eigh(gg + 1e-30 * torch.eye(len(gg), dtype=gg.dtype))[1].flip(1)
+                       for gg in st["GG"]]
+        if st["step"] > 0 and st["step"] % freq == 0:
+            qs = []
+            for i, (gg, q) in enumerate(zip(st["GG"], st["Q"])):
+                if gg is None:
+                    qs.append(None)
+                    continue
+                order = torch.argsort(torch.diag(q.T @ gg @ q), descending=True)
+                st["v"] = st["v"].index_select(i, order)
+                qs.append(torch.linalg.qr(gg @ q[:, order])[0])
+            st["Q"] = qs
+        if st["step"] > 0:
+            st["m"] = project(st["m"], st["Q"])
+
+    for step_grads in grads:
+        for k, (g, st) in enumerate(zip(step_grads, states)):
+            g = g.double()
+            if not st:
+                st.update(step=0, m=torch.zeros_like(g), v=torch.zeros_like(g), Q=None)
+                st["GG"] = [None] if g.ndim == 1 else [torch.zeros(n, n, dtype=g.dtype) if n <= max_dim else None
+                                                       for n in g.shape]
+                update_preconditioner(g, st)
+                continue
+            g_rot = project(g, st["Q"])
+            st["step"] += 1
+            st["m"] = beta1 * st["m"] + (1 - beta1) * g_rot
+            st["v"] = beta2 * st["v"] + (1 - beta2) * g_rot**2
+            size = lr * (1 - beta2 ** st["step"]) ** 0.5 / (1 - beta1 ** st["step"])
+            ws[k] = ws[k] - size * project(st["m"] / (st["v"].sqrt() + eps), st["Q"], back=True)
+            ws[k] = ws[k] - lr * wd[k] * ws[k]
+            update_preconditioner(g, st)
+    return ws
+
+
+def test_the_authors_variant_matches_their_code_over_20_steps_in_fp32():
+    """Square and wide matrices (full-rank Gram matrices: eigh's basis is unique), a side of exactly
+    max_precond_dim (rotated by the authors) beside one above it, a norm gain; no blocks."""
+    params = tagged({"w": (5, 5), "wide": (4, 6), "norm": (6,)})
+    hp = dict(learning_rate=0.01, beta1=0.9, beta2=0.95, shampoo_beta=0.9, epsilon=1e-8, weight_decay=0.1,
+              precondition_frequency=2, partition_grads_into_blocks=False, max_precond_dim=4,
+              variant="authors")
+    opt = get("soap").build(params, {**get("soap").defaults, **hp}, None)
+    grad_steps = random_grads(params, 21)  # the first sets up the bases, 20 update steps follow
+    expected = _authors_soap([tp.param.detach().double() for tp in params], grad_steps, lr=0.01, beta1=0.9,
+                             beta2=0.95, shampoo_beta=0.9, eps=1e-8, freq=2, max_dim=4,
+                             wd=[0.0 if tp.role is Role.NORM else 0.1 for tp in params])
+    for grads in grad_steps:
+        step_with(opt, params, grads)
+    assert {"L.0", "QL.0"} <= set(opt.state[params[1].param]) and "R.0" not in opt.state[params[1].param]
+    for tp, w in zip(params, expected):
+        assert (tp.param.double() - w).abs().max() < 1e-4, tp.name
+
+
+@pytest.mark.parametrize("variant", ["study", "authors"])
+def test_weight_decay_reads_the_old_weights_in_study_and_the_updated_ones_in_authors(variant):
+    grads = _grads(2, (3, 3), seed=7)
+    w0 = torch.randn(3, 3, generator=torch.Generator().manual_seed(8), dtype=F64)
+    moved = {}
+    for wd in (0.0, 0.1):
+        w = torch.nn.Parameter(w0.clone())
+        _run(Soap([w], lr=0.05, eps=1e-8, weight_decay=wd, variant=variant), w, grads)
+        moved[wd] = w.detach()
+    step = moved[0.0] - w0  # the update alone
+    expected = w0 * (1 - 0.005) + step if variant == "study" else (w0 + step) * (1 - 0.005)
+    torch.testing.assert_close(moved[0.1], expected, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("variant,rotated", [("study", False), ("authors", True)])
+def test_a_side_of_exactly_max_precond_dim_is_rotated_only_by_the_authors(variant, rotated):
+    w = torch.nn.Parameter(torch.zeros(6, 2))
+    opt = Soap([w], lr=0.01, max_precond_dim=6, variant=variant)
+    _run(opt, w, [torch.randn(6, 2) for _ in range(2)])
+    assert ("QL.0" in opt.state[w]) is rotated and "QR.0" in opt.state[w]

@@ -1,11 +1,13 @@
 """Sophia-H (bench/optimizers/sophia.py): the clip bound |dp| <= lr, Hutchinson's estimator of the
-Hessian diagonal, the study's update equations, the curvature schedule, checkpoint resume (probe RNG
+Hessian diagonal, SophiaG's Gauss-Newton-Bartlett estimator of the Gauss-Newton diagonal, the public
+curvature entry, the study's update equations, the curvature schedule, checkpoint resume (probe RNG
 included) and registration."""
 import pytest
 import torch
 
+from bench.errors import UserError
 from bench.optimizers.registry import get
-from bench.optimizers.sophia import batch_hutchinson, gaussian_probes, hessian_vector
+from bench.optimizers.sophia import batch_gnb, batch_hutchinson, gaussian_probes, hessian_vector
 from bench.roles import Role
 
 from .testkit import (
@@ -100,7 +102,8 @@ def test_resume_from_checkpoint_is_bitwise():
 
 
 def test_registered_with_complete_defaults_and_space():
-    assert_registered("sophia", {"beta1", "beta2", "epsilon", "gamma", "weight_decay", "update_interval"})
+    assert_registered("sophia", {"beta1", "beta2", "epsilon", "gamma", "weight_decay", "update_interval",
+                                 "hessian_estimator", "variant"})
 
 
 def test_micro_batched_hutchinson_is_the_whole_batch_estimate():
@@ -113,3 +116,128 @@ def test_micro_batched_hutchinson_is_the_whole_batch_estimate():
     for a, b in zip(whole, split):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     assert any(a.abs().sum() > 0 for a in whole)
+
+
+class _Bigram(torch.nn.Module):
+    """Logits = a row of one table per input token: the Jacobian of a token's logits selects a row."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(0.7 * torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(5),
+                                                          dtype=torch.float64))
+
+    def forward(self, x):
+        return self.table[x]
+
+
+@pytest.mark.usefixtures("one_thread")  # 10^4 tiny backward passes: threads only add overhead
+def test_gauss_newton_bartlett_estimates_the_gauss_newton_diagonal():
+    """E[B g^ * g^] over labels sampled from the model is diag of the Gauss-Newton matrix of the mean
+    loss: here (1/N) sum over tokens t with input k of p_t,j (1 - p_t,j) for table[k, j]."""
+    vocab = 4
+    model = _Bigram(vocab)
+    x = torch.tensor([[0, 1, 2, 1, 3, 0], [2, 2, 0, 1, 1, 3]])
+    probs = model.table.detach().softmax(-1)
+    inputs = x[:, :-1].reshape(-1)
+    exact = torch.zeros(vocab, vocab, dtype=torch.float64)
+    exact.index_add_(0, inputs, probs[inputs] * (1 - probs[inputs]))
+    exact /= inputs.numel()
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([batch_gnb(model, x, [model.table], gen)[0] for _ in range(10000)])
+    # each draw is about exact * chi-square(1): relative standard error sqrt(2 / 10^4) = 1.4%
+    torch.testing.assert_close(draws.mean(0), exact, rtol=0.1, atol=0)
+
+
+def test_micro_batched_gnb_is_the_whole_batch_estimate():
+    model = tiny_model().double()
+    x = torch.cat([batch(0), batch(1)])[:6]
+    params = list(model.parameters())
+    whole = batch_gnb(model, x, params, torch.Generator().manual_seed(0))
+    # the same sampled labels: one draw per token, in row order, whatever the chunks
+    split = batch_gnb(model, x, params, torch.Generator().manual_seed(0), micro_batch=3)
+    for a, b in zip(whole, split):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_update_curvature_takes_estimates_into_the_hessian_ema():
+    params = tagged({"w": (3, 2), "norm": (2,)})
+    opt = get("sophia").build(params, {**get("sophia").defaults, **HP}, None)
+    first, second = random_grads(params, 2)
+    opt.update_curvature(first)
+    opt.update_curvature(second)
+    for tp, a, b in zip(params, first, second):
+        expected = HP["beta2"] * (1 - HP["beta2"]) * a + (1 - HP["beta2"]) * b
+        torch.testing.assert_close(opt.state[tp.param]["hessian"], expected)
+
+
+@pytest.mark.parametrize("estimator,function", [("hutchinson", batch_hutchinson), ("gnb", batch_gnb)])
+def test_the_estimator_is_selectable(estimator, function):
+    opt = build("sophia", tiny_model(), hessian_estimator=estimator)
+    assert opt.estimate is function
+
+
+def test_an_unknown_estimator_is_the_users_error():
+    with pytest.raises(UserError, match="hessian_estimator"):
+        build("sophia", tiny_model(), hessian_estimator="fisher")
+
+
+def test_sophia_g_trains_a_tiny_model_and_resumes_bitwise():
+    model = tiny_model()
+    losses = train(model, build("sophia", model, hessian_estimator="gnb", update_interval=2), range(25),
+                   curvature=True)
+    assert losses[-1] < 0.7 * losses[0]
+    assert_resume_is_bitwise("sophia", hessian_estimator="gnb", update_interval=2)
+
+
+def _sophia_g(params, grad_steps, hess_grads, learning_rate, beta1, beta2, rho, bs, weight_decay, eps=1e-15):
+    """Liuhong99/Sophia sophia.py (commit a7e157229b71d58cf995d32854f1be15c265b350) in float64:
+    update_hessian (h <- b2 h + (1 - b2) g^ * g^) before the steps that have a g^, then
+    _single_tensor_sophiag with step(bs=bs)."""
+    ws = [tp.param.detach().double() for tp in params]
+    ms = [torch.zeros_like(w) for w in ws]
+    hs = [torch.zeros_like(w) for w in ws]
+    for t, grads in enumerate(grad_steps):
+        for i, (tp, g) in enumerate(zip(params, grads)):
+            if hess_grads[t] is not None:
+                hg = hess_grads[t][i].double()
+                hs[i] = hs[i] * beta2 + hg * hg * (1 - beta2)
+            ws[i] = ws[i] * (1 - learning_rate * (weight_decay if tp.role is Role.HIDDEN else 0.0))
+            ms[i] = ms[i] * beta1 + g.double() * (1 - beta1)
+            ratio = (ms[i].abs() / (rho * bs * hs[i] + eps)).clamp(None, 1)
+            ws[i] = ws[i] - learning_rate * ms[i].sign() * ratio
+    return ws
+
+
+def test_the_authors_variant_matches_sophia_g_over_20_steps_in_fp32():
+    """Our h holds B g^ * g^ (batch_gnb), theirs g^ * g^ with B in the step: the same update. The
+    curvature is driven through update_curvature every other step, as their update_hessian."""
+    params = tagged({"w": (5, 4), "norm": (4,)})
+    bs = 64
+    hp = {**HP, "gamma": 0.04, "epsilon": 1e-15, "variant": "authors"}
+    opt = get("sophia").build(params, {**get("sophia").defaults, **hp}, None)
+    grad_steps = random_grads(params, 20)
+    hess = random_grads(params, 20, seed=9)
+    hess_grads = [[0.05 * g for g in hess[t]] if t % 2 == 0 else None for t in range(20)]
+    expected = _sophia_g(params, grad_steps, hess_grads, HP["learning_rate"], HP["beta1"], HP["beta2"],
+                         rho=0.04, bs=bs, weight_decay=HP["weight_decay"])
+    for grads, hg in zip(grad_steps, hess_grads):
+        if hg is not None:
+            opt.update_curvature([bs * g * g for g in hg])
+        step_with(opt, params, grads)
+    for tp, w in zip(params, expected):
+        assert (tp.param.double() - w).abs().max() < 1e-4, tp.name
+
+
+def test_the_20_step_comparison_tells_the_sophia_variants_apart():
+    params = tagged({"w": (5, 4), "norm": (4,)})
+    hp = {**get("sophia").defaults, **HP, "gamma": 0.04, "epsilon": 1e-15}
+    runs = []
+    for variant in ("study", "authors"):
+        ps = tagged({"w": (5, 4), "norm": (4,)})
+        opt = get("sophia").build(ps, {**hp, "variant": variant}, None)
+        for t, grads in enumerate(random_grads(params, 20)):
+            if t % 2 == 0:
+                opt.update_curvature([64 * 0.0025 * g * g for g in random_grads(params, 1, seed=t)[0]])
+            step_with(opt, ps, grads)
+        runs.append(ps)
+    assert max((a.param - b.param).abs().max() for a, b in zip(*runs)) > 5e-4  # 5x the tolerance

@@ -10,7 +10,7 @@ import torch
 
 from bench.model.llama import LlamaModel
 from bench.model.scales import Scale
-from bench.optimizers.registry import TRAIN_KEYS, get
+from bench.optimizers.registry import SHARED_ADDED_LATER, TRAIN_KEYS, get
 from bench.roles import Role, TaggedParam
 from bench.run.step import train_step
 
@@ -63,10 +63,10 @@ def assert_resume_is_bitwise(name: str, **overrides: Any) -> None:
 
 def assert_registered(name: str, own_keys: set[str] | None = None) -> None:
     """The builder runs on the defaults alone and both grids load with keys the defaults know;
-    with `own_keys`, the defaults are exactly the train keys and those."""
+    with `own_keys`, the defaults are exactly the train keys, the shared ones (decay_roles) and those."""
     opt_def = get(name)
     if own_keys is not None:
-        assert set(opt_def.defaults) == set(TRAIN_KEYS) | own_keys
+        assert set(opt_def.defaults) == set(TRAIN_KEYS) | SHARED_ADDED_LATER | own_keys
     model = tiny_model()
     opt = opt_def.build(model.tagged_parameters(), dict(opt_def.defaults), model)
     assert isinstance(opt, torch.optim.Optimizer)
