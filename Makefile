@@ -23,7 +23,7 @@ PORT       ?= 8080
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,track]'
 	# kron-torch declares triton (a GPU compiler, >1 GB) but its kron module never imports it
 	$(PY) -m pip install -q --no-deps kron-torch==0.3.3
 	touch $(STAMP)

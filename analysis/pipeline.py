@@ -8,7 +8,9 @@ only it, into a folder of its own.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,15 @@ import pandas as pd
 
 from analysis import plots
 from analysis.cells import check_runs, ok_mask, scale_order, split_by_context, summarize_cells
+from analysis.plots import plt
 from analysis.sensitivity import one_d_ablations
-from analysis.speedups import SpeedupOptions, SpeedupResult, estimate_speedups
+from analysis.speedups import (
+    SpeedupOptions,
+    SpeedupResult,
+    estimate_speedups,
+    interval_method,
+    missing_intervals,
+)
 from analysis.tables import Table, build_tables, write_table
 from bench.errors import UserError
 
@@ -25,13 +34,15 @@ from bench.errors import UserError
 @dataclass(frozen=True)
 class AnalysisOptions:
     """speedup: how speedups are estimated; headline_ratio: the ratio of the headline figure
-    (None: the largest ratio most scales have speedups at); plots: draw figures; mix_contexts:
-    pool runs of different contexts into one analysis (its context reads MIXED CONTEXTS)."""
+    (None: the ratio with the most speedups, the larger on a tie); plots: draw figures;
+    mix_contexts: pool runs of different contexts into one analysis (its context reads MIXED
+    CONTEXTS); highlight: optimizers drawn in colour on the speedup figures (the others grey)."""
 
     speedup: SpeedupOptions = SpeedupOptions()
     headline_ratio: float | None = None
     plots: bool = True
     mix_contexts: bool = False
+    highlight: tuple[str, ...] = ()
 
 
 @dataclass
@@ -39,6 +50,7 @@ class AnalysisOutputs:
     cells: pd.DataFrame
     result: SpeedupResult
     headline_ratio: float | None
+    ablations: pd.DataFrame  # the one-parameter ablations (analysis.sensitivity)
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -65,7 +77,7 @@ def run_analysis(runs: pd.DataFrame, out_dir: Path,
                  options: AnalysisOptions = AnalysisOptions()) -> AnalysisOutputs:
     """Analyse `runs` (of one context, unless options.mix_contexts) and write every table and
     figure under `out_dir`."""
-    _check_some(runs)
+    _check_some(runs, options)
     contexts = split_by_context(runs)
     if len(contexts) > 1 and not options.mix_contexts:
         raise UserError(f"the runs hold {len(contexts)} contexts "
@@ -81,7 +93,7 @@ def analyze_by_context(runs: pd.DataFrame, out_dir: Path,
     in out_dir/contexts.md. A context where no run finished is listed and not analysed; one
     without any reference (AdamW) run draws no headline figure, whatever the requested ratio.
     Every context is estimated before anything is written, so bad input writes nothing."""
-    _check_some(runs)
+    _check_some(runs, options)
     groups = split_by_context(runs)
     if len(groups) == 1:
         return [ContextAnalysis(groups[0][0], runs, out_dir, run_analysis(runs, out_dir, options))]
@@ -109,10 +121,14 @@ def contexts_table(plans: list[ContextAnalysis], out_dir: Path) -> Table:
                  "folder (runs of different contexts never share a cell).", [("", frame)], frame)
 
 
-def _check_some(runs: pd.DataFrame) -> None:
+def _check_some(runs: pd.DataFrame, options: AnalysisOptions) -> None:
     if runs is None or not len(runs):
         raise UserError("no runs to analyse")
     check_runs(runs)
+    unknown = sorted(set(options.highlight) - set(runs["optimizer"]))
+    if unknown:
+        raise UserError(f"--highlight {unknown[0]!r}: no such optimizer in the runs "
+                        f"({', '.join(sorted(set(runs['optimizer'])))})")
 
 
 def _plan(label: str, runs: pd.DataFrame, out_dir: Path,
@@ -141,7 +157,8 @@ def _estimate(runs: pd.DataFrame, options: AnalysisOptions) -> AnalysisOutputs:
                         f"(all diverged or failed)")
     _check_ratio(cells, options.headline_ratio)
     result = estimate_speedups(cells, options.speedup)
-    return AnalysisOutputs(cells, result, _headline_ratio(result.speedups, options))
+    return AnalysisOutputs(cells, result, pick_headline_ratio(result.speedups, options),
+                           one_d_ablations(runs))
 
 
 def _write(runs: pd.DataFrame, out: AnalysisOutputs, out_dir: Path,
@@ -149,31 +166,50 @@ def _write(runs: pd.DataFrame, out: AnalysisOutputs, out_dir: Path,
     """Every table and figure of `out` under out_dir (their paths added to out.files)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     result = out.result
-    for table in build_tables(out.cells, result.speedups, result.fits, options.speedup.level):
+    for table in build_tables(out.cells, result.speedups, result.fits, out.ablations, options.speedup.level):
         out.files += write_table(table, out_dir)
     if options.plots:
-        out.files += _draw(runs, out.cells, result, out.headline_ratio, out_dir, options.speedup)
+        for stem, fig in figures(out, options):
+            out.files += plots.save(fig, out_dir / stem)
     return out
 
 
-def _draw(runs, cells, result: SpeedupResult, headline, out_dir: Path,
-          options: SpeedupOptions) -> list[Path]:
-    files: list[Path] = []
-    speedups = result.speedups
+def figures(out: AnalysisOutputs, options: AnalysisOptions) -> Iterator[tuple[str, plt.Figure]]:
+    """Every figure of an analysis with its file stem, drawn one at a time and not yet saved."""
+    cells, result, headline = out.cells, out.result, out.headline_ratio
+    speedups, baseline = result.speedups, options.speedup.baseline
+    context = cells["context"].iloc[0]
+    order = plots.value_order(speedups, headline, baseline)
     if headline is not None:
-        files += plots.speedup_vs_scale(speedups, [headline], out_dir / "speedup_vs_scale",
-                                        options.level, options.baseline)
-        ratios = sorted(speedups.loc[np.isfinite(speedups["speedup"]), "ratio"].unique())
-        files += plots.speedup_vs_scale(speedups, ratios, out_dir / "speedup_vs_scale_all",
-                                        options.level, options.baseline)
-    files += plots.loss_vs_data(cells, result.fit_objects, out_dir / "loss_vs_data",
-                                options.baseline)
-    ablations = one_d_ablations(runs)
-    scales = scale_order(cells)
-    for optimizer in sorted(ablations["optimizer"].unique()):
-        files += plots.sensitivity(ablations, optimizer, scales,
-                                   out_dir / f"sensitivity_{optimizer}")
-    return files
+        missing = missing_intervals(speedups)
+        draw = partial(plots.speedup_figure, speedups, order=order, context=context,
+                       method=interval_method(speedups, options.speedup.level), baseline=baseline,
+                       highlight=options.highlight)
+        yield "speedup_vs_scale", draw([headline], notes=(missing,))
+        ratios, dropped = _ratios_in_fit_range(speedups, result.fit_objects, baseline)
+        yield "speedup_vs_scale_all", draw(ratios, notes=(dropped, missing))
+    yield "loss_vs_data", plots.loss_figure(cells, result.fit_objects, order, context, False, baseline)
+    if result.fit_objects:
+        yield "loss_minus_adamw_fit", plots.loss_figure(cells, result.fit_objects, order, context, True,
+                                                        baseline)
+    for optimizer in sorted(out.ablations["optimizer"].unique()):
+        fig = plots.sensitivity_figure(out.ablations, optimizer, scale_order(cells), context)
+        yield f"sensitivity_{optimizer}", fig
+
+
+def _ratios_in_fit_range(speedups: pd.DataFrame, fits: dict, baseline: str) -> tuple[list[float], str]:
+    """The ratios with speedups inside some scale's fitted budgets, and a note on those left out:
+    beyond them every cell, AdamW's own included, is read through an extrapolated law."""
+    finite = speedups[np.isfinite(speedups["speedup"])]
+    ratios = sorted(finite.loc[finite["optimizer"] != baseline, "ratio"].unique())
+    inside = [r for r in ratios if any(min(f.ratios) <= r <= max(f.ratios) for f in fits.values())]
+    notes = []
+    for r in sorted(set(ratios) - set(inside)):
+        own = finite[(finite["optimizer"] == baseline) & (finite["ratio"] == r)]
+        reads = ", ".join(f"{v:.2f}x at {s}" for s, v in zip(own["scale"], own["speedup"]))
+        notes.append(f"{r:g}x left out: beyond the budgets {baseline}'s law was fitted on"
+                     + (f" ({baseline}'s own {r:g}x runs read {reads} against it)" if reads else ""))
+    return inside or ratios, ("; ".join(notes) + ". speedups.csv lists every ratio.") if notes else ""
 
 
 def _check_ratio(cells: pd.DataFrame, ratio: float | None) -> None:
@@ -184,8 +220,9 @@ def _check_ratio(cells: pd.DataFrame, ratio: float | None) -> None:
                         f"{', '.join(f'{r:g}' for r in ratios)})")
 
 
-def _headline_ratio(speedups: pd.DataFrame, options: AnalysisOptions) -> float | None:
-    """The requested ratio; else the largest ratio with speedups at the most scales."""
+def pick_headline_ratio(speedups: pd.DataFrame, options: AnalysisOptions) -> float | None:
+    """The requested ratio; else the ratio with the most speedups (optimizer and scale pairs),
+    the larger on a tie: the headline shows as many optimizers as the data allow."""
     others = speedups[(speedups["optimizer"] != options.speedup.baseline)
                       & np.isfinite(speedups["speedup"])]
     if options.headline_ratio is not None:
@@ -196,5 +233,5 @@ def _headline_ratio(speedups: pd.DataFrame, options: AnalysisOptions) -> float |
         return options.headline_ratio
     if not len(others):
         return None
-    coverage = others.groupby("ratio")["scale"].nunique()
+    coverage = others.groupby("ratio").size()
     return float(max(coverage.index, key=lambda r: (coverage[r], r)))

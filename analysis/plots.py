@@ -1,14 +1,21 @@
 """The study's figures, drawn with matplotlib's Agg backend and saved as PNG and PDF.
 
-- speedup vs model scale: one line per optimizer, bootstrap intervals as error bars (the study's
-  headline figure is this at 8x Chinchilla); hollow markers flag extrapolated cells;
-- loss vs data budget per scale: every optimizer's cells with AdamW's fitted law;
-- sensitivity: loss above the cell's best vs each hyperparameter, from the one-parameter
-  ablations (one figure per optimizer, one line per regime).
+- speedup vs model scale: a panel per data ratio, a line per optimizer (legend ordered by value),
+  intervals as error bars, hollow markers where AdamW's law is extrapolated, AdamW's own runs read
+  through its law; the caption says how the intervals were made and names the context;
+- loss vs data budget per scale with AdamW's law, and the same losses minus that law (lines 0.01
+  nats apart become readable there); seed error bars wherever a cell has seeds;
+- sensitivity: loss above the cell's best vs each hyperparameter from the one-parameter
+  ablations, with the study's approximately-best band and diverged configs marked.
+
+Each `*_figure` function returns the drawn figure, so tests can read its artists back against the
+tables; `save` writes it. Colours and markers are fixed per optimizer across figures.
 """
 from __future__ import annotations
 
 import math
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -18,15 +25,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from analysis.cells import scale_order  # noqa: E402
 from analysis.fit import PowerLawFit  # noqa: E402
-from bench.study import REFERENCE_OPTIMIZER
+from bench.study import APPROX_BEST_TOL, REFERENCE_OPTIMIZER, geometric  # noqa: E402
 
 FORMATS = ("png", "pdf")
-DIVERGED_Y = 1.0  # where a diverged ablation sits on the sensitivity plots (loss above best)
+LOSS = "held-out loss (nats/token)"
+MARKERS = ("o", "D", "^", "v", "P", "X", "*", "<", ">", "h", "p", "8")  # "s" is AdamW's
+FADED = (0.72, 0.72, 0.72, 1.0)  # optimizers not highlighted
 _PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # "1e-05", not mathtext: 3x faster to draw
+
+
+@dataclass(frozen=True)
+class Order:
+    """Optimizers in legend order (best first), each one's legend label, and what the order is by."""
+
+    names: list[str]
+    labels: dict[str, str]
+    title: str
 
 
 def save(fig: plt.Figure, stem: Path) -> list[Path]:
@@ -39,180 +59,125 @@ def save(fig: plt.Figure, stem: Path) -> list[Path]:
     return paths
 
 
-def optimizer_colors(optimizers, baseline: str = REFERENCE_OPTIMIZER) -> dict[str, tuple]:
-    """A fixed colour per optimizer (the baseline black), stable across figures."""
+def optimizer_styles(optimizers, baseline: str = REFERENCE_OPTIMIZER) -> dict[str, dict]:
+    """A fixed colour and marker per optimizer (the baseline black squares), stable across figures
+    and telling apart lines that overlap or print in grey."""
     others = sorted(set(optimizers) - {baseline})
     cmap = plt.get_cmap("tab10" if len(others) <= 10 else "tab20")
-    colors = {opt: cmap(i % cmap.N) for i, opt in enumerate(others)}
-    colors[baseline] = (0.0, 0.0, 0.0, 1.0)
-    return colors
+    styles = {opt: {"color": cmap(i % cmap.N), "marker": MARKERS[i % len(MARKERS)]}
+              for i, opt in enumerate(others)}
+    styles[baseline] = {"color": (0.0, 0.0, 0.0, 1.0), "marker": "s"}
+    return styles
 
 
-def speedup_vs_scale(speedups: pd.DataFrame, ratios: list[float], stem: Path, level: float,
-                     baseline: str = REFERENCE_OPTIMIZER) -> list[Path]:
-    """Speedup vs non-embedding parameters, one panel per ratio, one line per optimizer."""
+def value_order(speedups: pd.DataFrame, ratio: float | None,
+                baseline: str = REFERENCE_OPTIMIZER) -> Order:
+    """Optimizers by speedup, best first, at `ratio` and the smallest scale where most of them
+    have one (the others after, by their mean speedup); the baseline last."""
+    finite = speedups[np.isfinite(speedups["speedup"]) & (speedups["optimizer"] != baseline)]
+    names = sorted(set(speedups["optimizer"]) - {baseline})
+    at = finite[finite["ratio"] == ratio]
+    if not len(at):
+        return Order(names + [baseline], {o: o for o in names + [baseline]}, "")
+    counts = at.groupby("scale")["optimizer"].nunique()
+    scale = max(scale_order(at), key=lambda s: counts.get(s, 0))  # ties: the smallest scale
+    value = at[at["scale"] == scale].set_index("optimizer")["speedup"]
+    mean = finite.groupby("optimizer")["speedup"].mean()
+    names.sort(key=lambda o: (o not in value.index, -value.get(o, mean.get(o, -math.inf))))
+    labels = {o: f"{o} {value[o]:.2f}x" if o in value.index else f"{o} (none here)" for o in names}
+    labels[baseline] = f"{baseline} (its own runs)"
+    return Order(names + [baseline], labels, f"speedup at {scale}, {ratio:g}x")
+
+
+def _caption(fig: plt.Figure, lines: list[str]) -> None:
+    """Text under the figure, wrapped to its width (bbox_inches='tight' keeps it in the file)."""
+    width = int(fig.get_figwidth() * 15)
+    text = "\n".join(textwrap.fill(line, width) for line in lines if line)
+    fig.text(0.01, -0.01, text, ha="left", va="top", fontsize=8)
+
+
+def _grid(n: int, max_cols: int, w: float, h: float, **kw):
+    ncols = min(n, max_cols)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, **kw)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return fig, axes
+
+
+# --- speedup vs scale --------------------------------------------------------------------------
+
+def speedup_figure(speedups: pd.DataFrame, ratios: list[float], order: Order, context: str,
+                   method: str, baseline: str = REFERENCE_OPTIMIZER, highlight=(),
+                   notes: tuple[str, ...] = ()) -> plt.Figure:
+    """Speedup vs non-embedding parameters, one panel per ratio, one line per optimizer; the
+    optimizers in `highlight` in colour, the others grey."""
     scales = scale_order(speedups)
     x_of = _scale_positions(speedups, scales)
-    colors = optimizer_colors(speedups["optimizer"], baseline)
-    ncols = min(len(ratios), 3)
-    nrows = math.ceil(len(ratios) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 4.8 * nrows), squeeze=False,
-                             sharey=True)
-    others = sorted(set(speedups["optimizer"]) - {baseline})
+    styles = _highlighted(optimizer_styles(speedups["optimizer"], baseline), highlight, baseline)
+    fig, axes = _grid(len(ratios), 3, 6.5, 4.8, sharey=True)
     for ax, ratio in zip(axes.flat, ratios):
-        sub = speedups[(speedups["ratio"] == ratio) & (speedups["optimizer"] != baseline)]
-        for k, opt in enumerate(others):
-            rows = sub[(sub["optimizer"] == opt) & np.isfinite(sub["speedup"])]
-            if not len(rows):
-                continue
-            rows = rows.assign(x=rows["scale"].map(x_of).astype(float)).sort_values("x")
-            dodge = 1.0 + 0.012 * (k - (len(others) - 1) / 2)  # keep error bars apart
-            _speedup_line(ax, rows, rows["x"] * dodge, colors[opt])
-        ax.axhline(1.0, color="black", lw=1, ls=":")
-        ax.set_xscale("log")
+        _speedup_panel(ax, speedups[speedups["ratio"] == ratio], order, x_of, styles, baseline)
         ax.set_xticks([x_of[s] for s in scales], scales)
-        ax.minorticks_off()
-        ax.set_xlabel("model scale (non-embedding parameters)")
         ax.set_title(f"{ratio:g}x Chinchilla")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(ratios):]:
-        ax.axis("off")
     for ax in axes[:, 0]:
-        ax.set_ylabel(f"speedup over {baseline} ({level:.0%} interval)")
-    handles = [Line2D([], [], color=colors[o], marker="o", label=o) for o in others]
-    handles += [Line2D([], [], color="black", ls=":", label=f"{baseline} (1.0)"),
+        ax.set_ylabel(f"speedup over {baseline} (D_eff / D)")
+    handles = [Line2D([], [], color=styles[o]["color"], marker=styles[o]["marker"],
+                      ls="none" if o == baseline else "-", label=order.labels[o])
+               for o in order.names if o in styles]
+    handles += [Line2D([], [], color="black", ls=":", label=f"1.0: {baseline}'s law"),
                 Line2D([], [], color="grey", marker="o", ls="none", markerfacecolor="white",
-                       label="extrapolated fit")]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+                       label="hollow: extrapolated law")]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+               title=order.title)
     fig.tight_layout()
-    return save(fig, stem)
+    unbounded = ("Arrowheads: intervals unbounded above (some replicates fell below the law's asymptote)."
+                 if np.isposinf(speedups["ci_high"]).any() else "")
+    _caption(fig, [f"Error bars: {method}.", unbounded,
+                   f"Hollow markers: the loss lies outside the range of {baseline} losses its law "
+                   f"was fitted on, so the speedup is read from an extrapolated law (less certain "
+                   f"than its bar shows). {baseline} (black squares): its own runs read through its "
+                   f"law, 1.0 where the law passes through them.", *notes, f"Context: {context}."])
+    return fig
 
 
-def _speedup_line(ax, rows: pd.DataFrame, x: pd.Series, color) -> None:
+def _highlighted(styles: dict[str, dict], highlight, baseline: str) -> dict[str, dict]:
+    if not highlight:
+        return styles
+    return {o: s if o in highlight or o == baseline else {**s, "color": FADED}
+            for o, s in styles.items()}
+
+
+def _speedup_panel(ax, sub: pd.DataFrame, order: Order, x_of: dict, styles: dict,
+                   baseline: str) -> None:
+    sub = sub[np.isfinite(sub["speedup"])]
+    drawn = [o for o in order.names if (sub["optimizer"] == o).any()]
+    for k, opt in enumerate(drawn):
+        rows = sub[sub["optimizer"] == opt]
+        rows = rows.assign(x=rows["scale"].map(x_of).astype(float)).sort_values("x")
+        dodge = 1.0 + 0.012 * (k - (len(drawn) - 1) / 2)  # keep error bars apart
+        _speedup_line(ax, rows, rows["x"] * dodge, opt, styles[opt], opt == baseline)
+    ax.axhline(1.0, color="black", lw=1, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlim(min(x_of.values()) / 1.4, max(x_of.values()) * 1.4)  # one scale: not the dodge's width
+    ax.minorticks_off()
+    ax.set_xlabel("model scale (non-embedding parameters)")
+    ax.grid(alpha=0.3)
+
+
+def _speedup_line(ax, rows: pd.DataFrame, x: pd.Series, opt: str, style: dict, points_only: bool) -> None:
     y = rows["speedup"].to_numpy()
     low = np.where(np.isfinite(rows["ci_low"]), y - rows["ci_low"], 0.0)
     high = np.where(np.isfinite(rows["ci_high"]), rows["ci_high"] - y, 0.0)
-    high = np.where(np.isinf(rows["ci_high"]), 0.0, high)  # unbounded: no bar rather than a wall
-    ax.errorbar(x, y, yerr=[low, high], color=color, marker="o", ms=5, capsize=3, lw=1.5)
+    lw = 2.0 if style["color"] != FADED else 1.0
+    ax.errorbar(x, y, yerr=[low, high], color=style["color"], marker=style["marker"], ms=5, capsize=3,
+                lw=lw, ls="none" if points_only else "-", label=opt, zorder=2 if style["color"] != FADED else 1)
     extrap = rows["extrapolated"].to_numpy(dtype=bool)
-    ax.scatter(np.asarray(x)[extrap], y[extrap], s=36, facecolors="white", edgecolors=[color],
-               zorder=3)
-
-
-def loss_vs_data(cells: pd.DataFrame, fits: dict[str, PowerLawFit], stem: Path,
-                 baseline: str = REFERENCE_OPTIMIZER) -> list[Path]:
-    """Per scale: every optimizer's loss vs data ratio, and AdamW's fitted law."""
-    scales = scale_order(cells)
-    colors = optimizer_colors(cells["optimizer"], baseline)
-    ncols = min(len(scales), 2)
-    nrows = math.ceil(len(scales) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 4.5 * nrows), squeeze=False)
-    for ax, scale in zip(axes.flat, scales):
-        sub = cells[(cells["scale"] == scale) & np.isfinite(cells["loss"])]
-        for opt, rows in sub.groupby("optimizer"):
-            style = dict(marker="s", lw=2) if opt == baseline else dict(marker="o", lw=0.8)
-            ax.plot(rows["ratio"], rows["loss"], color=colors[opt], label=opt, ls="none"
-                    if opt == baseline else "-", **style)
-        if scale in fits:
-            _draw_fit(ax, fits[scale], sub["ratio"])
-        ax.set_xscale("log")
-        ratios = sorted(sub["ratio"].unique())
-        ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
-        ax.minorticks_off()
-        ax.set_title(scale)
-        ax.set_xlabel("data budget (x Chinchilla)")
-        ax.set_ylabel("final loss")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(scales):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
-    return save(fig, stem)
-
-
-def _draw_fit(ax, fit: PowerLawFit, ratios: pd.Series) -> None:
-    lo, hi = min(ratios.min(), min(fit.ratios)), max(ratios.max(), max(fit.ratios))
-    d = np.geomspace(lo / 1.15, hi * 1.15, 200)
-    ax.plot(d, fit.predict(d), color="black", lw=1, label="AdamW fit (grey: budgets fitted)")
-    ax.axvspan(min(fit.ratios), max(fit.ratios), color="grey", alpha=0.08, lw=0)
-    ax.text(0.97, 0.95, f"L = {fit.alpha:.3g} D^-{fit.b:.3g} + {fit.beta:.3f}",
-            transform=ax.transAxes, ha="right", va="top", fontsize=9)
-
-
-def sensitivity(ablations: pd.DataFrame, optimizer: str, scales: list[str],
-                stem: Path) -> list[Path]:
-    """Loss above the cell's best vs each swept hyperparameter; one line per regime.
-
-    `scales` orders the regimes (smallest model first).
-    """
-    sub = ablations[ablations["optimizer"] == optimizer]
-    params = sorted(sub["param"].unique())
-    ncols = min(len(params), 4)
-    nrows = math.ceil(len(params) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
-    colors = _regime_colors(sub, scales)
-    for ax, param in zip(axes.flat, params):
-        points = sub[sub["param"] == param]
-        to_x = _value_axis(ax, points["value"])
-        for (scale, ratio), color in colors.items():
-            rows = points[(points["scale"] == scale) & (points["ratio"] == ratio)]
-            if len(rows):
-                _sensitivity_line(ax, rows, to_x, color)
-        ax.set_yscale("symlog", linthresh=1e-3)
-        ax.yaxis.set_major_formatter(_PLAIN)
-        ax.set_title(param, fontsize=10)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(params):]:
-        ax.axis("off")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("loss - cell's best")
-    handles = [Line2D([], [], color=c, marker="o", ms=3, label=f"{s} {r:g}x")
-               for (s, r), c in colors.items()]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
-               title=optimizer)
-    fig.suptitle(f"{optimizer}: one-parameter ablations around each regime's centre config "
-                 f"(x: diverged)")
-    fig.tight_layout()
-    return save(fig, stem)
-
-
-def _regime_colors(ablations: pd.DataFrame, scales: list[str]) -> dict[tuple[str, float], tuple]:
-    """A colour per (scale, ratio), ordered by scale then ratio."""
-    regimes = sorted(set(zip(ablations["scale"], ablations["ratio"])),
-                     key=lambda sr: (scales.index(sr[0]) if sr[0] in scales else len(scales),
-                                     sr[1]))
-    cmap = plt.get_cmap("viridis")
-    return {sr: cmap(i / max(len(regimes) - 1, 1)) for i, sr in enumerate(regimes)}
-
-
-def _sensitivity_line(ax, rows: pd.DataFrame, to_x, color) -> None:
-    x = to_x(rows["value"])
-    y = (rows["loss"] - rows["cell_best"]).to_numpy(dtype=float)
-    ok = ~rows["diverged"].to_numpy(dtype=bool)
-    order = np.argsort(x[ok])
-    ax.plot(x[ok][order], y[ok][order], marker="o", ms=3, lw=1, color=color)
-    ax.scatter(x[~ok], np.full((~ok).sum(), DIVERGED_Y), marker="x", color=color)
-
-
-def _value_axis(ax, values: pd.Series):
-    """Set up the x axis for a hyperparameter's values; returns values -> x positions.
-
-    Numbers go on a linear or (spanning 10x or more, all positive) log axis; anything else
-    (booleans, names) goes on evenly spaced ticks.
-    """
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        v = values.to_numpy(dtype=float)
-        if np.all(v > 0) and v.max() / v.min() >= 10:
-            ax.set_xscale("log")
-            if v.max() / v.min() < 1e3:  # a short span: label 1, 2, 5 in each decade
-                ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(_PLAIN)
-            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short spans
-        return lambda vals: vals.to_numpy(dtype=float)
-    names = sorted({str(v) for v in values})
-    ax.set_xticks(range(len(names)), names)
-    return lambda vals: np.array([names.index(str(v)) for v in vals], dtype=float)
+    ax.scatter(np.asarray(x)[extrap], y[extrap], s=30, marker=style["marker"], facecolors="white",
+               edgecolors=[style["color"]], zorder=3, label=f"_extrapolated {opt}")
+    for xi, yi in zip(np.asarray(x)[np.isposinf(rows["ci_high"])], y[np.isposinf(rows["ci_high"])]):
+        ax.plot([xi, xi], [yi, yi * 1.1], color=style["color"], lw=lw, label=f"_unbounded {opt}")
+        ax.plot(xi, yi * 1.1, marker="^", color=style["color"], label=f"_unbounded {opt}")
 
 
 def _scale_positions(frame: pd.DataFrame, scales: list[str]) -> dict[str, float]:
@@ -221,3 +186,157 @@ def _scale_positions(frame: pd.DataFrame, scales: list[str]) -> dict[str, float]
     if all(np.isfinite(params.get(s, np.nan)) for s in scales):
         return {s: float(params[s]) for s in scales}
     return {s: float(i + 1) for i, s in enumerate(scales)}
+
+
+# --- loss vs data ------------------------------------------------------------------------------
+
+def loss_figure(cells: pd.DataFrame, fits: dict[str, PowerLawFit], order: Order, context: str,
+                minus_fit: bool = False, baseline: str = REFERENCE_OPTIMIZER) -> plt.Figure:
+    """Per scale, every optimizer's final loss against its data budget with AdamW's law; with
+    minus_fit, the loss minus that law (0 is AdamW's law, below it is better)."""
+    scales = scale_order(cells)
+    styles = optimizer_styles(cells["optimizer"], baseline)
+    fig, axes = _grid(len(scales), 2, 6.5, 4.5)
+    for ax, scale in zip(axes.flat, scales):
+        sub = cells[(cells["scale"] == scale) & np.isfinite(cells["loss"])]
+        fit = fits.get(scale)
+        for opt in [o for o in order.names if (sub["optimizer"] == o).any()]:
+            _loss_line(ax, sub[sub["optimizer"] == opt].sort_values("ratio"), fit if minus_fit else None,
+                       opt, styles[opt], opt == baseline)
+        _fit_reference(ax, fit, sub["ratio"], minus_fit, baseline)
+        ratios = sorted(sub["ratio"].unique())
+        ax.set_xscale("log")
+        ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
+        ax.minorticks_off()
+        ax.set_title(scale)
+        ax.set_xlabel("data budget (x Chinchilla)")
+        ax.set_ylabel(f"final {LOSS}" if not minus_fit else f"loss - {baseline}'s law (nats/token)")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=styles[o]["color"], marker=styles[o]["marker"],
+                      ls="none" if o == baseline else "-", label=order.labels[o])
+               for o in order.names if o in styles and (cells["optimizer"] == o).any()]
+    handles += [Line2D([], [], color="black", lw=1, label=f"{baseline}'s law"),
+                Patch(color="grey", alpha=0.15, label="budgets the law was fitted on")]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+               title=order.title)
+    fig.tight_layout()
+    _caption(fig, ["Each cell's best config: the mean final held-out loss over its seeds, error bars "
+                   "+- one sd of the seeds (no bar: one seed).", f"Context: {context}."])
+    return fig
+
+
+def _loss_line(ax, rows: pd.DataFrame, fit: PowerLawFit | None, opt: str, style: dict,
+               points_only: bool) -> None:
+    y = rows["loss"].to_numpy(dtype=float)
+    if fit is not None:
+        y = y - fit.predict(rows["ratio"])
+    sd = np.where(rows["n_seeds"] >= 2, rows["loss_sd"], 0.0)
+    ax.errorbar(rows["ratio"], y, yerr=np.nan_to_num(sd), color=style["color"], marker=style["marker"],
+                ms=6 if points_only else 4, lw=0.9, capsize=2, ls="none" if points_only else "-",
+                label=opt, zorder=3 if points_only else 2)
+
+
+def _fit_reference(ax, fit: PowerLawFit | None, ratios: pd.Series, minus_fit: bool, baseline: str) -> None:
+    """AdamW's law across every budget drawn (0 on the minus-fit panel), its fitted range shaded."""
+    if fit is None:
+        ax.text(0.5, 0.95, f"no {baseline} law at this scale", transform=ax.transAxes, ha="center", va="top")
+        return
+    ax.axvspan(min(fit.ratios), max(fit.ratios), color="grey", alpha=0.15, lw=0)
+    if minus_fit:
+        ax.axhline(0.0, color="black", lw=1)
+        return
+    lo, hi = min(ratios.min(), min(fit.ratios)), max(ratios.max(), max(fit.ratios))
+    d = np.geomspace(lo / 1.15, hi * 1.15, 200)
+    ax.plot(d, fit.predict(d), color="black", lw=1, label=f"_{baseline} law")
+    ax.text(0.97, 0.95, f"L = {fit.alpha:.3g} D^-{fit.b:.3g} + {fit.beta:.3f}",
+            transform=ax.transAxes, ha="right", va="top", fontsize=9)
+
+
+# --- sensitivity -------------------------------------------------------------------------------
+
+def sensitivity_figure(ablations: pd.DataFrame, optimizer: str, scales: list[str], context: str) -> plt.Figure:
+    """Loss above the cell's best vs each swept hyperparameter; one line per regime (a colour
+    family per scale, darker for more data). `scales` orders the regimes, smallest model first."""
+    sub = ablations[ablations["optimizer"] == optimizer]
+    params = sorted(sub["param"].unique())
+    fig, axes = _grid(len(params), 4, 4, 3.2)
+    styles = _regime_styles(sub, scales)
+    for ax, param in zip(axes.flat, params):
+        points = sub[sub["param"] == param]
+        to_x = _value_axis(ax, points["value"])
+        ax.axhspan(0, APPROX_BEST_TOL, color="tab:green", alpha=0.15, lw=0)
+        for (scale, ratio), style in styles.items():
+            rows = points[(points["scale"] == scale) & (points["ratio"] == ratio)]
+            if len(rows):
+                _sensitivity_line(ax, rows, to_x, style, f"{scale} {ratio:g}x")
+        ax.set_yscale("symlog", linthresh=1e-3, linscale=0.5)
+        ax.yaxis.set_major_formatter(_PLAIN)
+        ax.set_title(param, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("loss - cell's best (nats/token)")
+    handles = [Line2D([], [], label=f"{s} {r:g}x", ms=4, **style) for (s, r), style in styles.items()]
+    handles += [Patch(color="tab:green", alpha=0.15, label=f"approx. best (within {APPROX_BEST_TOL:g})"),
+                Line2D([], [], color="grey", marker="x", ls="none", label="diverged (top edge)")]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=optimizer)
+    fig.suptitle(f"{optimizer}: one-parameter ablations around each regime's centre config")
+    fig.tight_layout()
+    _caption(fig, [f"y: final {LOSS} minus the cell's best, symlog (linear below 1e-3, log above). "
+                   "x: log where the values grow by a factor. Green band: the study's "
+                   f"approximately best (within {APPROX_BEST_TOL:g} of the cell's best). x on the "
+                   "top edge: a config that diverged (no loss).", f"Context: {context}."])
+    return fig
+
+
+_SCALE_MAPS = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")
+
+
+def _regime_styles(ablations: pd.DataFrame, scales: list[str]) -> dict[tuple[str, float], dict]:
+    """A colour family and marker per scale, darker for larger ratios; smallest scale first."""
+    regimes = sorted(set(zip(ablations["scale"], ablations["ratio"])),
+                     key=lambda sr: (scales.index(sr[0]) if sr[0] in scales else len(scales), sr[1]))
+    ordered = list(dict.fromkeys(s for s, _ in regimes))
+    styles = {}
+    for i, scale in enumerate(ordered):
+        ratios = [r for s, r in regimes if s == scale]
+        cmap = plt.get_cmap(_SCALE_MAPS[i % len(_SCALE_MAPS)])
+        for j, ratio in enumerate(ratios):
+            shade = 0.45 + 0.5 * j / max(len(ratios) - 1, 1)
+            styles[(scale, ratio)] = {"color": cmap(shade), "marker": ("o", "s", "^", "D")[i % 4]}
+    return styles
+
+
+def _sensitivity_line(ax, rows: pd.DataFrame, to_x, style: dict, label: str) -> None:
+    x = to_x(rows["value"])
+    y = (rows["loss"] - rows["cell_best"]).to_numpy(dtype=float)
+    ok = ~rows["diverged"].to_numpy(dtype=bool)
+    order = np.argsort(x[ok])
+    ax.plot(x[ok][order], y[ok][order], ms=3, lw=1, label=label, **style)
+    top = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y at the top edge
+    ax.scatter(x[~ok], np.ones((~ok).sum()), marker="x", color=style["color"], transform=top,
+               clip_on=False, zorder=3, label=f"_diverged {label}")
+
+
+def _value_axis(ax, values: pd.Series):
+    """Set up the x axis for a hyperparameter's values; returns values -> x positions.
+
+    Numbers go on a log axis where they grow by a factor (bench.study.geometric), else a linear
+    one, with the values themselves as ticks when there are few; anything else (booleans, names)
+    on evenly spaced ticks.
+    """
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        v = values.to_numpy(dtype=float)
+        if geometric(v):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_locator(NullLocator())
+        ticks = sorted(set(v))
+        if len(ticks) <= 7:
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            if not geometric(v) and min(np.diff(ticks), default=1) < 0.12 * (ticks[-1] - ticks[0]):
+                ax.tick_params(axis="x", labelrotation=45)  # close values (0.98, 0.99) collide
+        ax.xaxis.set_major_formatter(_PLAIN)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        return lambda vals: vals.to_numpy(dtype=float)
+    names = sorted({str(v) for v in values})
+    ax.set_xticks(range(len(names)), names)
+    return lambda vals: np.array([names.index(str(v)) for v in vals], dtype=float)

@@ -228,6 +228,18 @@ def missing_intervals(speedups: pd.DataFrame) -> str:
     return f"no interval for {len(rows)} of {shown} speedups: {reasons}"
 
 
+def interval_method(speedups: pd.DataFrame, level: float) -> str:
+    """How the intervals shown were made, in one sentence for a caption (analysis/bootstrap.py)."""
+    sources = speedups.loc[np.isfinite(speedups["ci_low"]), "uncertainty"]
+    seeded = sources.str.contains("seeds").any()
+    single = sources.str.startswith("residual").any()
+    parts = (["cells with several seeds resampled from their seeds"] if seeded else []) + \
+        (["single-seed cells perturbed by the fit's residual sd (parametric)"] if single else [])
+    if not parts:
+        return "no intervals (the bootstrap gave none)"
+    return f"{level:.0%} percentile bootstrap: {'; '.join(parts)}; AdamW's law refitted in every replicate"
+
+
 def parse_ratios(text: str | None) -> tuple[float, ...] | None:
     """'1,2,4,8' -> (1.0, 2.0, 4.0, 8.0); None, '' or 'all' -> None (every ratio)."""
     if text is None or text.strip().lower() in ("", "all"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class Table:
 
 
 def build_tables(cells: pd.DataFrame, speedups: pd.DataFrame, fits: pd.DataFrame,
-                 level: float) -> list[Table]:
+                 ablations: pd.DataFrame, level: float) -> list[Table]:
     """Every table of the analysis, in the order a reader wants them, each caption naming the
     cells' one context."""
     contexts = list(cells["context"].unique())
@@ -49,7 +50,7 @@ def build_tables(cells: pd.DataFrame, speedups: pd.DataFrame, fits: pd.DataFrame
                          f"tables apart (analysis.cells.split_by_context)")
     tables = [speedup_vs_scale_table(speedups, level), speedups_table(speedups, level),
               final_losses_table(cells), run_counts_table(cells), fits_table(fits),
-              best_hparams_table(cells), approx_best_table(cells)]
+              best_hparams_table(cells), approx_best_table(cells), sensitivity_table(ablations)]
     return [replace(t, caption=f"{t.caption} Context: {contexts[0]}.") for t in tables]
 
 
@@ -107,8 +108,9 @@ def final_losses_table(cells: pd.DataFrame) -> Table:
         sections.append((scale, wide.fillna("").reset_index()))
     csv = cells[["optimizer", "scale", "ratio", "params", "loss", "loss_sd", "n_seeds",
                  "n_configs", "n_runs", "n_ok", "n_diverged", "n_failed"]]
-    return Table("final_losses", "End-of-budget loss of each cell's best config (mean over its "
-                 "seeds, +- their sd where there are several).", sections, csv)
+    return Table("final_losses", "Final held-out loss in nats/token (at the end of each budget) of "
+                 "each cell's best config: the mean over its seeds, +- their sd where there are "
+                 "several.", sections, csv)
 
 
 def run_counts_table(cells: pd.DataFrame) -> Table:
@@ -137,26 +139,31 @@ def fits_table(fits: pd.DataFrame) -> Table:
 
 
 def best_hparams_table(cells: pd.DataFrame) -> Table:
-    """One block per optimizer: hyperparameter rows, regime columns (scale, ratio)."""
+    """One block per optimizer and scale: hyperparameter rows, a column per data ratio."""
     long = [{"optimizer": c["optimizer"], "scale": c["scale"], "ratio": c["ratio"],
              "loss": c["loss"], "param": k, "value": v}
             for _, c in cells.iterrows() for k, v in sorted(c["hparams"].items())]
     long = pd.DataFrame(long, columns=["optimizer", "scale", "ratio", "loss", "param", "value"])
     sections = []
     for optimizer in cells["optimizer"].unique():
-        sub = cells[(cells["optimizer"] == optimizer) & (cells["n_seeds"] > 0)]
-        if not len(sub):
-            continue
-        columns = {f"{c['scale']} {_ratio_text(c['ratio'])}": c["hparams"]
-                   for _, c in sub.iterrows()}
-        params = sorted({k for h in columns.values() for k in h})
-        block = pd.DataFrame({name: [_value_text(h.get(p)) for p in params]
-                              for name, h in columns.items()}, index=params)
-        block.loc["loss"] = [_loss_text(v) for v in sub["loss"]]
-        sections.append((optimizer, block.rename_axis("hyperparameter").reset_index()))
+        for scale in scale_order(cells):
+            sub = cells[(cells["optimizer"] == optimizer) & (cells["scale"] == scale)
+                        & (cells["n_seeds"] > 0)].sort_values("ratio")
+            if len(sub):
+                sections.append((f"{optimizer} at {scale}", _hparams_block(sub)))
     long["value"] = long["value"].map(_value_text)
     return Table("best_hparams", "Best hyperparameters per optimizer, scale and data ratio "
-                 "(the config with the lowest mean loss).", sections, long)
+                 "(the config with the lowest mean loss; loss: its final held-out loss in "
+                 "nats/token).", sections, long)
+
+
+def _hparams_block(sub: pd.DataFrame) -> pd.DataFrame:
+    columns = {_ratio_text(c["ratio"]): c["hparams"] for _, c in sub.iterrows()}
+    params = sorted({k for h in columns.values() for k in h})
+    block = pd.DataFrame({name: [_value_text(h.get(p)) for p in params]
+                          for name, h in columns.items()}, index=params)
+    block.loc["loss"] = [_loss_text(v) for v in sub["loss"]]
+    return block.rename_axis("hyperparameter").reset_index()
 
 
 def approx_best_table(cells: pd.DataFrame) -> Table:
@@ -176,6 +183,20 @@ def approx_best_table(cells: pd.DataFrame) -> Table:
                        columns=["optimizer", "scale", "ratio", "loss", "is_best", "hparams"])
     return Table("approx_best", f"The study's approximately best sets: configs within "
                  f"{APPROX_BEST_TOL:g} of each cell's best loss.", [("", pd.DataFrame(rows))], csv)
+
+
+def sensitivity_table(ablations: pd.DataFrame) -> Table:
+    """The one-parameter ablations behind the sensitivity figures, one row per point."""
+    csv = ablations.assign(above_best=ablations["loss"] - ablations["cell_best"])
+    csv = csv[["optimizer", "scale", "ratio", "param", "value", "loss", "above_best", "diverged", "is_centre"]]
+    shown = pd.DataFrame({
+        "optimizer": csv["optimizer"], "scale": csv["scale"], "ratio": csv["ratio"].map(_ratio_text),
+        "hyperparameter": csv["param"], "value": csv["value"].map(_value_text),
+        "loss": csv["loss"].map(_loss_text),
+        "above best": ["diverged" if d else f"{v:+.4f}" for v, d in zip(csv["above_best"], csv["diverged"])],
+        "centre": csv["is_centre"].map({True: "yes", False: ""})})
+    return Table("sensitivity", "One-parameter ablations around each cell's centre config: final "
+                 "held-out loss in nats/token, and above the cell's best loss.", [("", shown)], csv)
 
 
 # --- writers -----------------------------------------------------------------------------------
@@ -211,11 +232,22 @@ def to_latex(table: Table) -> str:
         parts.append("\n".join([
             r"\begin{table}[ht]", r"\centering", r"\small",
             rf"\caption{{{_tex(caption)}}}", rf"\label{{{label}}}",
-            rf"\begin{{tabular}}{{{'l' * len(frame.columns)}}}", r"\toprule", *body,
+            rf"\begin{{tabular}}{{{_alignment(frame)}}}", r"\toprule", *body,
             r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]))
     return "\n".join(parts)
 
 
+def _alignment(frame: pd.DataFrame) -> str:
+    """'r' for a column of numbers (a number, maybe marked or with its interval), else 'l'."""
+    return "".join("r" if _numeric_column(frame[c]) else "l" for c in frame.columns)
+
+
+def _numeric_column(values: pd.Series) -> bool:
+    shown = [str(v) for v in values if str(v) not in ("", "n/a", "nan") and not str(v).startswith("- ")]
+    return bool(shown) and all(_NUMBER.match(v) for v in shown)
+
+
+_NUMBER = re.compile(r"^\[?[-+]?(\d|\.\d|inf)")  # 1.41*, 3.1113 +- 0.0012, [1.34, 1.48], 1e-05, 2x
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                 "^": r"\textasciicircum{}"}

@@ -11,6 +11,9 @@ results, so running the same sweep again after Ctrl-C, kill -9 or a crashed work
 finished part from the store and trains only what is missing. A run its environment stopped (out of
 memory, no device, a killed worker: bench.run.failures) stops its cell for this invocation and is
 stored as an attempt, never as a result, so the next invocation retries it.
+
+Trackers (--track, bench/track.py): every result a cell accepts, trained or read back from the
+store, is sent from this process after it is stored; workers never import a tracker.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from bench.run.failures import ENVIRONMENT_FAILURE, task_failure
 from bench.run.identity import current
 from bench.run.spec import RunResult
 from bench.store.database import ResultStore
+from bench.track import send
 from sweeps.cell import CellTuning, Request
 from sweeps.progress import Progress
 from sweeps.record import StudyRecorder
@@ -72,10 +76,11 @@ def fair_share_workers() -> None:
 class Driver:
     def __init__(self, tunings: list[CellTuning], store: ResultStore, recorder: StudyRecorder,
                  resources: Resources, progress: Progress, start: Callable[[], None] = lambda: None,
-                 reuse_stale: bool = False, retry_failed: bool = False):
+                 reuse_stale: bool = False, retry_failed: bool = False, trackers: tuple[str, ...] = ()):
         self.tunings, self.store, self.recorder = tunings, store, recorder
         self.resources, self.progress = resources, progress
         self.reuse_stale, self.retry_failed = reuse_stale, retry_failed
+        self.trackers = trackers  # bench.track: every result the sweep uses, sent from this process
         self._start = start  # starts Ray; called before the first submission only (a finished
         # sweep run again reads everything back from the store and never starts it)
         self._task = None
@@ -168,6 +173,9 @@ class Driver:
     def _accept(self, tuning: CellTuning, request: Request, result: RunResult, reused: bool) -> None:
         tuning.record(request, result, reused)
         self.recorder.record(tuning, request, result)
+        # Reused results too: a sweep rerun with --track added sends its earlier runs; sending is
+        # idempotent, so a plain rerun duplicates nothing.
+        send(result, self.trackers)
         self.progress.finished(tuning, request, result, reused)
 
     def _unsubmitted(self, tuning: CellTuning) -> list[Request]:

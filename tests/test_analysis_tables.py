@@ -7,6 +7,7 @@ import pytest
 
 from analysis.cells import summarize_cells
 from analysis.fit import power_law
+from analysis.sensitivity import one_d_ablations
 from analysis.speedups import SpeedupOptions, estimate_speedups
 from analysis.tables import Table, build_tables, to_latex, to_markdown, write_table
 from bench.store.record import StoredRun, to_frame
@@ -25,14 +26,15 @@ def tables():
     rows += [_run("adam_mini", 2.0, power_law(2.5, 0.6, 0.5, 2.0)),
              _run("adam_mini", 2.0, power_law(2.48, 0.6, 0.5, 2.0), lr=0.02),
              _run("adam_mini", 2.0, 7.9, lr=0.04, status="diverged")]
-    cells = summarize_cells(to_frame(rows))
+    runs = to_frame(rows)
+    cells = summarize_cells(runs)
     result = estimate_speedups(cells, SpeedupOptions(n_boot=200))
-    return {t.name: t for t in build_tables(cells, result.speedups, result.fits, 0.9)}
+    return {t.name: t for t in build_tables(cells, result.speedups, result.fits, one_d_ablations(runs), 0.9)}
 
 
 def test_every_table_is_written_in_three_formats(tables, tmp_path):
     assert set(tables) == {"speedup_vs_scale", "speedups", "final_losses", "run_counts", "fits",
-                           "best_hparams", "approx_best"}
+                           "best_hparams", "approx_best", "sensitivity"}
     for table in tables.values():
         paths = write_table(table, tmp_path)
         assert [p.suffix for p in paths] == [".md", ".csv", ".tex"]
@@ -51,11 +53,22 @@ def test_run_counts_include_the_diverged_run(tables):
     assert (counts["n_runs"], counts["n_ok"], counts["n_diverged"]) == (3, 2, 1)
 
 
-def test_best_hyperparameters_come_one_block_per_optimizer(tables):
+def test_best_hyperparameters_come_one_block_per_optimizer_and_scale(tables):
     sections = dict(tables["best_hparams"].sections)
-    block = sections["adam_mini"].set_index("hyperparameter")
-    assert block.loc["learning_rate", "cpu-s 2x"] == "0.01"
-    assert block.loc["loss", "cpu-s 2x"] == f"{power_law(2.5, 0.6, 0.5, 2.0):.4f}"
+    assert list(sections) == ["adamw at cpu-s", "adam_mini at cpu-s"]
+    block = sections["adam_mini at cpu-s"].set_index("hyperparameter")
+    assert list(block.columns) == ["2x"]  # a column per ratio: blocks stay narrow
+    assert block.loc["learning_rate", "2x"] == "0.01"
+    assert block.loc["loss", "2x"] == f"{power_law(2.5, 0.6, 0.5, 2.0):.4f}"
+    assert list(sections["adamw at cpu-s"].columns) == ["hyperparameter", "1x", "2x", "4x", "8x"]
+
+
+def test_latex_right_aligns_columns_of_numbers_and_left_aligns_names():
+    frame = pd.DataFrame({"optimizer": ["muon", "lion"], "0.1B": ["1.41* [1.34, 1.48]", "n/a"],
+                          "loss": ["3.1113 +- 0.0012", "- (2 div)"], "eps": ["1e-05", ""],
+                          "note": ["ok", "1 seed"]})
+    latex = to_latex(Table("t", "c", [("", frame)], frame))
+    assert r"\begin{tabular}{lrrrl}" in latex
 
 
 def test_approx_best_lists_the_near_configs_with_their_differences(tables):

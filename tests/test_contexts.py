@@ -12,6 +12,7 @@ import pytest
 from analysis.cells import MIXED_CONTEXTS, split_by_context, summarize_cells
 from analysis.fit import power_law
 from analysis.paper.ingest import load_paper_runs
+from analysis.sensitivity import one_d_ablations
 from analysis.speedups import SpeedupOptions, estimate_speedups
 from analysis.tables import build_tables
 from bench.cli import main
@@ -103,7 +104,7 @@ def test_mix_contexts_pools_them_and_labels_every_table(stores, tmp_path, capsys
     counts = _csv(tmp_path / "mixed" / "run_counts.csv")
     assert "muon,cpu-xs,1,1,6,6,0,0" in counts  # the stray run is a sixth seed here
     tables = sorted((tmp_path / "mixed").glob("*.md"))
-    assert len(tables) == 7 and all(MIXED_CONTEXTS in t.read_text() for t in tables)
+    assert len(tables) == 8 and all(MIXED_CONTEXTS in t.read_text() for t in tables)
 
     def muon_speedup(folder):
         row = next(r for r in _csv(folder / "speedups.csv").splitlines() if r.startswith("muon,"))
@@ -176,7 +177,7 @@ def test_speedups_and_tables_refuse_cells_of_several_contexts():
     result = estimate_speedups(one, SpeedupOptions(n_boot=100))
     assert math.isfinite(result.speedups.set_index("optimizer").loc["muon", "speedup"])
     with pytest.raises(ValueError, match="one context"):
-        build_tables(cells, result.speedups, result.fits, 0.9)
+        build_tables(cells, result.speedups, result.fits, one_d_ablations(runs), 0.9)
 
 
 @pytest.mark.unit

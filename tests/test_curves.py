@@ -40,6 +40,15 @@ def test_curves_plots_the_best_config_of_each_optimizer_with_its_seeds(store_url
     for key, rows in plotted[plotted["curve"] == "held-out"].groupby("run_key"):
         assert list(zip(rows["step"], rows["value"])) == [tuple(p) for p in stored[key].eval_curve]
 
+    # --trials: every config tried, at the tuning seed (0), with the leader at each curve point
+    assert main(["curves", "--store", store_url, "--scale", "cpu-xs", "--ratio", "0.05", "--trials",
+                 "--out", str(stem)]) == 0
+    out = capsys.readouterr().out
+    trials = pd.read_csv(stem.with_suffix(".csv"))
+    assert set(trials["run_key"]) == {k for k, r in stored.items() if r.spec["seed"] == 0}
+    assert "adamw: the final best config led at every point" in out  # one config: nothing to flip
+    assert "lion: " in out and (stem.with_suffix(".png")).stat().st_size > 10_000
+
 
 @pytest.mark.integration
 @pytest.mark.parametrize("args, message", [
@@ -51,3 +60,17 @@ def test_curves_of_nothing_is_one_line_and_exit_2(args, message, store_url, caps
     assert main(["curves", "--store", store_url, *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.unit
+def test_leaders_name_a_config_that_leads_mid_run_and_loses_at_the_end():
+    from analysis.curves import CURVE_COLUMNS, leaders
+    # config "fast" leads at the first two points; "slow" is best at the end (the study's warning)
+    points = {"fast": [3.0, 2.5, 2.3], "slow": [3.2, 2.6, 2.2]}
+    frame = pd.DataFrame([("muon", config, 0, config, "held-out", step, step * 100, loss, losses[-1])
+                          for config, losses in points.items() for step, loss in zip((10, 20, 30), losses)],
+                         columns=CURVE_COLUMNS)
+    table = leaders(frame)
+    assert list(table["leader"]) == ["fast", "fast", "slow"]
+    assert list(table["leader_is_final_best"]) == [False, False, True]
+    assert table["final_best_loss"].iloc[0] - table["leader_loss"].iloc[0] == pytest.approx(0.2)

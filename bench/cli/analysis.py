@@ -81,6 +81,9 @@ def _common_options(parser: argparse.ArgumentParser, fit_ratios: str, ratio: flo
                         help="confidence level of the intervals (default: 0.9)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default: 0)")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
+    parser.add_argument("--highlight", default="", metavar="OPTIMIZERS",
+                        help="comma-separated optimizers drawn in colour on the speedup figures, "
+                             "the others in grey (default: all in colour)")
 
 
 def run_analyze(args: argparse.Namespace) -> int:
@@ -194,7 +197,8 @@ def _options(args: argparse.Namespace) -> AnalysisOptions:
         raise UserError(f"--level must be in [0.5, 1) (got {args.level})")
     speedup = SpeedupOptions(fit_ratios=parse_ratios(args.fit_ratios), n_boot=args.n_boot,
                              level=args.level, seed=args.seed)
-    return AnalysisOptions(speedup, args.ratio, not args.no_plots)
+    highlight = tuple(o.strip() for o in args.highlight.split(",") if o.strip())
+    return AnalysisOptions(speedup, args.ratio, not args.no_plots, highlight=highlight)
 
 
 def _print_summary(outputs: AnalysisOutputs, out_dir: Path, level: float) -> None:

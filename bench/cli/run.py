@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.cli.args import non_negative_int, positive_float
 from bench.errors import UserError
+from bench.track import TRACKERS, parse_trackers
 
 # Short names users type for the study's long hyperparameter names.
 ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "batch": "train_batch_size",
@@ -36,6 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="checkpoint every STEPS steps under results/checkpoints; a rerun resumes")
     add_reuse_flags(p)
+    add_track_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_run)
 
@@ -69,8 +71,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.run.spec import RunSpec
     from bench.run.train import RunOptions, run
     from bench.store.database import ResultStore
+    from bench.track import require, send
     from bench.urls import shown_url
 
+    require(args.track)  # a missing tracker package fails now, not after the training
     spec = RunSpec(args.optimizer, args.scale, args.ratio, parse_sets(args.sets), args.seed, args.data,
                    args.eval_data, args.tokenizer, args.precision, args.device)
     store = ResultStore(args.store)  # opened first: a bad store fails before an hour of training
@@ -86,11 +90,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = stored or run(spec, options)
     if stored is None:
         store.put(result)
+    tracked = send(result, args.track)  # after storing: a tracker's failure never costs the result
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
         _print_result(result, shown_url(store.url), from_store=stored is not None)
         _print_history(found, stored)
+        for line in tracked:
+            print(f"  tracked       {line}")
     return 0 if result.status == "ok" else 1
 
 
@@ -101,6 +108,13 @@ def add_reuse_flags(p: argparse.ArgumentParser) -> None:
                         "re-training them")
     p.add_argument("--retry-failed", action="store_true",
                    help="re-train stored runs that diverged or failed (environment failures are always retried)")
+
+
+def add_track_flag(p: argparse.ArgumentParser) -> None:
+    """--track, for the commands that produce results (bench/track.py)."""
+    p.add_argument("--track", type=parse_trackers, action="extend", default=[], metavar="NAME",
+                   help=f"also send each result to a tracker: {', '.join(TRACKERS)} (comma-separated or "
+                        "repeated; needs pip install -e '.[track]')")
 
 
 def _print_history(found, served) -> None:
@@ -174,7 +188,7 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_optimizers(args: argparse.Namespace) -> int:
-    from bench.optimizers.registry import all_optimizers
+    from bench.optimizers.registry import VARIANTS, all_optimizers
 
     rows = []
     for o in all_optimizers():
@@ -184,13 +198,19 @@ def cmd_optimizers(args: argparse.Namespace) -> int:
             grid = {}
         rows.append({"name": o.name, "family": o.family, "source": o.source, "paper": o.paper,
                      "schedule": o.schedule, "defaults": dict(o.defaults), "grid": grid,
-                     "roles": {k.value: v for k, v in o.roles.items()}})
+                     "roles": {k.value: v for k, v in o.roles.items()},
+                     "variants": list(VARIANTS) if o.differences else [],
+                     "differences": list(o.differences)})
     if args.json:
         print(json.dumps(rows))
         return 0
     for r in rows:
         print(f"{r['name']}  [{r['family']}]  {r['paper']}")
         print(f"    implementation: {r['source']}")
+        if r["variants"]:
+            print(f"    variants: {' | '.join(r['variants'])} (default {r['defaults']['variant']}); authors differs in")
+            for line in r["differences"]:
+                print(f"      - {line}")
         for key, value in r["defaults"].items():
             grid = r["grid"].get(key)
             print(f"    {key:28} {value!r:>10}" + (f"   grid {grid}" if grid else ""))

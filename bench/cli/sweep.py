@@ -12,7 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from bench.cli.run import add_reuse_flags
+from bench.cli.run import add_reuse_flags, add_track_flag
 from bench.errors import UserError
 
 if TYPE_CHECKING:  # imported lazily below: every optbench command loads this module
@@ -58,12 +58,14 @@ def register(subparsers) -> None:
                         "and thread count, a throughput burst of a few steps is measured first)")
     p.add_argument("--yes", "-y", action="store_true", help="start without asking")
     add_reuse_flags(p)
+    add_track_flag(p)
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from bench.model.scales import get_scale
     from bench.store.database import ResultStore
+    from bench.track import require
     from sweeps.plan import Cell
 
     for name in ("max_trials", "seeds", "workers", "threads"):
@@ -72,6 +74,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.micro_batch < 0:
         raise UserError(f"--micro-batch must be 0 or more, got {args.micro_batch}")
+    require(args.track)  # a missing tracker package fails before the plan, not after the sweep
     scale = get_scale(args.scale)
     optimizers, ratios = parse_optimizers(args.optimizers, scale.ladder), parse_ratios(args.ratios)
     store = ResultStore(args.store)  # opened first: a bad store fails before anything starts
@@ -204,6 +207,7 @@ def _plan(tunings, args, resources, store, stored):
 def _run(tunings, args, resources, store, address, cost) -> int:
     import ray
 
+    from bench.track import where
     from bench.urls import shown_url
     from sweeps.driver import Driver, start_local
     from sweeps.progress import Progress
@@ -215,7 +219,7 @@ def _run(tunings, args, resources, store, address, cost) -> int:
     try:
         progress = Progress(cost.runs, cost.seconds * resources.workers, resources.workers)
         Driver(tunings, store, recorder, resources, progress, start, args.reuse_stale,
-               args.retry_failed).run()
+               args.retry_failed, tuple(args.track)).run()
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -231,4 +235,6 @@ def _run(tunings, args, resources, store, address, cost) -> int:
           + f", {sum(t.reused for t in tunings)} read "
           f"back from the store ({shown_url(store.url)}); Optuna studies in {shown_url(target)}"
           + ("" if "://" in target else f" (view: optuna-dashboard {target})"))
+    for name in dict.fromkeys(args.track):
+        print(f"Results sent to {name}: {where(name)}")
     return 1 if any(t.error for t in tunings) else 0
