@@ -40,7 +40,7 @@ lint: $(STAMP)  ## pyflakes' checks, sorted imports, and the import layers (pypr
 test: $(STAMP)  ## every tier: unit, integration and system (pyproject.toml's markers)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)  ## the unit and integration tiers, for the edit-test loop: about a minute on 2 cores
+test-fast: $(STAMP)  ## the unit and integration tiers, for the edit-test loop: about 2 minutes on 2 cores
 	$(PY) -m pytest -q -m "unit or integration"
 
 sweep: $(STAMP)
