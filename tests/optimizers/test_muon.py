@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from bench.optimizers.muon import Muon, orthogonalise
+from bench.optimizers.muon import AuthorsMuon, Muon, orthogonalise
+from bench.optimizers.newton_schulz import newton_schulz
 from bench.roles import Role
 
 from .testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
@@ -132,6 +133,109 @@ def test_trains_a_tiny_model():
 
 def test_resume_from_checkpoint_is_bitwise():
     assert_resume_is_bitwise("muon")
+
+
+# KellerJordan/Muon muon.py at 857d1adc159e098212f828d927460782d3da59e9 (github.com/KellerJordan/Muon)
+AUTHORS_COMMIT = "857d1adc159e098212f828d927460782d3da59e9"
+
+
+def _authors_newton_schulz(g: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
+    """zeropower_via_newtonschulz5, line by line, in `dtype` (bf16 there: X = G.bfloat16())."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    x = g.to(dtype)
+    if g.size(-2) > g.size(-1):
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        poly = b * gram + c * gram @ gram
+        x = a * x + poly @ x
+    if g.size(-2) > g.size(-1):
+        x = x.mT
+    return x
+
+
+def _authors_muon_reference(w0, grads, lr, momentum, weight_decay, dtype=torch.float64):
+    """SingleDeviceMuon.step + muon_update (KellerJordan/Muon, AUTHORS_COMMIT), transcribed; the
+    working precision of Newton-Schulz is `dtype`, everything else float64."""
+    w, buf = w0.double(), torch.zeros_like(w0, dtype=torch.float64)
+    for g in grads:
+        g = g.double()
+        buf = torch.lerp(buf, g, 1 - momentum)                     # momentum.lerp_(grad, 1 - beta)
+        update = torch.lerp(g, buf, momentum)                      # grad.lerp_(momentum, beta)
+        update = _authors_newton_schulz(update, 5, dtype).double()
+        update = update * max(1, g.size(-2) / g.size(-1)) ** 0.5
+        w = w * (1 - lr * weight_decay)                            # p.mul_(1 - lr * wd)
+        w = w - lr * update                                        # p.add_(update, alpha=-lr)
+    return w
+
+
+def _authors_run(shapes, steps, monkeypatch, working_dtype):
+    monkeypatch.setattr(AuthorsMuon, "ns_working_dtype", working_dtype)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    starts = [p.detach().clone() for p in params]
+    grads = [_random_grads(s, steps, seed=i) for i, s in enumerate(shapes)]
+    hp = dict(lr=0.02, momentum=0.95, weight_decay=0.1)
+    _run_matrix_opt(AuthorsMuon(params, **hp), params, grads)
+    return params, starts, grads, hp
+
+
+def test_authors_variant_matches_a_float64_transcription_of_keller_jordans_muon_over_20_steps(monkeypatch):
+    """The authors run Newton-Schulz in bf16, which no fp32/float64 comparison meets at 1e-4; here
+    ours runs it in fp32 (AuthorsMuon.ns_working_dtype) and the transcription in float64, so the
+    1e-4 tolerance is on the update's math, everything else being the variant's own code."""
+    shapes = [(48, 16), (16, 48), (16, 48), (32, 32)]  # tall, wide, a repeated shape, square
+    params, starts, grads, hp = _authors_run(shapes, 20, monkeypatch, torch.float32)
+    for p, w0, g in zip(params, starts, grads):
+        ref = _authors_muon_reference(w0, g, **hp)
+        err = (p.detach().double() - ref).abs().max().item()
+        assert err < 1e-4, f"{tuple(p.shape)}: max abs error {err:.3g} over 20 steps"
+
+
+def test_authors_variant_in_its_bf16_newton_schulz_is_within_the_references_own_bf16_gap(monkeypatch):
+    """At the variant's own bf16 working precision 1e-4 is out of reach (the fused baddbmm and the
+    reference's unfused bf16 products also round differently), so, as for any bf16 Newton-Schulz
+    path: ours is no farther from the float64 math than the reference run in bf16 is (max abs over
+    20 steps; measured 0.65-1.1e-3 against the reference's 1.5-3.0e-3)."""
+    shapes = [(48, 16), (16, 48), (32, 32)]
+    params, starts, grads, hp = _authors_run(shapes, 20, monkeypatch, torch.bfloat16)
+    for p, w0, g in zip(params, starts, grads):
+        exact = _authors_muon_reference(w0, g, **hp)
+        reference_gap = (_authors_muon_reference(w0, g, **hp, dtype=torch.bfloat16) - exact).abs().max()
+        ours = (p.detach().double() - exact).abs().max()
+        assert ours <= reference_gap, f"{tuple(p.shape)}: {ours:.3g} vs the reference's {reference_gap:.3g}"
+
+
+def test_authors_variant_keeps_an_ema_buffer_and_steps_lr_times_the_shape_scale():
+    """Its defining rules: the momentum buffer is the EMA sum_k (1 - m) m^(n-k) g_k (the study's is
+    the plain sum), the step is lr * max(1, rows/cols)**0.5 times a bf16 orthogonalised matrix."""
+    w = torch.nn.Parameter(torch.randn(64, 16))
+    opt = AuthorsMuon([w], lr=0.1, momentum=0.9, weight_decay=0.0)
+    grads = _random_grads(w.shape, 3, seed=7)
+    for g in grads:
+        before = w.detach().clone()
+        w.grad = g.clone()
+        opt.step()
+    ema = sum((1 - 0.9) * 0.9 ** (len(grads) - 1 - k) * g for k, g in enumerate(grads))
+    torch.testing.assert_close(opt.state[w]["momentum_buffer"], ema, rtol=0, atol=1e-6)
+    step = (before - w.detach()) / (0.1 * max(1, 64 / 16) ** 0.5)
+    expected = newton_schulz(torch.lerp(grads[-1], ema, 0.9), 5, eps=1e-7, dtype=torch.bfloat16)
+    torch.testing.assert_close(step, expected, rtol=0, atol=1e-5)
+    s = torch.linalg.svdvals(step)
+    assert NS_BAND[0] < s.min() and s.max() < NS_BAND[1]
+    assert opt.param_groups[0]["eps"] == 1e-7 and opt.param_groups[0]["ema"]
+
+
+def test_variant_picks_the_matrix_optimizer_and_the_study_default_is_unchanged():
+    model = tiny_model()
+    assert type(build("muon", model).parts[0]) is Muon
+    authors = build("muon", model, variant="authors").parts[0]
+    assert isinstance(authors, AuthorsMuon) and authors.param_groups[0]["eps"] == 1e-7
+    from bench.optimizers import registry
+    from bench.run.spec import RunSpec
+    assert "variant" in registry.get("muon").added_later
+    assert RunSpec("muon", "cpu-xs", 0.02).key == "0b20e952024d21d5c877"  # the key before `variant`
 
 
 def test_registered_with_complete_defaults_and_loadable_space():
