@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
-from bench.model.scales import get_scale
 from bench.paths import results_dir
 from bench.urls import shown_url
 
@@ -124,7 +123,7 @@ def curves(result) -> dict[str, list[tuple[int, float]]]:
 
 
 def tokens_at(result, step: int) -> int:
-    return step * result.spec["hparams"]["train_batch_size"] * get_scale(result.spec["scale"]).seq_len
+    return step * result.tokens // result.steps if result.steps else 0  # tokens per step is fixed
 
 
 def finals(result) -> dict[str, float]:

@@ -10,16 +10,58 @@ import math
 from typing import Any, Mapping
 
 from analysis.cells import config_key
+from bench.errors import UserError
 from bench.model.scales import get_scale
 from bench.optimizers import registry
-from bench.run.spec import RunSpec
+from bench.run.spec import RunSpec, resolve_hparams
 
 Config = dict[str, Any]
 
 
 def load_grid(optimizer: str, ladder: str) -> dict[str, list]:
     """The grid of `optimizer` for `ladder` ("cpu" or "paper"), from <name>.json beside its optimizer module."""
-    return {key: list(values) for key, values in registry.get(optimizer).space(ladder).items()}
+    grid = {key: list(values) for key, values in registry.get(optimizer).space(ladder).items()}
+    use_space(optimizer)  # a space of the user's own: its values checked before any trial
+    return grid
+
+
+def use_spaces(spaces: list[str], optimizers: list[str]) -> None:
+    """`--space [NAME=]FILE`s of a sweep over `optimizers`: a FILE without NAME is for the one
+    optimizer among them from outside bench/optimizers/."""
+    for item in spaces:
+        name, sep, path = item.partition("=")
+        if not sep:
+            own = [n for n in optimizers if registry.get(n).module]
+            if len(own) != 1:
+                raise UserError(f"--space {item}: name its optimizer, NAME=FILE (your own optimizers "
+                                f"here: {', '.join(own) or 'none'})")
+            name, path = own[0], item
+        use_space(name, path)
+
+
+def use_space(optimizer: str, path: str | None = None) -> None:
+    """Give out-of-tree `optimizer` the space file at `path` (--space) for this process, once its
+    values pass the RunSpec's checks (types, ranges: a bad one fails now, not a trial mid-sweep);
+    without `path`, check the space it has."""
+    opt = registry.with_space(optimizer, path) if path else registry.get(optimizer)
+    if not opt.module:
+        return
+    where = opt.notes if opt.notes.startswith("search space:") else f"optimizer {optimizer}"
+    own = registry.bare(optimizer)  # its defaults without the space's: the types values must have
+    for ladder, grid in (opt.grids or {}).items():
+        for key, values in grid.items():
+            for value in values:
+                _checked(own, {key: value}, f"{where} ({ladder} grid)")
+    _checked(own, dict(opt.defaults), where)
+    if path:
+        registry.use(opt)
+
+
+def _checked(opt: registry.OptimizerDef, values: dict[str, Any], where: str) -> None:
+    try:
+        resolve_hparams(opt, values)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def start_config(optimizer: str, scale: str, grid: Mapping[str, list]) -> Config:

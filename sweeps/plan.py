@@ -9,17 +9,42 @@ evaluation), else from bench.run.estimate's measured training burst on this mach
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from bench.model.flops import flops_per_token
-from bench.model.scales import get_scale
+from bench.model.scales import Scale
 from bench.run.estimate import seconds_per_token
 from bench.run.spec import RunSpec
-from bench.store.record import StoredRun
+from bench.store.record import StoredRun, arch_label
 from bench.urls import shown_url
 from sweeps.grid import Config
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every run of a sweep shares besides its optimizer, scale, ratio and config: RunSpec's
+    data, eval_data, tokenizer and model (as canonical JSON, so a cell stays hashable)."""
+
+    data: str = "default"
+    eval_data: str = ""
+    tokenizer: str = "bpe-512"
+    model: str = "{}"
+
+    def spec_fields(self) -> dict[str, Any]:
+        return {"data": self.data, "eval_data": self.eval_data, "tokenizer": self.tokenizer,
+                "model": json.loads(self.model)}
+
+    def label(self, scale: str) -> str:
+        """The fields that differ from the defaults, "" for none (study names, plans)."""
+        default = SweepContext()
+        parts = [f"{name}={getattr(self, name)}" for name in ("data", "eval_data", "tokenizer")
+                 if getattr(self, name) != getattr(default, name)]
+        if self.model != default.model:
+            parts.append(f"arch={arch_label(scale, json.loads(self.model))}")
+        return ",".join(parts)
 
 
 @dataclass(frozen=True)
@@ -28,20 +53,37 @@ class Cell:
     scale: str
     ratio: float
     protocol: str  # coordinate | tpe | gp | predict
+    context: SweepContext = field(default_factory=SweepContext)
 
     @property
     def study_name(self) -> str:
-        """The Optuna study's name, grouped by path in optuna-dashboard."""
-        return f"optbench/{self.scale}/{self.ratio:g}x/{self.optimizer}/{self.protocol}"
+        """The Optuna study's name, grouped by path in optuna-dashboard; a context other than the
+        default gets its own studies."""
+        label = self.context.label(self.scale)
+        return (f"optbench/{self.scale}/{self.ratio:g}x/{self.optimizer}/{self.protocol}"
+                + (f"/{label}" if label else ""))
 
     @property
     def label(self) -> str:
         return f"{self.optimizer} {self.ratio:g}x"
 
+    @property
+    def shape(self) -> Scale:
+        return self.spec({}).shape
+
+    @property
+    def grid_ladder(self) -> str:
+        """Whose search grid it tunes on: its ladder's, and a shape of the user's own the CPU
+        ladder's up to 10M non-embedding parameters, else the paper's."""
+        shape = self.shape
+        if shape.ladder in ("cpu", "paper"):
+            return shape.ladder
+        return "cpu" if shape.non_embedding_params < 10**7 else "paper"
+
     def spec(self, config: Config, seed: int = 0, device: str = "cpu") -> RunSpec:
         precision = "bf16" if device == "cuda" else "fp32"  # docs/DESIGN.md: bf16 autocast on CUDA
         return RunSpec(self.optimizer, self.scale, self.ratio, dict(config), seed,
-                       precision=precision, device=device)
+                       precision=precision, device=device, **self.context.spec_fields())
 
 
 @dataclass(frozen=True)
@@ -53,7 +95,7 @@ class CellCost:
 
     @property
     def tokens_per_run(self) -> int:
-        return get_scale(self.cell.scale).tokens(self.cell.ratio)
+        return self.cell.shape.tokens(self.cell.ratio)
 
 
 @dataclass(frozen=True)
@@ -70,9 +112,10 @@ def estimate_cost(cells: list[CellCost], workers: int, threads: int, device: str
     """Runs, tokens, FLOPs and wall time of every run the protocols may ask for (an upper bound)."""
     runs = sum(c.max_runs for c in cells)
     tokens = sum(c.max_runs * c.tokens_per_run for c in cells)
-    flops = sum(c.max_runs * c.tokens_per_run * flops_per_token(get_scale(c.cell.scale)) for c in cells)
-    scale = cells[0].cell.scale
-    rates = [r.wall_time_s / r.tokens for r in stored if r.scale == scale and r.status == "ok" and r.tokens > 0]
+    flops = sum(c.max_runs * c.tokens_per_run * flops_per_token(c.cell.shape) for c in cells)
+    scale = cells[0].cell.shape
+    rates = [r.wall_time_s / r.tokens for r in stored
+             if r.scale == scale.name and r.status == "ok" and r.tokens > 0]
     per_token, source = seconds_per_token(scale, threads, device, rates)
     return Cost(runs, tokens, flops, tokens * per_token / max(1, workers), source)
 
@@ -85,9 +128,11 @@ def stored_runs(stored: Sequence[StoredRun], cell: Cell) -> int:
 
 def format_plan(cells: list[CellCost], cost: Cost, settings: dict[str, Any]) -> str:
     """The plan as the user sees it before confirming; the store URLs with their passwords hidden."""
-    scale = get_scale(cells[0].cell.scale)
-    lines = [f"Sweep at {scale.name} ({scale.non_embedding_params:,} non-embedding params), "
-             f"protocol {cells[0].cell.protocol}, {len(cells)} cells:",
+    cell = cells[0].cell
+    scale, context = cell.shape, cell.context.label(cell.scale)
+    lines = [f"Sweep at {scale.name} ({_params(scale)}), "
+             + (f"context {context}, " if context else "")
+             + f"protocol {cell.protocol}, {len(cells)} cells:",
              f"  {'cell':16} {'runs (most)':>11} {'stored':>7} {'tokens/run':>12}  protocol"]
     for c in cells:
         lines.append(f"  {c.cell.label:16} {c.max_runs:11d} {c.stored:7d} {c.tokens_per_run:12,}  {c.label}")
@@ -103,6 +148,12 @@ def format_plan(cells: list[CellCost], cost: Cost, settings: dict[str, Any]) -> 
     lines += [f"Results store: {shown_url(settings['store'])}",
               f"Optuna studies: {shown_url(settings['optuna'])}"]
     return "\n".join(lines)
+
+
+def _params(scale: Scale) -> str:
+    active, total = scale.non_embedding_params, scale.total_non_embedding_params
+    return (f"{active:,} non-embedding params" if active == total
+            else f"{active:,} active of {total:,} non-embedding params")
 
 
 def _duration(seconds: float) -> str:

@@ -37,9 +37,9 @@ def test_every_mode_and_optimizer_step_is_measured_and_the_report_feeds_sweep_es
     path = write_report(report, str(tmp_path / "gpu.json"))
     assert json.loads(open(path).read())["scales"]["cpu-xs"]["optimizers"]["muon"]["optimizer_step_ms"] > 0
     # a sweep on GPUs estimates its time from the written report
-    assert seconds_per_token("cpu-xs", 1, "cuda")[1].startswith("no stored runs")
+    assert seconds_per_token(get_scale("cpu-xs"), 1, "cuda")[1].startswith("no stored runs")
     write_report(report)
-    rate, source = seconds_per_token("cpu-xs", 1, "cuda")
+    rate, source = seconds_per_token(get_scale("cpu-xs"), 1, "cuda")
     best = max(r["model_flops_per_s"] for r in training.values())
     assert rate == pytest.approx(flops_per_token(get_scale("cpu-xs")) / best) and "GPU benchmark" in source
 

@@ -159,3 +159,18 @@ def test_an_unknown_role_in_decay_roles_is_the_users_error():
     adamw = next(o for o in all_optimizers() if o.name == "adamw")
     with pytest.raises(UserError, match="decay_roles"):
         adamw.build(model.tagged_parameters(), {**adamw.defaults, "decay_roles": "hidden,gains"}, model)
+
+
+@pytest.mark.unit
+def test_importing_every_module_registers_no_outside_optimizer_and_builds_one_on_demand():
+    """external.py is imported with the rest of the folder (registering nothing); a module:Class
+    name is built on first use, cached, never listed (tests/test_external_optimizer.py: the rest)."""
+    from bench.optimizers import registry
+
+    shipped = [o for o in all_optimizers() if o.module == ""]
+    assert {o.name for o in shipped} == set(NAMES) - {o.name for o in all_optimizers() if o.module}
+    assert not any(":" in name for name in NAMES)
+    sgd = registry.get("torch.optim:SGD")
+    assert sgd is registry.get("torch.optim:SGD") and sgd.module == "torch.optim.sgd"
+    assert sgd.name not in {o.name for o in all_optimizers()}
+    assert registry.get("adamw") is next(o for o in shipped if o.name == "adamw")

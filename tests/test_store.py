@@ -35,8 +35,9 @@ def test_frame_has_the_columns_analysis_reads(store_url):
     assert list(frame.columns) == ["run_key", "optimizer", "scale", "ladder", "ratio", "seed", "status",
                                    "final_loss", "steps", "tokens", "non_embedding_params", "wall_time_s",
                                    "hparams", "created_at", "reason", "data", "eval_data", "tokenizer",
-                                   "precision", "device", "eval_tokens"]
+                                   "precision", "device", "eval_tokens", "arch"]
     assert frame.data.tolist() == ["default", "default"] and frame.precision.tolist() == ["fp32", "fp32"]
+    assert frame.arch.tolist() == ["llama", "llama"]
     assert frame.status.tolist() == ["ok", "diverged"]
     assert frame.ladder.tolist() == ["cpu", "cpu"]
     assert frame.hparams.iloc[0]["learning_rate"] > 0

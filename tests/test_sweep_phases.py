@@ -59,7 +59,7 @@ def test_study_keys_map_the_study_names_and_default_to_learning_rate():
 
 def test_larger_scales_and_other_ladders_never_count_as_tuned():
     runs = stored([("adamw", "cpu-m", 1.0, 3.0, {}), ("adamw", "0.1B", 1.0, 3.0, {})])
-    assert tuned_cells(runs, "adamw", "cpu-s") == []
+    assert tuned_cells(runs, "adamw", get_scale("cpu-s")) == []
 
 
 def test_predict_fits_over_two_tuned_scales_and_needs_them():

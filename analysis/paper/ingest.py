@@ -41,9 +41,9 @@ DIVERGED_AT = 6.0  # every loss of a run that trained is below 4; divergent ones
 # and tokenizer: docs/PROTOCOL.md, "Data, tokenizer, metric". precision and device are not in
 # PROTOCOL.md: the authors' code (marin's experiments/optimizer_sweep) trains with Levanter, in
 # bf16 compute (its default mixed precision), on TPU pods (its tpu_type settings). eval_tokens:
-# the result files give no count, so None (unknown).
+# the result files give no count, so None (unknown). arch: Llama 2 shapes (docs/PROTOCOL.md).
 STUDY_CONTEXT = {"data": "DCLM-baseline mix", "eval_data": "Paloma c4-en", "tokenizer": "llama3",
-                 "precision": "bf16", "device": "tpu", "eval_tokens": None}
+                 "precision": "bf16", "device": "tpu", "eval_tokens": None, "arch": "llama"}
 
 @dataclass(frozen=True)
 class Issue:

@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from bench.cli.args import positive_float
+from bench.cli.args import positive_float, scale_filter
 from bench.errors import UserError
 
 
@@ -70,11 +70,10 @@ def _chosen_runs(store, args) -> list:
 def _cell_runs(store, args) -> list:
     """The runs of each optimizer's best config in the cell (all its seeds), one context only."""
     from analysis.cells import config_key, split_by_context, summarize_cells
-    from bench.model.scales import get_scale
 
     if args.scale is None or args.ratio is None:
         raise UserError("curves needs --run KEY, or a cell: --scale and --ratio")
-    scale = get_scale(args.scale).name
+    scale = scale_filter(args.scale)
     optimizers = [o.strip() for o in args.optimizers.split(",")] if args.optimizers else None
     runs = store.frame(optimizer=optimizers, scale=scale, reuse_stale=args.reuse_stale)
     runs = runs[[math.isclose(r, args.ratio) for r in runs["ratio"]]]

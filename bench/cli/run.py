@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import Any
 
-from bench.cli.args import non_negative_int, positive_float
+from bench.cli.args import ARCHES, add_model_and_data_flags, model_choice, non_negative_int, positive_float
 from bench.errors import UserError
 from bench.track import TRACKERS, parse_trackers
 
@@ -17,15 +17,15 @@ ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "batch": "train_batch_si
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("run", help="train one run to the end of its budget and store it")
-    p.add_argument("--optimizer", required=True)
-    p.add_argument("--scale", required=True, help="e.g. cpu-xs, 0.1B (see `optbench scales`)")
+    p.add_argument("--optimizer", required=True,
+                   help="a name (see `optbench optimizers`) or module:Class, a torch.optim.Optimizer subclass")
+    p.add_argument("--space", default=None, metavar="FILE",
+                   help="with module:Class: its search space file (defaults, roles; README)")
+    add_model_and_data_flags(p)
     p.add_argument("--ratio", type=positive_float, default=1.0, help="data budget in Chinchilla units")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="hyperparameter override, repeatable (lr=8e-3 warmup=0.05 ...)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default="default", help="data spec (see bench/data/corpus.py)")
-    p.add_argument("--eval-data", default="", help="evaluation data spec; default: held-out split")
-    p.add_argument("--tokenizer", default="bpe-512")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -41,7 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_run)
 
-    p = subparsers.add_parser("scales", help="list the model scales")
+    p = subparsers.add_parser("scales", help="list the model scales, or describe a model file's shape")
+    p.add_argument("--model", default=None, metavar="FILE",
+                   help="a model file (as `run --model`): its shape, parameters, budgets and time here")
+    p.add_argument("--scale", default=None, help="with --model: the scale the file changes")
+    p.add_argument("--arch", default=None, choices=ARCHES, help="with --model or --scale: the architecture")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_scales)
 
@@ -73,10 +77,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.store.database import ResultStore
     from bench.track import require, send
     from bench.urls import shown_url
+    from sweeps.grid import use_space
 
     require(args.track)  # a missing tracker package fails now, not after the training
-    spec = RunSpec(args.optimizer, args.scale, args.ratio, parse_sets(args.sets), args.seed, args.data,
-                   args.eval_data, args.tokenizer, args.precision, args.device)
+    use_space(args.optimizer, args.space)  # your own optimizer's space file, checked (sweeps.grid)
+    scale, model, tokenizer = model_choice(args.scale, args.arch, args.model, args.tokenizer)
+    spec = RunSpec(args.optimizer, scale, args.ratio, parse_sets(args.sets), args.seed, args.data,
+                   args.eval_data, tokenizer, args.precision, args.device, model=model)
     store = ResultStore(args.store)  # opened first: a bad store fails before an hour of training
     found = store.lookup(spec.key)
     if args.reuse_stale and found.stale is None:
@@ -153,6 +160,9 @@ def _print_result(r, url: str, from_store: bool) -> None:
 
 def cmd_scales(args: argparse.Namespace) -> int:
     from bench.model.scales import SCALES
+
+    if args.model or args.scale or args.arch:
+        return _describe_shape(args)
     from bench.run.estimate import run_seconds
 
     rows, sources = [], {}
@@ -177,6 +187,43 @@ def cmd_scales(args: argparse.Namespace) -> int:
     for how in sources.values():
         print(f"  {how}")
     print("  (the paper scales take the largest CPU scale's rate: an order of magnitude only)")
+    return 0
+
+
+def _describe_shape(args: argparse.Namespace) -> int:
+    """One shape (a scale, an architecture, a model file) in full: what a run of it would cost."""
+    from dataclasses import asdict
+
+    from bench.model.flops import flops_per_token
+    from bench.run.estimate import run_seconds
+    from bench.run.spec import resolve_shape
+
+    name, model, tokenizer = model_choice(args.scale, args.arch, args.model, None)
+    shape, canonical = resolve_shape(name, model)
+    vocab = int(tokenizer[4:]) if tokenizer.startswith("bpe-") else None
+    seconds, how = run_seconds(shape, 1.0)
+    row = {**asdict(shape), "model": canonical, "tokenizer": tokenizer,
+           "non_embedding_params": shape.non_embedding_params,
+           "total_non_embedding_params": shape.total_non_embedding_params,
+           "flops_per_token": flops_per_token(shape, vocab) if vocab else None,
+           "tokens": {str(r): shape.tokens(r) for r in (1, 2, 4, 8)},
+           "steps_1x": shape.steps(1.0, shape.default_batch),
+           "est_seconds_1x_here": round(seconds), "estimated_from": how}
+    if args.json:
+        print(json.dumps(row))
+        return 0
+    print(f"{shape.name} ({shape.ladder}), {shape.arch}: hidden {shape.hidden}, intermediate "
+          f"{shape.intermediate}, {shape.layers} layers, {shape.heads} heads, seq_len {shape.seq_len}, "
+          f"batch {shape.default_batch}, tokenizer {tokenizer}")
+    if canonical:
+        print(f"  model         {', '.join(f'{k}={v}' for k, v in canonical.items())}")
+    active, total = shape.non_embedding_params, shape.total_non_embedding_params
+    print(f"  parameters    {active:,} non-embedding" + ("" if active == total else f" active, {total:,} in all"))
+    if vocab:
+        print(f"  FLOPs/token   {row['flops_per_token']:.4g} (6 x active weights with the head + attention)")
+    print("  budgets       " + ", ".join(f"{r}x {t:,} tokens" for r, t in row["tokens"].items())
+          + f" (1x: {row['steps_1x']} steps at batch {shape.default_batch})")
+    print(f"  1x here       {_duration(seconds)}, from {how}")
     return 0
 
 

@@ -5,7 +5,7 @@ import argparse
 import json
 import math
 
-from bench.cli.args import positive_float
+from bench.cli.args import positive_float, scale_filter
 from bench.errors import UserError
 
 WHAT = ("served", "replaced", "stale", "attempt")
@@ -35,11 +35,10 @@ def register(subparsers) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from bench.model.scales import get_scale
     from bench.store.database import ResultStore
     from bench.urls import shown_url
 
-    scale = get_scale(args.scale).name if args.scale else None
+    scale = scale_filter(args.scale)
     store = ResultStore(args.store)
     rows = [(what, r, created) for what, r, created in store.history(optimizer=args.optimizer, scale=scale)
             if _kept(what, r, args)]
@@ -79,13 +78,14 @@ def cmd_code(args: argparse.Namespace) -> int:
 
     known = identity.parts()
     names = known if args.parts == ["all"] else args.parts
-    unknown = [n for n in names if n not in known]
+    # `show` also takes module:Class (your own optimizer's version; declaring one is for bench/'s)
+    unknown = [n for n in names if n not in known and not (":" in n and args.action == "show")]
     if unknown:
         raise UserError(f"unknown code part {unknown[0]!r}; known: all, {', '.join(known)}")
     if args.action == "show":
         for name in names or known:
             state = "declared" if "+" not in identity.part_version(name) else "CHANGED since declared"
-            files = ", ".join(p.relative_to(identity.BENCH).as_posix() for p in identity.part_sources(name))
+            files = ", ".join(identity.source_label(p) for p in identity.part_sources(name))
             print(f"{name:12} {identity.part_version(name):20} {state}  ({files})")
         return 0
     if not names:

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from bench.cli.args import add_model_and_data_flags, model_choice
 from bench.cli.run import add_reuse_flags, add_track_flag
 from bench.errors import UserError
 
@@ -27,10 +28,13 @@ def register(subparsers) -> None:
         description="Tune each optimizer at one scale and several data ratios (coordinate descent "
                     "as in the study, or Optuna's TPE/GP with the same budget), store every run, "
                     "and print the best configs and the speedup over AdamW. Rerun to resume.")
-    p.add_argument("--scale", required=True, help="e.g. cpu-xs, 0.1B (see `optbench scales`)")
+    add_model_and_data_flags(p)
     p.add_argument("--ratios", default="1,2,4,8", help="data budgets in Chinchilla units (default: 1,2,4,8)")
     p.add_argument("--optimizers", default="adamw,muon",
-                   help="comma-separated names, or 'all' (default: adamw,muon)")
+                   help="comma-separated names (module:Class too), or 'all' (default: adamw,muon)")
+    p.add_argument("--space", dest="spaces", action="append", default=[], metavar="[NAME=]FILE",
+                   help="search space file of your own optimizer (repeatable; NAME needed when "
+                        "there are several)")
     p.add_argument("--protocol", default="coordinate", choices=("coordinate", "tpe", "gp", "predict"),
                    help="coordinate: the study's Phase I (Phase II where a smaller scale is tuned); "
                         "tpe, gp: Optuna samplers with the same budget; predict: Phase III, "
@@ -63,9 +67,9 @@ def register(subparsers) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.model.scales import get_scale
     from bench.store.database import ResultStore
     from bench.track import require
+    from sweeps.grid import use_spaces
     from sweeps.plan import Cell
 
     for name in ("max_trials", "seeds", "workers", "threads"):
@@ -75,17 +79,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.micro_batch < 0:
         raise UserError(f"--micro-batch must be 0 or more, got {args.micro_batch}")
     require(args.track)  # a missing tracker package fails before the plan, not after the sweep
-    scale = get_scale(args.scale)
-    optimizers, ratios = parse_optimizers(args.optimizers, scale.ladder), parse_ratios(args.ratios)
+    context = sweep_context(args)
+    scale = context_cell(context).shape
+    ratios = parse_ratios(args.ratios)
+    use_spaces(args.spaces, [n.strip() for n in args.optimizers.split(",") if n.strip() not in ("", "all")])
+    optimizers = parse_optimizers(args.optimizers, context_cell(context).grid_ladder)
     store = ResultStore(args.store)  # opened first: a bad store fails before anything starts
     address = os.environ.get("RAY_ADDRESS") or None
     resources = resolve_resources(args, _cluster(address))
-    cells = [Cell(o, scale.name, r, args.protocol) for r in ratios for o in optimizers]
+    cells = [Cell(o, scale.name, r, args.protocol, context[1]) for r in ratios for o in optimizers]
     if args.reuse_stale and not store.count_stale(optimizer=optimizers, scale=scale.name):
         raise UserError(f"--reuse-stale: the store holds no stale result of {', '.join(optimizers)} "
                         f"at {scale.name}")
-    # read once: the protocols and the plan's cost
-    stored = store.runs(scale=_ladder_up_to(scale), reuse_stale=args.reuse_stale)
+    # read once: the protocols and the plan's cost (runs of this sweep's context only)
+    stored = [r for r in store.runs(scale=_ladder_up_to(scale), reuse_stale=args.reuse_stale)
+              if same_context(r, cells[0])]
     tunings = _tunings(cells, args, resources.device, stored)
     cost = _plan(tunings, args, resources, store, stored)
     if cost is None:
@@ -93,6 +101,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     return _run(tunings, args, resources, store, address, cost)
+
+
+def sweep_context(args: argparse.Namespace):
+    """(scale name, SweepContext) from the model and data flags; the model checked now."""
+    import json
+
+    from bench.run.spec import resolve_shape
+    from sweeps.plan import SweepContext
+
+    name, model, tokenizer = model_choice(args.scale, args.arch, args.model, args.tokenizer)
+    shape, canonical = resolve_shape(name, model)
+    return shape.name, SweepContext(args.data, args.eval_data, tokenizer, json.dumps(canonical, sort_keys=True))
+
+
+def context_cell(context):
+    """A cell of the sweep's scale and context: what its shape and grid are read from."""
+    from sweeps.plan import Cell
+
+    return Cell("adamw", context[0], 1.0, "coordinate", context[1])
+
+
+def same_context(run, cell) -> bool:
+    """Whether a stored run shares the sweep's data, tokenizer and model."""
+    from bench.store.record import spec_context
+
+    mine = spec_context(cell.spec({}).to_dict())
+    return all(getattr(run, name) == mine[name] for name in ("data", "eval_data", "tokenizer", "arch"))
 
 
 def parse_optimizers(text: str, ladder: str) -> list[str]:
@@ -154,11 +189,11 @@ def _has_grid(opt, ladder: str) -> bool:
 
 def _ladder_up_to(scale) -> list[str]:
     """The scales of `scale`'s ladder up to it: what the plan reads (smaller tuned scales, and
-    stored runs at this one)."""
+    stored runs at this one); a shape of the user's own has only itself."""
     from bench.model.scales import SCALES
 
     return [s.name for s in SCALES.values()
-            if s.ladder == scale.ladder and s.non_embedding_params <= scale.non_embedding_params]
+            if s.ladder == scale.ladder and s.non_embedding_params <= scale.non_embedding_params] or [scale.name]
 
 
 def _cluster(address: str | None) -> dict | None:

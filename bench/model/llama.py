@@ -5,6 +5,8 @@ never guess roles from shapes. Initialisation follows Levanter's Llama (normal, 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,33 +70,52 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(x.shape))
 
     def _max_logit(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        t = q.size(-2)
-        logits = (q @ k.mT) * self.head_dim**-0.5
-        causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-        logits = logits.masked_fill(~causal, float("-inf"))
-        return logits.amax(dim=(0, 2, 3)).float()
+        return causal_max_logit(q, k, self.head_dim**-0.5)
+
+
+def causal_max_logit(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """Each head's largest causal pre-softmax logit over the batch; q, k are [B, H, T, D]."""
+    t = q.size(-2)
+    logits = (q @ k.mT) * scale
+    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    logits = logits.masked_fill(~causal, float("-inf"))
+    return logits.amax(dim=(0, 2, 3)).float()
+
+
+def tagged(linear: nn.Linear, role: Role) -> nn.Linear:
+    """`linear` with the role its weight plays (read by tagged_parameters; plain Linears are HIDDEN)."""
+    linear.role = role
+    return linear
 
 
 class MLP(nn.Module):
-    """SwiGLU: w_down(silu(w_gate x) * w_up x)."""
+    """SwiGLU: w_down(silu(w_gate x) * w_up x). `role`: its matrices' (MoE experts are MLPs too)."""
 
-    def __init__(self, hidden: int, intermediate: int):
+    def __init__(self, hidden: int, intermediate: int, role: Role = Role.HIDDEN):
         super().__init__()
         self.w_gate = nn.Linear(hidden, intermediate, bias=False)
         self.w_up = nn.Linear(hidden, intermediate, bias=False)
         self.w_down = nn.Linear(intermediate, hidden, bias=False)
+        if role is not Role.HIDDEN:
+            for linear in (self.w_gate, self.w_up, self.w_down):
+                tagged(linear, role)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
 
 
+Layer = Callable[[Scale], nn.Module]
+
+
 class Block(nn.Module):
-    def __init__(self, scale: Scale):
+    """Pre-norm residual block; `attention` / `mlp` replace Llama's (MLA's attention, an MoE layer)."""
+
+    def __init__(self, scale: Scale, attention: Layer | None = None, mlp: Layer | None = None):
         super().__init__()
         self.attn_norm = RMSNorm(scale.hidden)
-        self.attn = Attention(scale.hidden, scale.heads)
+        self.attn = attention(scale) if attention else Attention(scale.hidden, scale.heads)
         self.mlp_norm = RMSNorm(scale.hidden)
-        self.mlp = MLP(scale.hidden, scale.intermediate)
+        self.mlp = mlp(scale) if mlp else MLP(scale.hidden, scale.intermediate)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin)
@@ -102,17 +123,37 @@ class Block(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    """The decoder. Other architectures (bench/model/build.py) subclass it and replace `make_block`
+    (and `rotary_dim`); parameters are created and initialised in the same order for all."""
+
+    arch = "llama"  # the Scale.arch this class builds
+    has_aux_loss = False  # whether aux_loss() is a training term (bench/run/step.py adds it then)
+
     def __init__(self, scale: Scale, vocab_size: int):
+        if scale.arch != self.arch:  # never a Llama silently in place of the scale's architecture
+            raise ValueError(f"{type(self).__name__} builds arch {self.arch}, the scale is {scale.arch}: "
+                             "use bench.model.build.build_model")
         super().__init__()
         self.scale, self.vocab_size = scale, vocab_size
         self.embed = nn.Embedding(vocab_size, scale.hidden)
-        self.layers = nn.ModuleList(Block(scale) for _ in range(scale.layers))
+        self.layers = nn.ModuleList(self.make_block(scale) for _ in range(scale.layers))
         self.norm = RMSNorm(scale.hidden)
         self.head = nn.Linear(scale.hidden, vocab_size, bias=False)
-        cos, sin = rotary_tables(scale.seq_len, scale.head_dim)
+        cos, sin = rotary_tables(scale.seq_len, self.rotary_dim(scale))
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
+
+    def make_block(self, scale: Scale) -> nn.Module:
+        return Block(scale)
+
+    def rotary_dim(self, scale: Scale) -> int:
+        """The width the rotary tables turn: the whole head here."""
+        return scale.head_dim
+
+    def aux_loss(self) -> torch.Tensor:
+        """The weighted auxiliary training loss of the last forward: none for a dense model."""
+        return self.embed.weight.new_zeros(())
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -149,7 +190,7 @@ def _role(module: nn.Module, p_name: str) -> Role:
     if isinstance(module, RMSNorm):
         return Role.NORM
     if isinstance(module, nn.Linear):
-        return Role.HIDDEN
+        return getattr(module, "role", Role.HIDDEN)
     raise ValueError(f"no role for parameter {p_name} of {type(module).__name__}")
 
 

@@ -7,8 +7,10 @@ Each parameter is viewed as (blocks, block_size); v is an EMA of the block's mea
 Blocks follow the authors' partition (zyushun/Adam-mini, PyPI adam-mini 1.1.1) and the study's
 Levanter `mini`, decided by role and the model's structure, never by shape:
 - EMBEDDING, HEAD: one block per token row;
-- HIDDEN: one block per attention head for an attention module's wq and wk (the module gives
-  n_heads), one per output neuron (row) for wv, wo and the MLP matrices;
+- HIDDEN (and the other MATRIX_ROLES: experts, routers, MLA's latent projections): one block per
+  attention head for an attention module's wq and wk (the module gives n_heads; one that lists
+  its per-head query/key projections in `head_major_qk`, MLA's wq_up, wk_up, wq_rope, for those),
+  one per output neuron (row) for wv, wo, the MLP and expert matrices, routers and latents;
 - NORM, BIAS: one block per entry, i.e. plain Adam (Levanter's choice; the authors' package gives a
   norm vector a single block). The step-by-step test against adam-mini 1.1.1 names norms as its
   Adam blocks and adds our head's name to its output names, and then matches on every parameter.
@@ -24,7 +26,7 @@ from bench.optimizers.adam_moments import adam_direction, decoupled_step
 from bench.optimizers.base import Optimizer
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
 from bench.optimizers.registry import OptimizerDef, register
-from bench.roles import Role, TaggedParam
+from bench.roles import MATRIX_ROLES, Role, TaggedParam
 
 QUERY_KEY = ("wq", "wk")  # attention projections whose blocks are heads (bench/model/llama.py names)
 
@@ -40,7 +42,7 @@ def attention_heads(name: str, model: torch.nn.Module | None) -> int | None:
     owner, _ = name.rsplit(".", 1)
     parent, attr = owner.rsplit(".", 1)
     module = model.get_submodule(parent)
-    if attr in QUERY_KEY and hasattr(module, "n_heads"):
+    if attr in getattr(module, "head_major_qk", QUERY_KEY) and hasattr(module, "n_heads"):
         return module.n_heads
     return None
 
@@ -49,7 +51,7 @@ def block_count(tp: TaggedParam, model: torch.nn.Module | None) -> int:
     """How many second-moment scalars Adam-mini keeps for this parameter (see module doc)."""
     if tp.role in (Role.EMBEDDING, Role.HEAD):
         return tp.param.shape[0]
-    if tp.role is Role.HIDDEN:
+    if tp.role in MATRIX_ROLES:
         return attention_heads(tp.name, model) or tp.param.shape[0]
     return tp.param.numel()
 

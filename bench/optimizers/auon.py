@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from bench.errors import UserError
-from bench.optimizers.common import decay_of
+from bench.optimizers.common import matrix_decay
 from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
 from bench.optimizers.muon import AUX_ROLES, MUON_DEFAULTS, Muon, orthogonalise
 from bench.optimizers.registry import OptimizerDef, register
@@ -70,7 +70,7 @@ class AuON(Muon):
 def _build(params: list[TaggedParam], hp: Mapping[str, Any], ns_steps: int) -> HybridOptimizer:
     return build_hybrid(params, hp, lambda hidden: AuON(
         [t.param for t in hidden], lr=hp["learning_rate"], momentum=hp["momentum"],
-        weight_decay=decay_of(hp, Role.HIDDEN), ns_steps=ns_steps))
+        weight_decay=matrix_decay(hp, hidden), ns_steps=ns_steps))
 
 
 def build_auon(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> HybridOptimizer:

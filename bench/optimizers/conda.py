@@ -30,7 +30,7 @@ from torch import Tensor
 from bench.optimizers.base import Optimizer
 from bench.optimizers.common import TRAIN_DEFAULTS, decayed_roles
 from bench.optimizers.registry import OptimizerDef, register
-from bench.roles import Role, TaggedParam
+from bench.roles import MATRIX_ROLES, Role, TaggedParam
 
 
 def singular_basis(m: Tensor) -> Tensor:
@@ -126,7 +126,7 @@ def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Modu
     for project in (True, False):
         for want in (True, False):
             ps = [t.param for t in params
-                  if (t.role == Role.HIDDEN) == project and (t.role in decayed) == want]
+                  if (t.role in MATRIX_ROLES) == project and (t.role in decayed) == want]
             if ps:
                 groups.append({"params": ps, "project": project,
                                "weight_decay": hp["weight_decay"] if want else 0.0})

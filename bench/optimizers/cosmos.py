@@ -32,12 +32,12 @@ import torch
 from torch import Tensor
 
 from bench.optimizers.base import Optimizer
-from bench.optimizers.common import TRAIN_DEFAULTS, decay_of, make_adamw
+from bench.optimizers.common import TRAIN_DEFAULTS, make_adamw, matrix_decay
 from bench.optimizers.hybrid import HybridOptimizer
 from bench.optimizers.newton_schulz import newton_schulz, ns_dtype
 from bench.optimizers.registry import OptimizerDef, register
 from bench.optimizers.soap import eigenbasis
-from bench.roles import Role, TaggedParam, split_by_role
+from bench.roles import MATRIX_ROLES, Role, TaggedParam, split_by_role
 
 
 def _qr(x: Tensor) -> Tensor:
@@ -121,12 +121,12 @@ class Cosmos(Optimizer):
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> HybridOptimizer:
-    hidden, rest = split_by_role(params, {Role.HIDDEN})
+    hidden, rest = split_by_role(params, set(MATRIX_ROLES))
     parts = []
     if hidden:
         parts.append(Cosmos([t.param for t in hidden], lr=hp["learning_rate"],
                             betas=(hp["beta1"], hp["beta2"]), eps=hp["epsilon"],
-                            weight_decay=decay_of(hp, Role.HIDDEN), rank=hp["rank"], gamma=hp["gamma"],
+                            weight_decay=matrix_decay(hp, hidden), rank=hp["rank"], gamma=hp["gamma"],
                             lr_ratio=hp["lr_ratio"]))
     if rest:
         parts.append(make_adamw(rest, hp, hp["learning_rate"]))

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from bench.optimizers.common import decay_of
+from bench.optimizers.common import matrix_decay
 from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
 from bench.optimizers.muon import AUX_ROLES, MUON_DEFAULTS, Muon
 from bench.optimizers.registry import OptimizerDef, register
@@ -76,7 +76,7 @@ class DropMuon(Muon):
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> HybridOptimizer:
     return build_hybrid(params, hp, lambda hidden: DropMuon(
         block_layers(hidden), lr=hp["learning_rate"], momentum=hp["momentum"],
-        weight_decay=decay_of(hp, Role.HIDDEN), eps=hp["muon_epsilon"]))
+        weight_decay=matrix_decay(hp, hidden), eps=hp["muon_epsilon"]))
 
 
 register(OptimizerDef(

@@ -1,6 +1,7 @@
 """One optimizer made of several: the Muon family's matrix optimizer plus an auxiliary AdamW.
 
-Muon-style optimizers update only the HIDDEN 2-D matrices; embeddings, the head and norm gains go
+Muon-style optimizers update only the hidden 2-D matrices (MATRIX_ROLES: HIDDEN, and an MoE's
+experts and routers, MLA's latent projections); embeddings, the head and norm gains go
 to AdamW at lr * muon_to_adam_lr (the study's convention). The train loop sees one
 torch.optim.Optimizer, so `HybridOptimizer` joins the parts:
 
@@ -13,7 +14,7 @@ torch.optim.Optimizer, so `HybridOptimizer` joins the parts:
   relinks the groups;
 - `state` is a read-only joined view of the parts' per-parameter state.
 
-Use `build_hybrid(params, hp, make_matrix)`: it hands HIDDEN params to `make_matrix` and the rest
+Use `build_hybrid(params, hp, make_matrix)`: it hands the matrix params to `make_matrix` and the rest
 to the auxiliary AdamW (common.make_adamw at hp["learning_rate"] * hp["muon_to_adam_lr"], with the
 study's beta1, beta2, epsilon, weight_decay), dropping a part that would have no params.
 """
@@ -26,7 +27,7 @@ import torch
 
 from bench.optimizers.base import run_closure
 from bench.optimizers.common import make_adamw
-from bench.roles import Role, TaggedParam, split_by_role
+from bench.roles import MATRIX_ROLES, TaggedParam, split_by_role
 
 
 class _JoinedState(Mapping):
@@ -120,8 +121,8 @@ MatrixBuilder = Callable[[list[TaggedParam]], torch.optim.Optimizer]
 
 def build_hybrid(params: list[TaggedParam], hp: Mapping[str, Any],
                  make_matrix: MatrixBuilder) -> HybridOptimizer:
-    """HIDDEN params to `make_matrix(hidden)`, the rest to AdamW at lr * muon_to_adam_lr."""
-    hidden, rest = split_by_role(params, {Role.HIDDEN})
+    """MATRIX_ROLES params to `make_matrix(hidden)`, the rest to AdamW at lr * muon_to_adam_lr."""
+    hidden, rest = split_by_role(params, set(MATRIX_ROLES))
     parts = []
     if hidden:
         parts.append(make_matrix(hidden))

@@ -87,10 +87,11 @@ class _Job(NamedTuple):
     block: Block | None  # None: the whole 1-D parameter
     left_diag: bool | None  # None: no left factor (1-D)
     right_diag: bool
+    length: int = 0  # a 1-D parameter's: vectors batch by length (MLA's latent norms are narrower)
 
     @property
     def signature(self) -> tuple:
-        shape = None if self.block is None else self.block.shape
+        shape = (self.length,) if self.block is None else self.block.shape
         return shape, self.left_diag, self.right_diag
 
 
@@ -229,7 +230,7 @@ class Kron(Optimizer):
         jobs = []
         for i, p in enumerate(params):
             if p.ndim == 1:
-                jobs.append(_Job(i, 0, None, None, True))
+                jobs.append(_Job(i, 0, None, None, True, p.numel()))
             elif p.ndim == 2:
                 left_diag, right_diag, blocks = _layout(tuple(p.shape), size)
                 jobs += [_Job(i, k, b, left_diag, right_diag) for k, b in enumerate(blocks)]

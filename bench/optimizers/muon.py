@@ -49,7 +49,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from bench.optimizers.base import Optimizer
-from bench.optimizers.common import TRAIN_DEFAULTS, decay_of
+from bench.optimizers.common import TRAIN_DEFAULTS, matrix_decay
 from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
 from bench.optimizers.momentum import nesterov_ema, nesterov_sum
 from bench.optimizers.newton_schulz import muon_scale, newton_schulz, ns_dtype
@@ -157,10 +157,10 @@ def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Modu
     if variant_of(hp) == "authors":
         return build_hybrid(params, hp, lambda hidden: AuthorsMuon(
             [t.param for t in hidden], lr=hp["learning_rate"], momentum=hp["momentum"],
-            weight_decay=decay_of(hp, Role.HIDDEN)))
+            weight_decay=matrix_decay(hp, hidden)))
     return build_hybrid(params, hp, lambda hidden: Muon(
         [t.param for t in hidden], lr=hp["learning_rate"], momentum=hp["momentum"],
-        weight_decay=decay_of(hp, Role.HIDDEN), eps=hp["muon_epsilon"]))
+        weight_decay=matrix_decay(hp, hidden), eps=hp["muon_epsilon"]))
 
 
 register(OptimizerDef(

@@ -4,9 +4,11 @@ Paper: Kimi Team, "Kimi K2: Open Agentic Intelligence", arXiv 2507.20534 (MuonCl
 also J. Su, "QK-Clip" (kexue.fm/archives/11126). No public reference code; implemented from the
 paper's equations. After each optimizer step, for every attention head h whose largest logit
 S_max^h = max q.k / sqrt(head_dim) over the step's batch exceeds tau, the head's rows of W_q and W_k
-are both multiplied by sqrt(tau / S_max^h), so the head's logits shrink by tau / S_max^h; other heads
-are untouched. (That is K2's per-head rule for standard multi-head attention; K2's MLA-specific
-handling of the shared rotary key does not arise here, and kv heads = heads in our models.)
+are both multiplied by sqrt(gamma), gamma = tau / S_max^h, so the head's logits shrink by gamma;
+other heads are untouched. That is K2's per-head rule for standard multi-head attention (kv heads =
+heads in our models). An attention module can name its own per-head projections and powers of
+gamma in `qk_clip_powers`: MLA's (bench/model/mla.py) follows K2's MLA rule, sqrt(gamma) on the
+head-specific q_C and k_C, gamma on the head-specific rotary q_R, the shared rotary key untouched.
 The Muon step itself is the study's (muon.py), not K2's RMS-matched 0.2 * sqrt(max(rows, cols)).
 
 The builder switches on `track_max_logit` in every attention module of the model, so each forward
@@ -21,11 +23,18 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from bench.optimizers.common import decay_of
+from bench.optimizers.common import matrix_decay
 from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
 from bench.optimizers.muon import AUX_ROLES, MUON_DEFAULTS, Muon
 from bench.optimizers.registry import OptimizerDef, register
 from bench.roles import Role, TaggedParam
+
+LLAMA_POWERS = {"wq": 0.5, "wk": 0.5}  # the contract's default: wq and wk, sqrt(gamma) each
+
+
+def clip_powers(attn: nn.Module) -> dict[str, float]:
+    """{projection name: power of gamma} of an attention module (module doc)."""
+    return getattr(attn, "qk_clip_powers", LLAMA_POWERS)
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -35,13 +44,16 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def qk_clip(attn: nn.Module, tau: float) -> None:
-    """Scale the W_q and W_k rows of every head whose max logit exceeds tau by sqrt(tau / S_max)."""
+    """Scale the W_q and W_k rows of every head whose max logit exceeds tau by sqrt(tau / S_max)
+    (or, for a module's own clip_powers, by (tau / S_max)^power)."""
     s_max = attn.max_logit
     if s_max is None:  # no forward has run yet
         return
-    factor = torch.where(s_max > tau, (tau / s_max).sqrt(), torch.ones_like(s_max))
-    for weight in (attn.wq.weight, attn.wk.weight):
-        heads = weight.view(attn.n_heads, attn.head_dim, weight.size(-1))
+    gamma = torch.where(s_max > tau, tau / s_max, torch.ones_like(s_max))
+    for name, power in clip_powers(attn).items():
+        factor = gamma.sqrt() if power == 0.5 else gamma.pow(power)
+        weight = getattr(attn, name).weight
+        heads = weight.view(attn.n_heads, -1, weight.size(-1))
         heads.mul_(factor.to(weight.dtype)[:, None, None])
 
 
@@ -52,9 +64,9 @@ class MuonClip(Muon):
                  **muon_options: Any) -> None:
         super().__init__(params, **muon_options)
         for attn in attention:
-            for weight in (attn.wq.weight, attn.wk.weight):
-                if weight.size(0) != attn.n_heads * attn.head_dim:
-                    raise ValueError("QK-clip needs wq and wk with n_heads * head_dim rows")
+            for name in clip_powers(attn):
+                if getattr(attn, name).weight.size(0) % attn.n_heads:
+                    raise ValueError(f"QK-clip needs {name} rows that split into n_heads heads")
             attn.track_max_logit = True
         self.attention = attention
         self.tau = tau
@@ -70,7 +82,7 @@ class MuonClip(Muon):
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: nn.Module) -> HybridOptimizer:
     return build_hybrid(params, hp, lambda hidden: MuonClip(
         [t.param for t in hidden], attention_modules(model), hp["qk_clip_tau"],
-        lr=hp["learning_rate"], momentum=hp["momentum"], weight_decay=decay_of(hp, Role.HIDDEN),
+        lr=hp["learning_rate"], momentum=hp["momentum"], weight_decay=matrix_decay(hp, hidden),
         eps=hp["muon_epsilon"]))
 
 

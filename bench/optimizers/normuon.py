@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from bench.optimizers.common import decay_of
+from bench.optimizers.common import matrix_decay
 from bench.optimizers.hybrid import HybridOptimizer, build_hybrid
 from bench.optimizers.muon import AUX_ROLES, MUON_DEFAULTS, Muon
 from bench.optimizers.registry import OptimizerDef, register
@@ -62,7 +62,7 @@ class NorMuon(Muon):
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> HybridOptimizer:
     return build_hybrid(params, hp, lambda hidden: NorMuon(
         [t.param for t in hidden], lr=hp["learning_rate"], momentum=hp["momentum"],
-        beta2=hp["normuon_beta2"], weight_decay=decay_of(hp, Role.HIDDEN)))
+        beta2=hp["normuon_beta2"], weight_decay=matrix_decay(hp, hidden)))
 
 
 register(OptimizerDef(

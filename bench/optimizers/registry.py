@@ -1,7 +1,9 @@
 """The optimizer registry: each optimizer module registers one OptimizerDef here.
 
 Adding an optimizer is one new module under bench/optimizers/ that calls `register(...)`; the
-package imports every module in the folder, so nothing else is edited.
+package imports every module in the folder, so nothing else is edited. Optimizers from outside the
+folder (`module:Class` names, `optbench.optimizers` entry points) are built on first use
+(external.py) and cached here.
 """
 from __future__ import annotations
 
@@ -67,6 +69,10 @@ class OptimizerDef:
     differences: tuple[str, ...] = ()
     added_later: frozenset[str] = frozenset()
     choices: Mapping[str, tuple] = field(default_factory=dict)  # a named hyperparameter's allowed values
+    # Out-of-tree optimizers (external.py): the module holding its code (bench/run/identity.py
+    # digests it), and its search grids by ladder from its space file (None: <name>.json here).
+    module: str = ""
+    grids: Mapping[str, Mapping[str, list]] | None = None
 
     def allowed(self, name: str) -> tuple | None:
         """The values hyperparameter `name` may take, where they are a fixed set (spec.py checks)."""
@@ -78,6 +84,10 @@ class OptimizerDef:
 
     def space(self, ladder: str = "cpu") -> dict[str, list]:
         """The search grid for `ladder` ("cpu" or "paper") from <name>.json beside its module."""
+        if self.grids is not None:
+            if ladder not in self.grids:
+                raise UserError(f"optimizer {self.name!r} has no {ladder!r} search grid (give one with --space)")
+            return dict(self.grids[ladder])
         path = SPACES_DIR / f"{self.name}.json"
         if not path.exists():
             raise UserError(f"no search space file for optimizer {self.name!r}: {path}")
@@ -92,6 +102,7 @@ class OptimizerDef:
 
 
 _REGISTRY: dict[str, OptimizerDef] = {}
+_OUTSIDE: dict[str, OptimizerDef] = {}  # module:Class and entry-point optimizers, built on first use
 
 
 def register(opt: OptimizerDef) -> OptimizerDef:
@@ -111,15 +122,54 @@ def register(opt: OptimizerDef) -> OptimizerDef:
 def get(name: str) -> OptimizerDef:
     from bench import optimizers  # noqa: F401  (imports every module, filling the registry)
 
-    if name not in _REGISTRY:
-        raise UserError(f"unknown optimizer {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name not in _OUTSIDE:
+        from bench.optimizers import external
+
+        found = external.load(name)
+        if found is None:
+            known = sorted({*_REGISTRY, *external.entry_point_names()})
+            raise UserError(f"unknown optimizer {name!r}; known: {', '.join(known)}, or module:Class "
+                            "(a torch.optim.Optimizer subclass)")
+        _OUTSIDE[name] = found
+    return _OUTSIDE[name]
+
+
+def with_space(name: str, path: str) -> OptimizerDef:
+    """Out-of-tree optimizer `name` with the space file at `path` (not yet in use: `use`)."""
+    from bench.optimizers import external
+
+    if get(name).module == "":
+        raise UserError(f"--space is for your own optimizers (module:Class or entry points); {name!r} "
+                        f"keeps bench/optimizers/{name}.json")
+    return external.load(name, path)
+
+
+def bare(name: str) -> OptimizerDef:
+    """Optimizer `name` without a space file: its own defaults, which say each value's type."""
+    from bench.optimizers import external
+
+    return get(name) if get(name).module == "" else external.load(name, False)
+
+
+def use(opt: OptimizerDef) -> None:
+    """Use `opt` (with_space's) for its name from now on, in this process."""
+    _OUTSIDE[opt.name] = opt
+
+
+def forget_outside() -> None:
+    """Drop the out-of-tree optimizers built so far (tests; a changed module is imported anew)."""
+    _OUTSIDE.clear()
 
 
 def all_optimizers() -> list[OptimizerDef]:
+    """The shipped optimizers and those installed packages register (entry points)."""
     from bench import optimizers  # noqa: F401
+    from bench.optimizers.external import entry_point_names
 
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return [*(_REGISTRY[k] for k in sorted(_REGISTRY)),
+            *(get(n) for n in entry_point_names() if n not in _REGISTRY)]
 
 
 def variant_of(hp: Mapping[str, Any]) -> str:

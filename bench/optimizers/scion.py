@@ -33,12 +33,12 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from bench.optimizers.base import Optimizer
-from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups, decay_of
+from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups, matrix_decay
 from bench.optimizers.hybrid import HybridOptimizer
 from bench.optimizers.muon import Muon, orthogonalise
 from bench.optimizers.newton_schulz import muon_scale
 from bench.optimizers.registry import OptimizerDef, register
-from bench.roles import Role, TaggedParam, split_by_role
+from bench.roles import MATRIX_ROLES, Role, TaggedParam, split_by_role
 
 # Levanter's ScionConfig.backend_steps; the study never changed it (Muon uses 5).
 NS_STEPS = 10
@@ -83,11 +83,11 @@ class Signum(Optimizer):
 
 
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> HybridOptimizer:
-    hidden, rest = split_by_role(params, {Role.HIDDEN})
+    hidden, rest = split_by_role(params, set(MATRIX_ROLES))
     parts: list[torch.optim.Optimizer] = []
     if hidden:
         parts.append(ScionSpectral([t.param for t in hidden], lr=hp["learning_rate"],
-                                   momentum=hp["momentum"], weight_decay=decay_of(hp, Role.HIDDEN),
+                                   momentum=hp["momentum"], weight_decay=matrix_decay(hp, hidden),
                                    eps=hp["scion_epsilon"]))
     if rest:
         signum_lr = hp["learning_rate"] * hp["scion_to_signum_lr"]

@@ -20,7 +20,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from bench.model.flops import flops_per_token
-from bench.model.scales import Scale, get_scale
+from bench.model.scales import SCALES, Scale, get_scale
 from bench.paths import cache_dir, results_dir
 from bench.run.timing import model_and_batch, timed_steps
 
@@ -80,30 +80,39 @@ def _measure(scale: Scale, steps: int = 5) -> float:
     return x.size(0) * scale.seq_len * flops_per_token(scale) / step_s
 
 
-def seconds_per_token(scale: str, threads: int | None = None, device: str = "cpu",
+def seconds_per_token(scale: Scale, threads: int | None = None, device: str = "cpu",
                       stored_rates: Sequence[float] = ()) -> tuple[float, str]:
     """Seconds per training token at `scale` here, and where the figure comes from: the one source
     of every time estimate (`optbench scales`, a sweep's plan). `stored_rates` are stored runs'
     seconds per token at this scale (loading and evaluation included), preferred when there are
-    any; else the GPU benchmark (cuda) or a measured training burst (cpu)."""
+    any; else the GPU benchmark (cuda) or a measured training burst (cpu) of the nearest ladder
+    scale's Llama, at this shape's FLOPs."""
     if stored_rates:
         return (statistics.median(stored_rates),
-                f"the median of {len(stored_rates)} stored run(s) at {scale}, loading and evaluation included")
-    flops = flops_per_token(get_scale(scale))
+                f"the median of {len(stored_rates)} stored run(s) at {scale.name}, loading and evaluation included")
+    flops, measured_at = flops_per_token(scale), _nearest_ladder_scale(scale)
     if device == "cuda":
-        measured = measured_gpu_flops(scale)
+        measured = measured_gpu_flops(measured_at)
         if measured is None:
             return math.nan, "no stored runs at this scale and no GPU throughput measured (make bench-gpu)"
         return flops / measured[0], measured[1]
-    rate = achieved_flops(scale, threads)
+    rate = achieved_flops(measured_at, threads)
     return (flops / rate.flops_per_s, f"{rate.how}: {rate.flops_per_s / 1e9:.1f} GFLOP/s per process; "
             "evaluation and data loading not included")
 
 
 def run_seconds(scale: Scale, ratio: float, threads: int | None = None) -> tuple[float, str]:
     """Seconds of training for a ratio-x budget at `scale` here (no stored runs), and their source."""
-    per_token, how = seconds_per_token(scale.name, threads)
+    per_token, how = seconds_per_token(scale, threads)
     return scale.tokens(ratio) * per_token, how
+
+
+def _nearest_ladder_scale(scale: Scale) -> str:
+    """The ladder scale of `scale`'s name, or for a shape of the user's own the one nearest in
+    non-embedding parameters (a rate measured there is an order of magnitude)."""
+    if scale.name in SCALES:
+        return scale.name
+    return min(SCALES.values(), key=lambda s: abs(math.log(s.non_embedding_params / scale.non_embedding_params))).name
 
 
 def measured_gpu_flops(scale: str) -> tuple[float, str] | None:

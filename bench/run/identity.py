@@ -11,12 +11,19 @@ as "v<N>"; code changed since its declaration runs as "v<N>+<digest>" and so nev
 of v<N>. A developer then declares the change with `optbench code`: `accept` (a refactor: results
 stay valid, the digest joins v<N>) or `bump` (results change: v<N+1>, older results go stale).
 tests/test_code_identity.py keeps the committed code declared.
+
+An optimizer from outside bench/ (a `module:Class` name or an entry point, bench/optimizers/
+external.py) is versioned the same way from its module's source, wherever that lives, with the
+bench modules that build it: undeclared, it runs as "v0+<digest>". Its run key also holds its own
+module's digest (`module_digest`, bench/run/spec.py): its name alone does not say which code it is.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -58,13 +65,35 @@ def part_version(part: str) -> str:
     return f"v{declared['version']}" if digest in declared["accepted"] else f"v{declared['version']}+{digest}"
 
 
-@lru_cache(maxsize=None)
 def source_digest(part: str) -> str:
     """12 hex digits over the syntax trees (docstrings left out) of the part's modules."""
+    return _digest(tuple((source_label(p), p, _stamp(p)) for p in part_sources(part)))
+
+
+@lru_cache(maxsize=None)
+def _digest(sources: tuple[tuple[str, Path, tuple[int, int]], ...]) -> str:
     h = hashlib.sha256()
-    for path in part_sources(part):
-        h.update(path.relative_to(BENCH).as_posix().encode() + b"\0" + _module(path).digest + b"\0")
+    for label, path, stamp in sources:
+        h.update(label.encode() + b"\0" + _module(path, stamp).digest + b"\0")
     return h.hexdigest()[:12]
+
+
+def module_digest(module: str) -> str:
+    """12 hex digits over the syntax tree (docstrings left out) of one module, found anywhere."""
+    path = _module_path(module)
+    return _module(path, _stamp(path)).digest.hex()[:12]
+
+
+def source_label(path: Path) -> str:
+    """A module file as digests and `optbench code` name it: relative to bench/, else its file name
+    (an out-of-tree module's digest does not depend on where it is installed)."""
+    return path.relative_to(BENCH).as_posix() if path.is_relative_to(BENCH) else path.name
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """What tells a changed file from the one parsed before (the caches' key)."""
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
 
 
 class _Module(NamedTuple):
@@ -72,8 +101,8 @@ class _Module(NamedTuple):
     imports: tuple[str, ...]  # the optimizer modules it imports
 
 
-@lru_cache(maxsize=None)  # modules are shared by many parts: each is parsed once
-def _module(path: Path) -> _Module:
+@lru_cache(maxsize=None)  # modules are shared by many parts: each is parsed once per version
+def _module(path: Path, stamp: tuple[int, int]) -> _Module:
     tree = ast.parse(path.read_text(), str(path))
     imports = []
     for node in ast.walk(tree):
@@ -82,7 +111,7 @@ def _module(path: Path) -> _Module:
         elif isinstance(node, ast.Import):
             imports += [a.name for a in node.names]
     inside = tuple(m for m in imports if m.startswith(_OPTIMIZERS_PACKAGE + "."))
-    return _Module(hashlib.sha256(ast.dump(_without_docstrings(tree)).encode()).digest(), inside)
+    return _Module(hashlib.sha256(_dump(_without_docstrings(tree)).encode()).digest(), inside)
 
 
 def part_sources(part: str) -> list[Path]:
@@ -93,8 +122,9 @@ def part_sources(part: str) -> list[Path]:
         return sorted(paths)
     from bench.optimizers import registry
 
-    module = registry.get(part).build.__module__
-    return sorted(_module_path(m) for m in _optimizer_modules(module))
+    opt = registry.get(part)
+    modules = _optimizer_modules(opt.build.__module__) | (_optimizer_modules(opt.module) if opt.module else set())
+    return sorted(_module_path(m) for m in modules)
 
 
 def parts() -> list[str]:
@@ -148,12 +178,20 @@ def _optimizer_modules(module: str) -> set[str]:
         name = todo.pop()
         if name not in seen and name not in _NOT_OPTIMIZER_CODE:
             seen.add(name)
-            todo += _module(_module_path(name)).imports
+            path = _module_path(name)
+            todo += _module(path, _stamp(path)).imports
     return seen
 
 
 def _module_path(module: str) -> Path:
-    return BENCH.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    if module.startswith(_OPTIMIZERS_PACKAGE + "."):
+        return BENCH.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    loaded = sys.modules.get(module)  # an out-of-tree optimizer's module: imported by the registry
+    spec = None if loaded is not None else importlib.util.find_spec(module)
+    file = getattr(loaded, "__file__", None) or (spec.origin if spec else None)
+    if not file or not file.endswith(".py"):
+        raise UserError(f"optimizer module {module!r} has no Python source to version")
+    return Path(file).resolve()
 
 
 def _without_docstrings(tree: ast.Module) -> ast.Module:
@@ -164,3 +202,15 @@ def _without_docstrings(tree: ast.Module) -> ast.Module:
                 and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
     return tree
+
+
+def _dump(node: object) -> str:
+    """A syntax tree as text, the same on every Python from 3.11 (ast.dump is not: 3.12 adds
+    type_params=[], 3.13 leaves empty fields out), so no interpreter makes results stale."""
+    if isinstance(node, ast.AST):
+        fields = ((name, getattr(node, name, None)) for name in node._fields)
+        return f"{type(node).__name__}(" + ",".join(f"{name}={_dump(value)}" for name, value in fields
+                                                 if value is not None and value != []) + ")"
+    if isinstance(node, list):
+        return "[" + ",".join(_dump(item) for item in node) + "]"
+    return repr(node)

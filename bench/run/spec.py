@@ -7,7 +7,8 @@ content hash of the canonical JSON: the same key means the same run.
 One rule keeps stored runs findable when an optimizer gains a hyperparameter: a hyperparameter it
 declares as added later (`OptimizerDef.keyless_at_default()`: its own `added_later` and the shared
 `decay_roles`) is left out of the key while it equals its default, the behaviour the runs made
-before it existed had. Set to anything else, it is in the key like every other.
+before it existed had. Set to anything else, it is in the key like every other. The same holds
+for `model` (the architecture and shape beside the scale's Llama): empty, it is left out.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 from bench.errors import UserError
-from bench.model.scales import get_scale
+from bench.model import scales
+from bench.model.scales import Scale, get_scale
 from bench.optimizers import registry
 from bench.roles import Role
 from bench.run.schedules import SCHEDULES
@@ -41,11 +44,16 @@ class RunSpec:
     precision: str = "fp32"
     device: str = "cpu"
     eval_tokens: int = DEFAULT_EVAL_TOKENS
+    # What differs from the scale's Llama (bench.model.scales.resolve_model): the architecture
+    # (llama | mla | moe) and its options, and shape fields; a scale outside the ladders (a user's
+    # --model file) keeps its whole shape here. Resolved, so an explicit default is the same run.
+    model: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         opt = registry.get(self.optimizer)
-        scale = get_scale(self.scale)
+        scale, model = resolve_shape(self.scale, self.model)
         object.__setattr__(self, "scale", scale.name)
+        object.__setattr__(self, "model", model)
         if not (isinstance(self.ratio, (int, float)) and math.isfinite(self.ratio) and self.ratio > 0):
             raise UserError(f"ratio must be a positive number, got {self.ratio!r}")
         object.__setattr__(self, "ratio", float(self.ratio))
@@ -60,9 +68,17 @@ class RunSpec:
         if not isinstance(self.eval_tokens, int) or self.eval_tokens < 1:
             raise UserError(f"eval_tokens must be a positive integer, got {self.eval_tokens!r}")
 
+    @cached_property
+    def shape(self) -> Scale:
+        """The model's shape and architecture: the scale's, with `model` applied."""
+        return resolve_shape(self.scale, self.model)[0]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["hparams"] = dict(sorted(self.hparams.items()))
+        d["model"] = dict(sorted(self.model.items()))
+        if not d["model"]:  # the scale's Llama: keys stay those issued before `model` existed
+            del d["model"]
         return d
 
     @property
@@ -71,12 +87,36 @@ class RunSpec:
         opt = registry.get(self.optimizer)
         d["hparams"] = {k: v for k, v in d["hparams"].items()
                         if not (k in opt.keyless_at_default() and v == opt.defaults[k])}
+        if opt.module:  # an out-of-tree optimizer: its name does not say which code it is
+            from bench.run.identity import module_digest
+
+            d["optimizer_code"] = module_digest(opt.module)
         canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
         return cls(**d)
+
+
+def resolve_shape(scale: str, model: Mapping[str, Any]) -> tuple[Scale, dict[str, Any]]:
+    """(the shape, the canonical `model`) of a named scale with `model` applied, or of a scale
+    outside the ladders, whose `model` holds its whole shape."""
+    if not isinstance(model, Mapping):
+        raise UserError(f"model must be a mapping of architecture and shape fields, got {model!r}")
+    if not model:  # the scale's Llama
+        return get_scale(scale), {}
+    try:
+        base = get_scale(scale)
+    except UserError:
+        if "hidden" not in model:  # not a whole shape either
+            raise
+        base = None
+    if base is not None:
+        return scales.resolve_model(base, model)
+    shape, canonical = scales.resolve_model(None, {**model, "name": scale})
+    canonical.pop("name", None)
+    return shape, canonical
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -94,7 +134,8 @@ _RULES = {
     "max_grad_norm": (lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "lr_schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-    "decay_roles": (lambda v: {n.strip() for n in v.split(",") if n.strip()} <= {r.value for r in Role},
+    "decay_roles": (lambda v: {n.strip().removeprefix("-") for n in v.split(",") if n.strip()}
+                    <= {r.value for r in Role},
                     f"comma-separated role names among {', '.join(r.value for r in Role)}"),
     "ns_steps": (lambda v: v >= 1, "an integer >= 1"),
     "max_precond_dim": (lambda v: v >= 1, "an integer >= 1"),

@@ -63,16 +63,22 @@ def gradients(model: LlamaModel, loss_fn: LossFn, x: torch.Tensor, y: torch.Tens
               autocast: AbstractContextManager = nullcontext(), fault: Fault | None = None,
               step: int = 0) -> torch.Tensor:
     """The batch's mean next-token loss (detached), its gradient accumulated over micro-batches of
-    equal tokens per row (each chunk's mean weighted by its share of the rows)."""
+    equal tokens per row (each chunk's mean weighted by its share of the rows).
+
+    A model with an auxiliary loss (`has_aux_loss`: an MoE's load balancing) has it added to each
+    chunk's loss for the backward pass only: the returned loss is the language model's."""
     chunks = list(zip(x.split(micro_batch), y.split(micro_batch))) if micro_batch else [(x, y)]
+    aux = getattr(model, "has_aux_loss", False)  # never a zero term: dense models stay bitwise
     total = None
     for xs, ys in chunks:
         with autocast:
             loss = loss_fn(model, model.trunk(xs), ys)
+            extra = model.aux_loss() if aux else None
         if len(chunks) > 1:
             loss = loss * (xs.size(0) / x.size(0))
+            extra = None if extra is None else extra * (xs.size(0) / x.size(0))
         if fault is not None:
             loss = fault.apply(step, loss)
-        loss.backward()
+        (loss if extra is None else loss + extra).backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total

@@ -31,9 +31,9 @@ from bench.data.tokens import (
     unigram_loss,
     warn_epochs,
 )
+from bench.model.build import build_model
 from bench.model.flops import flops_per_token
 from bench.model.llama import LlamaModel, compile_model, head_loss
-from bench.model.scales import get_scale
 from bench.optimizers import registry
 from bench.run import identity
 from bench.run.checkpoint import Checkpointer
@@ -100,7 +100,7 @@ def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
     if reason := no_device(spec.device):
         result.status, result.reason = ENVIRONMENT_FAILURE, reason
         return result
-    scale = get_scale(spec.scale)
+    scale = spec.shape
     data = load_data(spec.data, spec.eval_data, spec.tokenizer, scale.tokens(spec.ratio))
     result.unigram_loss = unigram_loss(data)
     try:
@@ -126,10 +126,10 @@ def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
 def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResult) -> _Trained:
     """Train to the end of the budget (or divergence). What it learns about the run goes into
     `result` as soon as it is known, so that a run that raises part-way keeps it."""
-    scale, hp = get_scale(spec.scale), spec.hparams
+    scale, hp = spec.shape, spec.hparams
     device = torch.device(spec.device)
     torch.manual_seed(spec.seed)
-    model = LlamaModel(scale, data.vocab_size).to(device)
+    model = build_model(scale, data.vocab_size).to(device)
     loss_fn = compile_model(model) if options.compile else head_loss
     result.compiled, result.micro_batch = options.compile, options.micro_batch
     tagged = model.tagged_parameters()
@@ -204,7 +204,7 @@ def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _curve_loss(spec: RunSpec, model: LlamaModel, data: TokenData, autocast: AbstractContextManager,
                 micro_batch: int) -> float:
     """The held-out loss on the curve's share of the evaluation tokens."""
-    tokens = max(get_scale(spec.scale).seq_len, spec.eval_tokens // CURVE_SHARE)
+    tokens = max(spec.shape.seq_len, spec.eval_tokens // CURVE_SHARE)
     return _evaluate(spec, model, data, autocast, micro_batch or EVAL_BATCH, tokens).loss
 
 
@@ -212,7 +212,7 @@ def _evaluate(spec: RunSpec, model: LlamaModel, data: TokenData, autocast: Abstr
               batch_size: int, tokens: int | None = None) -> Evaluation:
     """Held-out loss on the first `tokens` evaluation tokens (None: all of the spec's), overall and
     by the training frequency of the target token."""
-    scale = get_scale(spec.scale)
+    scale = spec.shape
     buckets = token_buckets(data).numpy()
     sums, counts = np.zeros(len(BUCKETS)), np.zeros(len(BUCKETS))
     model.eval()

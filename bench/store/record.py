@@ -6,25 +6,30 @@ analysis.cells.summarize_cells, analysis.speedups, sweeps.report and the regress
 
 A run's **context** is what its spec fixes besides the optimizer, its hyperparameters, the seed,
 the scale and the ratio: the training data, the evaluation data, the tokenizer, the precision, the
-device and the evaluation tokens (CONTEXT_COLUMNS). Losses of different contexts are different
+device, the evaluation tokens and the model's architecture and shape beside the scale's Llama
+(CONTEXT_COLUMNS). Losses of different contexts are different
 measurements, so analysis never pools them into one cell; `context_label` names a context in one
 line, the same way everywhere (tables, the terminal, the filters of `optbench analyze`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from bench.errors import UserError
+from bench.model import scales
 from bench.model.scales import get_scale
 from bench.run.spec import RunResult, RunSpec
 
 if TYPE_CHECKING:  # imported where a frame is built: the store's writers never need pandas
     import pandas as pd
 
-CONTEXT_COLUMNS = ("data", "eval_data", "tokenizer", "precision", "device", "eval_tokens")
+CONTEXT_COLUMNS = ("data", "eval_data", "tokenizer", "precision", "device", "eval_tokens", "arch")
 # A run's context fields default to RunSpec's, so a record built without them is a default-spec run.
-_SPEC_DEFAULTS = {f.name: f.default for f in fields(RunSpec) if f.name in CONTEXT_COLUMNS}
+_SPEC_DEFAULTS = {f.name: f.default for f in fields(RunSpec) if f.name in CONTEXT_COLUMNS} | {"arch": "llama"}
 
 
 @dataclass(frozen=True)
@@ -53,19 +58,48 @@ class StoredRun:
     precision: str = _SPEC_DEFAULTS["precision"]
     device: str = _SPEC_DEFAULTS["device"]
     eval_tokens: int | None = _SPEC_DEFAULTS["eval_tokens"]  # None: the source does not say
+    arch: str = _SPEC_DEFAULTS["arch"]  # arch_label of the spec's model
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ladder", get_scale(self.scale).ladder)
+        try:
+            ladder = get_scale(self.scale).ladder
+        except UserError:  # a shape of the user's own (--model FILE)
+            ladder = "custom"
+        object.__setattr__(self, "ladder", ladder)
 
     @classmethod
     def from_result(cls, result: RunResult, created_at: str | None = None) -> StoredRun:
         """What analysis reads of a finished run (`created_at`: when the store took it)."""
         spec = result.spec
-        context = {name: spec.get(name, default) for name, default in _SPEC_DEFAULTS.items()}
         return cls(result.run_key, spec["optimizer"], spec["scale"], spec["ratio"], spec["seed"],
                    result.status, math.nan if result.final_loss is None else result.final_loss,
                    result.steps, result.tokens, result.non_embedding_params, result.wall_time_s,
-                   spec["hparams"], created_at, result.reason or "", **context)
+                   spec["hparams"], created_at, result.reason or "", **spec_context(spec))
+
+
+def spec_context(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The context (CONTEXT_COLUMNS) of a spec dict (RunSpec.to_dict()); fields it lacks take
+    RunSpec's defaults."""
+    context = {name: spec.get(name, default) for name, default in _SPEC_DEFAULTS.items()}
+    context["arch"] = arch_label(spec["scale"], spec.get("model") or {})
+    return context
+
+
+def arch_label(scale: str, model: Mapping[str, Any]) -> str:
+    """The model beside the scale's Llama in one word: "llama" for none, the architecture's name
+    at its default options ("moe"), else the name and a digest of the whole `model` ("moe+1f0c9a2e"),
+    so two different models never share a label."""
+    if not model:
+        return "llama"
+    arch = model.get("arch", "llama")
+    try:
+        base = get_scale(scale)
+        if scales.resolve_model(base, {"arch": arch})[1] == scales.resolve_model(base, model)[1]:
+            return arch
+    except UserError:  # a scale of the user's own: its shape is in `model`
+        pass
+    digest = hashlib.sha256(json.dumps(dict(model), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{arch}+{digest}"
 
 
 RUN_COLUMNS = tuple(f.name for f in fields(StoredRun))
@@ -87,10 +121,11 @@ def context_text(name: str, value: Any) -> str:
 
 def context_label(context: Mapping[str, Any]) -> str:
     """A context in one line, e.g. "data=default eval=held-out tok=bpe-512 fp32 cpu
-    eval_tokens=131072"; `context` maps every name of CONTEXT_COLUMNS to its value."""
+    eval_tokens=131072 arch=moe" (the scale's Llama is not named); `context` maps every name of CONTEXT_COLUMNS to its value."""
     text = {name: context_text(name, context[name]) for name in CONTEXT_COLUMNS}
     return (f"data={text['data']} eval={text['eval_data']} tok={text['tokenizer']} "
-            f"{text['precision']} {text['device']} eval_tokens={text['eval_tokens']}")
+            f"{text['precision']} {text['device']} eval_tokens={text['eval_tokens']}"
+            + ("" if text["arch"] == "llama" else f" arch={text['arch']}"))
 
 
 def context_labels(runs: pd.DataFrame) -> list[str]:

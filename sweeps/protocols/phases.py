@@ -20,10 +20,9 @@ from typing import Any, Sequence
 
 from analysis.paper.ingest import DEFAULT_DATA_DIR, OPTIMIZER_NAMES
 from bench.errors import UserError
-from bench.model.scales import get_scale
-from bench.run.spec import RunSpec
+from bench.model.scales import Scale, get_scale
 from bench.store.record import StoredRun
-from sweeps.grid import Config, importance_order, load_grid, snap_config, start_config
+from sweeps.grid import Config, importance_order, load_grid, snap_config
 from sweeps.plan import Cell
 from sweeps.protocols.base import FixedConfig, TuningProtocol
 from sweeps.protocols.coordinate import CoordinateDescent
@@ -47,12 +46,11 @@ class Tuned:
 def make_protocol(cell: Cell, budget: int,
                   stored: Sequence[StoredRun]) -> tuple[TuningProtocol, dict]:
     """The cell's protocol and its grid, given the runs in the store."""
-    ladder = get_scale(cell.scale).ladder
-    grid = load_grid(cell.optimizer, ladder)
-    start = start_config(cell.optimizer, cell.scale, grid)
+    grid = load_grid(cell.optimizer, cell.grid_ladder)
+    start = snap_config(cell.spec({}).hparams, grid)  # its defaults (batch: the shape's)
     if cell.protocol in SAMPLERS:
         return SamplerSearch(cell.protocol, grid, start, budget, SAMPLER_SEED), grid
-    smaller = tuned_cells(stored, cell.optimizer, cell.scale)
+    smaller = tuned_cells(stored, cell.optimizer, cell.shape)
     if cell.protocol == "predict":
         return _phase3(cell, grid, smaller), grid
     if cell.protocol != "coordinate":
@@ -66,10 +64,12 @@ def make_protocol(cell: Cell, budget: int,
     return CoordinateDescent(grid, snap_config(here[-1].hparams, grid), keys, budget, label), grid
 
 
-def tuned_cells(stored: Sequence[StoredRun], optimizer: str, scale: str) -> list[Tuned]:
+def tuned_cells(stored: Sequence[StoredRun], optimizer: str, target: Scale) -> list[Tuned]:
     """The best seed-0 config of every (scale, ratio) of `optimizer` at smaller scales of the same
-    ladder, smallest scale first (ties in loss go to the lower run key)."""
-    target = get_scale(scale)
+    ladder, smallest scale first (ties in loss go to the lower run key); `stored` holds the runs of
+    one context. Shapes of the user's own have no ladder to learn from."""
+    if target.ladder not in ("cpu", "paper"):
+        return []
     cells: dict[tuple[str, float], list[StoredRun]] = {}
     for r in stored:
         if (r.optimizer == optimizer and r.ladder == target.ladder
@@ -108,7 +108,7 @@ def _phase3(cell: Cell, grid: dict[str, list], smaller: list[Tuned]) -> FixedCon
                         f"{len({t.scale for t in smaller})} scale(s) below {cell.scale}, it needs 2")
     points = [TunedCell(t.params, get_scale(t.scale).tokens(t.ratio), snap_config(t.hparams, grid))
               for t in smaller]
-    scale = get_scale(cell.scale)
+    scale = cell.shape
     config = predict_config(points, grid, scale.non_embedding_params, scale.tokens(cell.ratio))
     nearest = nearest_cell(points, scale.non_embedding_params, scale.tokens(cell.ratio)).config
     config = _valid(cell, config, nearest)
@@ -121,7 +121,7 @@ def _valid(cell: Cell, config: Config, fallback: Config) -> Config:
     out = dict(config)
     for key in config:
         try:
-            RunSpec(cell.optimizer, cell.scale, cell.ratio, {**fallback, key: config[key]})
+            cell.spec({**fallback, key: config[key]})
         except UserError:
             out[key] = fallback[key]
     return out

@@ -23,7 +23,7 @@ import pandas as pd
 from bench.errors import UserError
 from bench.model.scales import get_scale
 from bench.run.spec import RunResult, RunSpec
-from bench.store.record import CONTEXT_COLUMNS, StoredRun, to_frame
+from bench.store.record import StoredRun, spec_context, to_frame
 from bench.study import DEFAULT_EVAL_TOKENS, REFERENCE_OPTIMIZER
 
 FORMAT = "optbench-regress-baseline/1"
@@ -93,7 +93,7 @@ def _stored(record: dict[str, Any], baseline: Baseline) -> StoredRun:
     return StoredRun(spec.key, spec.optimizer, spec.scale, spec.ratio, spec.seed, record["status"],
                      math.nan if loss is None else loss, record.get("steps", math.nan), math.nan,
                      get_scale(spec.scale).non_embedding_params, record.get("wall_time_s", math.nan),
-                     hparams, **{name: getattr(spec, name) for name in CONTEXT_COLUMNS})
+                     hparams, **spec_context(spec.to_dict()))
 
 
 def save(baseline: Baseline, path: Path) -> None:

@@ -31,7 +31,7 @@ from analysis.cells import summarize_cells
 from bench.errors import UserError
 from bench.run.estimate import usable_cpus
 from bench.run.spec import RunSpec
-from bench.store.record import CONTEXT_COLUMNS
+from bench.store.record import CONTEXT_COLUMNS, spec_context
 from bench.study import REFERENCE_OPTIMIZER
 from bench.urls import hide_passwords, shown_url
 from sweeps.regress.baseline import Baseline, Entry, run_record, runs_frame
@@ -138,7 +138,7 @@ def tuning_runs(store_url: str, scale: str, ratio: float) -> pd.DataFrame:
     from bench.store.database import ResultStore
 
     frame = ResultStore(store_url).frame(scale=scale)
-    context = RunSpec(REFERENCE_OPTIMIZER, scale).to_dict()
+    context = spec_context(RunSpec(REFERENCE_OPTIMIZER, scale).to_dict())
     keep = np.logical_and.reduce([frame[c] == context[c] for c in CONTEXT_COLUMNS])
     return frame[keep & (frame["ratio"].astype(float) == float(ratio))]
 
