@@ -101,6 +101,8 @@ test-python:  ## the unit and integration tiers under another Python (PYTHON=pyt
 	$(call install,$(PYVENV))
 	$(PYVENV)/bin/python -m pytest -q -m "unit or integration" $(PYTEST_ARGS)
 
+# --yes skips the question only: a sweep that cannot finish on this machine (memory, or over
+# --max-hours) still refuses with what it would need (docs/DESIGN.md, "The plan at scale").
 sweep: $(STAMP)
 	$(OPTBENCH) sweep --scale $(SCALE) --ratios $(RATIOS) --optimizers $(OPTIMIZERS) --workers $(WORKERS) \
 		--max-trials $(MAX_TRIALS) --seeds $(SEEDS) --yes $(SWEEP_ARGS)

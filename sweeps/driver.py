@@ -33,7 +33,10 @@ from sweeps.progress import Progress
 from sweeps.record import StudyRecorder
 from sweeps.task import train_task
 
-FORWARDED_ENV = ("OPTBENCH_", "HF_")  # settings a worker on another machine needs too
+FORWARDED_ENV = ("OPTBENCH_", "HF_")  # settings a worker on another machine needs too (connect)
+# ...except places on the driver's machine: a node keeps its own (the env of its `ray start`)
+DRIVER_LOCAL_ENV = ("OPTBENCH_RESULTS", "OPTBENCH_CACHE", "OPTBENCH_STORE")
+DRIVER_LOCAL_SUFFIXES = ("_HOME", "_CACHE", "_DIR", "_PATH")  # HF_HOME, HF_DATASETS_CACHE, HF_TOKEN_PATH...
 _QUIET = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
 
 
@@ -45,15 +48,36 @@ class Resources:
     address: str | None = None  # an existing cluster (RAY_ADDRESS); None: start a local one
     micro_batch: int = 0  # sequences per forward/backward in each trial (0: the whole batch)
     compile: bool = False  # torch.compile each trial's blocks and loss head
+    procs: int = 1  # processes per trial (torch.distributed), each with `threads` threads
+    parallel: str = "ddp"  # with procs > 1: ddp | fsdp
+    checkpoint_every: int = 0  # steps between a trial's checkpoints (0: none)
+    checkpoint_dir: str | None = None  # where they go: a path every node reaches
+
+    def run_options(self) -> dict:
+        """bench.run.train.RunOptions' fields for each trial (plain data, for a Ray task)."""
+        return {"threads": self.threads, "micro_batch": self.micro_batch, "compile": self.compile,
+                "procs": self.procs, "parallel": self.parallel,
+                "checkpoint_every": self.checkpoint_every, "checkpoint_dir": self.checkpoint_dir}
 
 
 def connect(address: str) -> dict:
-    """Join the cluster at `address` (RAY_ADDRESS); its resources, with the address."""
+    """Join the cluster at `address` (RAY_ADDRESS); its resources, with the address.
+
+    Every trial gets the driver's settings (forwarded_env): OPTBENCH_FAULT, HF_HUB_OFFLINE,
+    HF_DATASETS_OFFLINE, HF_TOKEN... Never a path on the driver's machine (OPTBENCH_RESULTS,
+    OPTBENCH_CACHE, OPTBENCH_STORE, HF_HOME, any *_CACHE, *_DIR, *_PATH): another node may not have
+    it, and a node's own (the env of its `ray start`) must win, so each node builds its tokenizer and
+    token shards in its own cache from the data source. Workers never open the store."""
     import ray
 
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-    ray.init(address=address, runtime_env={"env_vars": env}, **_QUIET)
+    ray.init(address=address, runtime_env={"env_vars": forwarded_env(os.environ)}, **_QUIET)
     return {**ray.cluster_resources(), "address": address}
+
+
+def forwarded_env(environ) -> dict[str, str]:
+    """The driver's variables every trial gets: FORWARDED_ENV's settings, no driver-local places."""
+    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV)
+            and k not in DRIVER_LOCAL_ENV and not k.endswith(DRIVER_LOCAL_SUFFIXES)}
 
 
 def start_local(resources: Resources) -> None:
@@ -61,9 +85,10 @@ def start_local(resources: Resources) -> None:
     import ray
 
     fair_share_workers()
-    gpus = resources.workers if resources.device == "cuda" else 0
+    gpus = resources.workers * resources.procs if resources.device == "cuda" else 0
     # "local": a new instance even when another one runs on this machine (address=None would join it)
-    ray.init(address="local", num_cpus=resources.workers * resources.threads, num_gpus=gpus, **_QUIET)
+    ray.init(address="local", num_cpus=resources.workers * resources.threads * resources.procs,
+             num_gpus=gpus, **_QUIET)
 
 
 def fair_share_workers() -> None:
@@ -102,8 +127,12 @@ class Driver:
                     self._collect(ref)
                 self.progress.refresh()
         finally:
-            for ref in self.pending:  # interrupted: stop what is still running
+            for ref, (_, request) in self.pending.items():  # interrupted: stop what is still running
                 ray.cancel(ref, force=True)
+                if self.resources.procs > 1:  # a killed gang's coordinator leaves its group reserved
+                    from sweeps.gang import remove_group
+
+                    remove_group(request.key)
             self.progress.close()
 
     def _reuse_stored(self) -> None:
@@ -136,9 +165,14 @@ class Driver:
     def _launch(self, tuning: CellTuning, request: Request) -> None:
         options = {"num_cpus": self.resources.threads,
                    "num_gpus": 1 if self.resources.device == "cuda" else 0,
+                   # a trial whose worker or node dies is run again (from its checkpoint, if any) on
+                   # a live node: Ray's default, explicit because a lost node relies on it; options
+                   # override ray.remote's, so a gang keeps its own 0 (_remote)
+                   "max_retries": 3 if self.resources.procs == 1 else 0,
                    "name": f"optbench {tuning.cell.label} {request.key}"}
-        ref = self._remote().options(**options).remote(request.spec.to_dict(), self.resources.threads,
-                                                       self.resources.micro_batch, self.resources.compile)
+        if self.resources.procs > 1:  # a gang's coordinator: its ranks reserve the CPUs and GPUs
+            options.update(num_cpus=0, num_gpus=0)
+        ref = self._remote().options(**options).remote(request.spec.to_dict(), self.resources.run_options())
         self.pending[ref] = (tuning, request)
         self.progress.started(tuning, request)
 
@@ -147,7 +181,13 @@ class Driver:
             import ray
 
             self._start()
-            self._task = ray.remote(train_task)
+            if self.resources.procs > 1:
+                from sweeps.gang import gang_task
+
+                # never retried by Ray: a gang's failure is an attempt the next sweep retries
+                self._task = ray.remote(max_retries=0)(gang_task)
+            else:
+                self._task = ray.remote(train_task)
         return self._task
 
     def _collect(self, ref) -> None:

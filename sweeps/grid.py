@@ -11,9 +11,8 @@ from typing import Any, Mapping
 
 from analysis.cells import config_key
 from bench.errors import UserError
-from bench.model.scales import get_scale
 from bench.optimizers import registry
-from bench.run.spec import RunSpec, resolve_hparams
+from bench.run.spec import resolve_hparams
 
 Config = dict[str, Any]
 
@@ -62,11 +61,6 @@ def _checked(opt: registry.OptimizerDef, values: dict[str, Any], where: str) -> 
         resolve_hparams(opt, values)
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
-
-
-def start_config(optimizer: str, scale: str, grid: Mapping[str, list]) -> Config:
-    """The optimizer's defaults (batch: the scale's default) snapped onto the grid."""
-    return snap_config(RunSpec(optimizer, get_scale(scale).name).hparams, grid)
 
 
 def snap_config(hparams: Mapping[str, Any], grid: Mapping[str, list]) -> Config:

@@ -8,12 +8,22 @@ from __future__ import annotations
 from typing import Any
 
 
-def train_task(spec: dict[str, Any], threads: int, micro_batch: int = 0, compile: bool = False) -> dict[str, Any]:
+def train_task(spec: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """`options`: RunOptions' fields (sweeps.driver.Resources.run_options)."""
     from bench.run.faults import planned
     from bench.run.spec import RunSpec
     from bench.run.train import RunOptions, run
 
     run_spec = RunSpec.from_dict(spec)
-    options = RunOptions(threads=threads, progress=False, micro_batch=micro_batch, compile=compile,
+    options = RunOptions(**options, progress=False,
                          fault=planned(run_spec.to_dict()))  # OPTBENCH_FAULT, which workers inherit
-    return run(run_spec, options).to_dict()
+    result = run(run_spec, options)
+    result.node = _node()
+    return result.to_dict()
+
+
+def _node() -> str:
+    """The Ray node this runs on ("" when called outside Ray, as the regression runs do)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""

@@ -2,7 +2,9 @@
 import pytest
 
 from analysis.cells import config_key
-from sweeps.grid import centre_out, importance_order, load_grid, snap, start_config
+from sweeps.grid import centre_out, importance_order, load_grid, snap
+from sweeps.plan import Cell
+from sweeps.protocols.phases import make_protocol
 
 pytestmark = pytest.mark.unit
 
@@ -34,9 +36,15 @@ def test_centre_out_orders_values_by_distance_from_the_current_one():
     assert centre_out([1, 2], 7) == [7, 1, 2]  # off the grid: tried first, as the baseline
 
 
+def start_config(optimizer: str, scale: str) -> dict:
+    """Where a fresh coordinate descent starts (no tuned smaller scale in the store)."""
+    protocol, _ = make_protocol(Cell(optimizer, scale, 1.0, "coordinate"), 8, [])
+    return protocol.start
+
+
 def test_start_config_is_the_defaults_on_the_cpu_grid_with_the_scale_batch():
     grid = load_grid("muon", "cpu")
-    start = start_config("muon", "cpu-xs", grid)
+    start = start_config("muon", "cpu-xs")
     assert set(start) == set(grid)
     assert all(start[k] in grid[k] for k in grid)
     assert start["learning_rate"] == 0.032  # the default 0.04 is between grid points
@@ -44,6 +52,5 @@ def test_start_config_is_the_defaults_on_the_cpu_grid_with_the_scale_batch():
 
 
 def test_paper_scales_use_the_paper_grid():
-    grid = load_grid("adamw", "paper")
-    assert start_config("adamw", "0.1B", grid)["train_batch_size"] == 128
+    assert start_config("adamw", "0.1B")["train_batch_size"] == 128
     assert config_key({"b": 1, "a": 2}) == config_key({"a": 2, "b": 1})

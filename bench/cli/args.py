@@ -98,6 +98,32 @@ def add_model_and_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help=f"default: {DEFAULT_TOKENIZER}, or a model file's bpe-<vocab>")
 
 
+PARALLEL = ("ddp", "fsdp")
+
+
+def add_execution_flags(p: argparse.ArgumentParser, checkpoint_default: str) -> None:
+    """How a trial runs, never what it computes (so none of it is in the run key): processes per
+    trial and how they split the model, and where mid-run checkpoints go."""
+    p.add_argument("--procs-per-trial", type=positive_int, default=1, metavar="N",
+                   help="spread each trial over N processes with torch.distributed (gloo on CPU, NCCL "
+                        "with one GPU each on CUDA; default: 1)")
+    p.add_argument("--parallel", default="ddp", choices=PARALLEL,
+                   help="with --procs-per-trial > 1: ddp (replicated model, all-reduced gradients) or "
+                        "fsdp (parameters and optimizer state sharded, FSDP2)")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=0, metavar="STEPS",
+                   help="checkpoint every STEPS steps; a rerun (or a retried trial) resumes (default: 0, none)")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help=f"where checkpoints go; a path every node reaches, for trials retried on another "
+                        f"node (default: {checkpoint_default})")
+
+
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def scale_filter(text: str | None) -> str | None:
     """A --scale filter of the commands that read the store: a ladder scale by any of its names,
     else the name of a shape of the user's own as written."""

@@ -5,7 +5,14 @@ import argparse
 import json
 from typing import Any
 
-from bench.cli.args import ARCHES, add_model_and_data_flags, model_choice, non_negative_int, positive_float
+from bench.cli.args import (
+    ARCHES,
+    add_execution_flags,
+    add_model_and_data_flags,
+    model_choice,
+    non_negative_int,
+    positive_float,
+)
 from bench.errors import UserError
 from bench.track import TRACKERS, parse_trackers
 
@@ -34,8 +41,7 @@ def register(subparsers) -> None:
                    help="sequences per forward/backward, gradients accumulated (default: the whole batch)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks and the loss head")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
-                   help="checkpoint every STEPS steps under results/checkpoints; a rerun resumes")
+    add_execution_flags(p, "results/checkpoints")
     add_reuse_flags(p)
     add_track_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -92,8 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if stored is not None and args.retry_failed and stored.status != "ok":
         stored = None
     options = RunOptions(threads=args.threads, progress=not args.json, checkpoint_every=args.checkpoint_every,
-                         checkpoint_dir=str(results_dir() / "checkpoints"), micro_batch=args.micro_batch,
-                         compile=args.compile, fault=planned(spec.to_dict()))
+                         checkpoint_dir=args.checkpoint_dir or str(results_dir() / "checkpoints"),
+                         micro_batch=args.micro_batch, compile=args.compile, procs=args.procs_per_trial,
+                         parallel=args.parallel, fault=planned(spec.to_dict()))
     result = stored or run(spec, options)
     if stored is None:
         store.put(result)
@@ -234,6 +241,18 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def _roles(described: dict) -> dict[str, str]:
+    """Each role an optimizer takes, in words: the MoE and MLA matrix roles (bench.roles.MATRIX_ROLES)
+    are treated as hidden matrices unless the optimizer describes them itself."""
+    from bench.roles import MATRIX_ROLES, Role
+
+    out = {k.value: v for k, v in described.items()}
+    for role in sorted(MATRIX_ROLES - set(described), key=lambda r: r.value):
+        if Role.HIDDEN in described:
+            out[role.value] = f"as hidden: {described[Role.HIDDEN]}"
+    return out
+
+
 def cmd_optimizers(args: argparse.Namespace) -> int:
     from bench.optimizers.registry import VARIANTS, all_optimizers
 
@@ -245,7 +264,7 @@ def cmd_optimizers(args: argparse.Namespace) -> int:
             grid = {}
         rows.append({"name": o.name, "family": o.family, "source": o.source, "paper": o.paper,
                      "schedule": o.schedule, "defaults": dict(o.defaults), "grid": grid,
-                     "roles": {k.value: v for k, v in o.roles.items()},
+                     "roles": _roles(o.roles),
                      "variants": list(VARIANTS) if o.differences else [],
                      "differences": list(o.differences)})
     if args.json:

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from bench.cli.args import add_model_and_data_flags, model_choice
+from bench.cli.args import add_execution_flags, add_model_and_data_flags, model_choice
 from bench.cli.run import add_reuse_flags, add_track_flag
 from bench.errors import UserError
 
@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # imported lazily below: every optbench command loads this mo
     from sweeps.driver import Resources
 
 DEFAULT_MAX_TRIALS = 8  # per optimizer and ratio: the whole learning-rate grid and a step beyond
+DEFAULT_MAX_HOURS = 168.0  # sweeps.capacity's: kept equal (tests/test_plan_scale.py), not imported (heavy)
+KNOWN_GPUS = ("H100", "H100-PCIe", "H200", "A100-80GB", "A100-40GB", "L40S")  # bench.run.gpus.KNOWN's names
+DEFAULT_GPU = "H100"
 
 
 def register(subparsers) -> None:
@@ -54,13 +57,25 @@ def register(subparsers) -> None:
                         "not fit in memory; default: the whole batch)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks and the loss head")
+    add_execution_flags(p, "results/checkpoints")
     p.add_argument("--store", default=None, help="results store URL (default: sqlite under results/)")
     p.add_argument("--optuna-storage", default=None,
                    help="Optuna storage: a Journal file path or an RDB URL (default: results/optuna.journal)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and its cost, train nothing (with no rate cached for this scale "
                         "and thread count, a throughput burst of a few steps is measured first)")
-    p.add_argument("--yes", "-y", action="store_true", help="start without asking")
+    p.add_argument("--yes", "-y", action="store_true",
+                   help="start without asking (a sweep that cannot finish here still refuses)")
+    p.add_argument("--force", action="store_true",
+                   help="start even a sweep that cannot finish on the resources it sees (memory or "
+                        "--max-hours; docs/DESIGN.md, 'The plan at scale')")
+    p.add_argument("--max-hours", type=_positive_hours, default=DEFAULT_MAX_HOURS, metavar="H",
+                   help=f"refuse a sweep whose estimated wall time is longer (default: {DEFAULT_MAX_HOURS:g}, "
+                        "7 days)")
+    p.add_argument("--gpu", type=_gpu_name, default=None, metavar="NAME",
+                   help="the GPU a CUDA plan is for (memory, peak FLOP/s): one of "
+                        f"{', '.join(KNOWN_GPUS)} (default: the visible GPU, else {DEFAULT_GPU}); "
+                        "--device cuda --dry-run plans on a machine without one")
     add_reuse_flags(p)
     add_track_flag(p)
     p.set_defaults(func=cmd_sweep)
@@ -69,6 +84,7 @@ def register(subparsers) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from bench.store.database import ResultStore
     from bench.track import require
+    from sweeps import gang
     from sweeps.grid import use_spaces
     from sweeps.plan import Cell
 
@@ -86,8 +102,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     optimizers = parse_optimizers(args.optimizers, context_cell(context).grid_ladder)
     store = ResultStore(args.store)  # opened first: a bad store fails before anything starts
     address = os.environ.get("RAY_ADDRESS") or None
-    resources = resolve_resources(args, _cluster(address))
+    cluster = _cluster(address)
+    resources = resolve_resources(args, cluster)
     cells = [Cell(o, scale.name, r, args.protocol, context[1]) for r in ratios for o in optimizers]
+    gang.check(cells, resources, _planned_cluster(cluster, resources))  # --procs-per-trial: batches split, a gang fits
     if args.reuse_stale and not store.count_stale(optimizer=optimizers, scale=scale.name):
         raise UserError(f"--reuse-stale: the store holds no stale result of {', '.join(optimizers)} "
                         f"at {scale.name}")
@@ -161,22 +179,32 @@ def resolve_resources(args: argparse.Namespace, cluster: dict | None) -> Resourc
     """Workers, threads and device from the flags and what this machine (or cluster) has."""
     import torch
 
+    from bench.paths import results_dir
     from bench.run.estimate import usable_cpus
     from sweeps.driver import Resources
 
     cpus = int(cluster.get("CPU", 1)) if cluster else usable_cpus()
     gpus = int(cluster.get("GPU", 0)) if cluster else torch.cuda.device_count()
     device = args.device if args.device != "auto" else ("cuda" if gpus else "cpu")
-    if device == "cuda" and not gpus:
-        raise UserError("--device cuda, but no GPU is visible" + (" in the cluster" if cluster else ""))
+    if device == "cuda" and not gpus and not args.dry_run:  # a dry run plans for --gpu's GPUs
+        raise UserError("--device cuda, but no GPU is visible" + (" in the cluster" if cluster else "")
+                        + " (--dry-run plans for GPUs without one: --gpu NAME)")
     if device == "cuda":
-        workers = args.workers or gpus
+        workers = args.workers or max(1, gpus // args.procs_per_trial)
         threads = args.threads or max(1, cpus // workers)
     else:
         threads = args.threads or (max(1, cpus // args.workers) if args.workers else 1)
-        workers = args.workers or max(1, cpus // threads)
+        workers = args.workers or max(1, cpus // (threads * args.procs_per_trial))
     return Resources(workers, threads, device, cluster.get("address") if cluster else None,
-                     args.micro_batch, args.compile)
+                     args.micro_batch, args.compile, args.procs_per_trial, args.parallel,
+                     args.checkpoint_every, _absolute(args.checkpoint_dir or results_dir() / "checkpoints"))
+
+
+def _absolute(path) -> str:
+    """A path as the driver sees it: a worker's working directory is its node's, not the driver's."""
+    from pathlib import Path
+
+    return str(Path(path).resolve())
 
 
 def _has_grid(opt, ladder: str) -> bool:
@@ -227,6 +255,7 @@ def _plan(tunings, args, resources, store, stored):
     print(format_plan(costs, cost, {"workers": resources.workers, "threads": resources.threads,
                                     "device": resources.device, "store": store.url,
                                     "optuna": args.optuna_storage or default_target()}), flush=True)
+    _check_capacity(tunings, costs, cost, args, resources)
     if args.dry_run or args.yes:
         return cost
     if not sys.stdin.isatty():
@@ -237,6 +266,90 @@ def _plan(tunings, args, resources, store, stored):
         return cost
     print("not started")
     return None
+
+
+def _check_capacity(tunings, costs, cost, args, resources) -> None:
+    """The plan at scale (sweeps.capacity): on CUDA its GPU block; a sweep that cannot finish here
+    refuses with one line unless --force, and a dry run prints that verdict instead."""
+    from bench.run.gpus import planned_gpu
+    from sweeps.capacity import (
+        cpu_fit,
+        format_gpu_block,
+        gpu_plan,
+        gpus_that_fit,
+        measure,
+        needs,
+        reasons,
+        refusal,
+        vocab_size,
+        wall_hours,
+    )
+
+    cell = tunings[0].cell
+    shape, vocab = cell.shape, vocab_size(cell.context.tokenizer)
+    optimizers = list(dict.fromkeys(t.cell.optimizer for t in tunings))
+    gpu = planned_gpu(args.gpu)
+    make_plan = lambda: gpu_plan(costs, optimizers, shape, vocab, gpu, resources.micro_batch,  # noqa: E731
+                                 resources.procs, resources.parallel)
+    if resources.device == "cuda":
+        plan = make_plan()
+        if args.dry_run:  # a real step on the visible GPU: only when asked for the plan alone
+            plan = measure(plan, optimizers, shape, vocab)
+        print(format_gpu_block(plan, resources.workers), flush=True)
+        memory, hours = plan.fit, wall_hours(plan, resources.workers * resources.procs)
+    else:
+        plan, memory, hours = None, cpu_fit(optimizers, shape, vocab, resources), cost.seconds / 3600
+        if memory is not None and not memory.fits:
+            print(f"Memory per process on CPU at micro-batch {memory.micro_batch}: {memory.most / 2**30:,.1f} "
+                  f"GiB of {memory.usable / 2**30:,.1f} GiB usable: does not fit", flush=True)
+    why = reasons(resources, memory, hours, args.max_hours, gpu.name)
+    if not why:
+        return
+    plan = plan or make_plan()
+    needed = gpus_that_fit(optimizers, shape, vocab, gpu, resources.procs, resources.parallel,
+                           resources.micro_batch)
+    line = refusal(why, needs(cost.runs, memory, plan, needed, args.max_hours, why))
+    if args.force:
+        print(f"Forced (--force): {line}", flush=True)
+    elif args.dry_run:
+        print(f"Would refuse without --force: {line}", flush=True)
+    else:
+        raise UserError(line)
+
+
+def _planned_cluster(cluster: dict | None, resources) -> dict | None:
+    """What a gang is checked against: the machine or cluster, except in a CUDA dry run without a
+    GPU (resolve_resources allows no other), which plans for one gang per worker on --gpu's GPUs."""
+    import torch
+
+    if resources.device != "cuda" or (cluster or {}).get("GPU") or (not cluster and torch.cuda.device_count()):
+        return cluster
+    from bench.run.estimate import usable_cpus
+
+    planned = dict(cluster) if cluster else {"CPU": usable_cpus()}
+    return {**planned, "GPU": resources.workers * resources.procs}
+
+
+def _positive_hours(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of hours: {text!r}")
+    return value
+
+
+def _gpu_name(text: str) -> str:
+    import argparse
+
+    known = {k.lower(): k for k in KNOWN_GPUS}
+    if text.strip().lower() not in known:
+        raise argparse.ArgumentTypeError(f"unknown GPU {text!r}; known: {', '.join(KNOWN_GPUS)}")
+    return known[text.strip().lower()]
 
 
 def _run(tunings, args, resources, store, address, cost) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -65,7 +66,8 @@ def _cached_bpe(vocab_size: int, training_texts) -> Tokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(training_texts(), trainer=trainer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    # a name of its own: trials on this node, or on others sharing the cache, may train it at once
+    tmp = path.with_suffix(f".tmp{uuid.uuid4().hex}")
     tok.save(str(tmp))
     tmp.replace(path)  # atomic: concurrent trials never read a half-written file
     return tok

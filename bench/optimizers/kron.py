@@ -26,13 +26,37 @@ Kron beside another implementation on the same probes (tests/optimizers/test_kro
 Parameters: the study ran Kron on every parameter (embedding, head, hidden, norm gains). Not
 reproduced from Levanter: merge_small_dims (it never triggers at the study's sizes but would
 flatten the CPU ladder's matrices into vectors) and the zero padding of blocks (blocks.py).
-kron-torch differs from Levanter in three ways we follow Levanter on: it preconditions the
+kron-torch differs from Levanter in three ways `study` follows Levanter on: it preconditions the
 probe-damped momentum (an in-place side effect), balances the factors at random (p = 0.01), and
 counts the schedule from step 0.
+
+Two variants (the `variant` hyperparameter). `study` (default) is the above. `authors` is kron-torch
+0.3.3 (PyPI, evanatyourservice/kron_torch, kron_torch/kron.py), read line by line; where it differs:
+  - it preconditions the damped momentum m_hat + sqrt(eps_f32) mean|m_hat| V on the steps that fit
+    the factors (its `G += ...` acts on the tensor it then preconditions), not m_hat;
+  - it draws a coin every step and rebalances the factors (to the geometric mean of their max-abs
+    norms, exp(mean(log))) on a fitting step whose coin is < 0.01, not every 100th fit. Its coin is
+    a random.Random(42) of the optimizer's own; ours is the same generator, replayed from the step
+    count the checkpoint holds, so a resumed run draws the same coins and the test needs no hook;
+  - its schedule (precond_update_prob_schedule, in float32) is p(n) at n = 0, 1, ...: the
+    probability of step t is Levanter's of step t - 1;
+  - a side longer than 8192 (its max_size_triangular), not 25000, gets a diagonal factor;
+  - and, the same up to rounding: the update is clipped by min(1, 1.1 / (rms + 1e-12)) and stepped
+    as W - lr (u + wd W).
+Alike in both: the factor algebra (A = QL G~ QR^T, B = QL^-T V QR^-1, triu, Li's lower bound, the
+diagonal rule), initial factors, bias-corrected momentum, one schedule and one probe per param.
+Hyperparameter values stay ours in both (docs/DESIGN.md): the schedule takes
+preconditioner_update_probability as its min_prob and update_prob_flat_start as its flat_start;
+kron-torch has no normalize_grads (False is its behaviour) and no blocks (partition_grads_into_blocks
+False is its whole-matrix factors; with blocks `authors` is its update per block); it decays params
+of 2 or more dims, which on a Llama is decay_roles "hidden,head,embedding". Probes come from our
+generator in both (kron-torch draws torch.randn_like from the global one); the `noise` hook feeds a
+test's probes to ours. merge_dims (3-D and up) is not reproduced: Kron here takes 1-D and 2-D params.
 """
 from __future__ import annotations
 
 import math
+import random
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
@@ -42,10 +66,13 @@ from torch import Tensor
 from bench.optimizers.base import Optimizer, run_closure
 from bench.optimizers.blocks import Block, Slot, adopt, assemble, by_signature, partition, stacked
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups
-from bench.optimizers.registry import OptimizerDef, register
+from bench.optimizers.registry import OptimizerDef, register, variant_of
 from bench.roles import Role, TaggedParam
 
 MAX_SIZE_TRIANGULAR = 25000  # Levanter's KronConfig default: longer sides get a diagonal factor
+AUTHORS_MAX_SIZE_TRIANGULAR = 8192  # kron-torch's default
+AUTHORS_BALANCE_PROB = 0.01  # kron-torch's coin: balance on a fitting step when rng.random() < this
+AUTHORS_CLIP_EPS = 1e-12  # kron-torch's _clip_update_rms: 1.1 / (rms + 1e-12)
 BALANCE_EVERY = 100  # preconditioner updates between factor rebalancings
 RMS_CLIP = 1.1  # optax.clip_by_block_rms(1.1) in Levanter's chain
 PROB_DECAY = 0.001  # precond_update_prob_schedule's decay
@@ -68,6 +95,19 @@ def _tick(step: int, counter: int, min_prob: float, flat_start: int) -> tuple[bo
     if counter < 1.0 / update_probability(step, min_prob, flat_start):
         return False, counter
     return True, 0
+
+
+def authors_update_due(step: int, counter: int, min_prob: float, flat_start: int) -> tuple[bool, int]:
+    """kron-torch's schedule step: its float32 p(n) at n = step - 1, counter >= 1 / p fits."""
+    f32 = torch.float32
+    n = torch.tensor(float(step - 1), dtype=f32)
+    decay = torch.tensor(PROB_DECAY, dtype=f32)
+    prob = torch.exp(-decay * (n - torch.tensor(float(flat_start), dtype=f32)))
+    prob = prob.clamp(min=torch.tensor(min_prob, dtype=f32), max=torch.tensor(1.0, dtype=f32))
+    counter += 1
+    if counter >= (1 / prob).item():
+        return True, 0
+    return False, counter
 
 
 def update_fraction(steps: int, min_prob: float, flat_start: int) -> float:
@@ -96,9 +136,10 @@ class _Job(NamedTuple):
 
 
 @lru_cache(maxsize=None)
-def _layout(shape: tuple[int, ...], block_size: int) -> tuple[bool, bool, list[Block]]:
+def _layout(shape: tuple[int, ...], block_size: int,
+            max_triangular: int = MAX_SIZE_TRIANGULAR) -> tuple[bool, bool, list[Block]]:
     """Which sides of a matrix get diagonal factors, and its blocks (diagonal sides are not cut)."""
-    left_diag, right_diag = (d == 1 or d > MAX_SIZE_TRIANGULAR for d in shape)
+    left_diag, right_diag = (d == 1 or d > max_triangular for d in shape)
     return left_diag, right_diag, partition(shape, block_size, not left_diag, not right_diag)
 
 
@@ -169,22 +210,36 @@ def _balance(ql: Tensor, qr: Tensor) -> tuple[Tensor, Tensor]:
     return ql * (mean / nl).view(shape), qr * (mean / nr).view((-1,) + (1,) * (qr.ndim - 1))
 
 
+def _balance_authors(ql: Tensor, qr: Tensor) -> tuple[Tensor, Tensor]:
+    """kron-torch's _balance_Q: the same rescale, the mean taken as exp(mean(log))."""
+    norms = torch.stack([ql.abs().flatten(1).amax(-1), qr.abs().flatten(1).amax(-1)])
+    scale = norms.log().mean(0).exp() / norms
+    return ql * scale[0].view((-1,) + (1,) * (ql.ndim - 1)), qr * scale[1].view((-1,) + (1,) * (qr.ndim - 1))
+
+
+def _max_triangular(group: Mapping[str, Any]) -> int:
+    return AUTHORS_MAX_SIZE_TRIANGULAR if group["variant"] == "authors" else MAX_SIZE_TRIANGULAR
+
+
 class Kron(Optimizer):
     """PSGD Kron (see module doc)."""
+
+    later_options = {"variant": "study"}
 
     def __init__(self, params: Iterable[Any], lr: float, b1: float = 0.9, weight_decay: float = 0.0,
                  normalize_grads: bool = False, preconditioner_update_probability: float = 0.05,
                  update_prob_flat_start: int = 500, preconditioner_lr: float = 0.1,
                  preconditioner_init_scale: float = 1.0, block_size: int = 256,
                  partition_grads_into_blocks: bool = True,
-                 noise: Callable[[list[Tensor]], list[Tensor]] | None = None) -> None:
+                 noise: Callable[[list[Tensor]], list[Tensor]] | None = None, variant: str = "study") -> None:
         defaults = dict(lr=lr, b1=b1, weight_decay=weight_decay, normalize_grads=normalize_grads,
                         preconditioner_update_probability=preconditioner_update_probability,
                         update_prob_flat_start=update_prob_flat_start, preconditioner_lr=preconditioner_lr,
                         preconditioner_init_scale=preconditioner_init_scale, block_size=block_size,
-                        partition_grads_into_blocks=partition_grads_into_blocks)
+                        partition_grads_into_blocks=partition_grads_into_blocks, variant=variant)
         super().__init__(params, defaults)
         self.noise = noise  # the probe hook (module doc); not state: a checkpoint never holds it
+        self._coin: tuple[random.Random, int] | None = None  # authors: the coin and its draws so far
 
     def _global(self, device: torch.device) -> dict[str, Any]:
         if STATE_KEY not in self.state:
@@ -210,6 +265,8 @@ class Kron(Optimizer):
 
     def _schedule(self, glob: dict[str, Any]) -> tuple[bool, bool]:
         """Advance the counters: does this step fit the factors, and rebalance them first?"""
+        if self.param_groups[0]["variant"] == "authors":
+            return self._authors_schedule(glob)
         glob["step"] += 1
         first = self.param_groups[0]  # one schedule for all params, as both references
         update, glob["update_counter"] = _tick(glob["step"], glob["update_counter"],
@@ -223,6 +280,26 @@ class Kron(Optimizer):
         glob["balance_counter"] = 0
         return True, True
 
+    def _authors_schedule(self, glob: dict[str, Any]) -> tuple[bool, bool]:
+        """kron-torch's: its float32 schedule counted from 0, and a coin drawn every step."""
+        coin = self._coin_after(glob["step"]).random()
+        glob["step"] += 1
+        self._coin = (self._coin[0], glob["step"])
+        first = self.param_groups[0]
+        update, glob["update_counter"] = authors_update_due(glob["step"], glob["update_counter"],
+                                                            first["preconditioner_update_probability"],
+                                                            first["update_prob_flat_start"])
+        return update, update and coin < AUTHORS_BALANCE_PROB
+
+    def _coin_after(self, draws: int) -> random.Random:
+        """kron-torch's random.Random(42), positioned after `draws` draws (replayed after a resume)."""
+        if self._coin is None or self._coin[1] != draws:
+            rng = random.Random(SEED)
+            for _ in range(draws):
+                rng.random()
+            self._coin = (rng, draws)
+        return self._coin[0]
+
     # -- per group ----------------------------------------------------------------------------
 
     def _jobs(self, params: list[Tensor], group: Mapping[str, Any]) -> list[_Job]:
@@ -232,7 +309,7 @@ class Kron(Optimizer):
             if p.ndim == 1:
                 jobs.append(_Job(i, 0, None, None, True, p.numel()))
             elif p.ndim == 2:
-                left_diag, right_diag, blocks = _layout(tuple(p.shape), size)
+                left_diag, right_diag, blocks = _layout(tuple(p.shape), size, _max_triangular(group))
                 jobs += [_Job(i, k, b, left_diag, right_diag) for k, b in enumerate(blocks)]
             else:
                 raise ValueError("Kron here handles 1-D and 2-D parameters")
@@ -288,12 +365,15 @@ class Kron(Optimizer):
         if p.ndim == 1:
             return blocks[0]
         size = group["block_size"] if group["partition_grads_into_blocks"] else 0
-        layout = _layout(tuple(p.shape), size)[2]
+        layout = _layout(tuple(p.shape), size, _max_triangular(group))[2]
         return assemble([blocks[k] for k in range(len(layout))], layout)
 
     @staticmethod
     def _apply(params: list[Tensor], updates: list[Tensor], group: Mapping[str, Any]) -> None:
         """Clip each update to RMS 1.1, then W <- W - lr (u + wd W)."""
+        if group["variant"] == "authors":
+            _apply_authors(params, updates, group)
+            return
         denom = torch._foreach_norm(updates)  # -> max(1, rms / 1.1), all on the device
         torch._foreach_mul_(denom, [1.0 / (RMS_CLIP * math.sqrt(u.numel())) for u in updates])
         torch._foreach_clamp_min_(denom, 1.0)
@@ -324,11 +404,14 @@ class Kron(Optimizer):
         g = blocks(debiased)
         ql = None if vector else stacked(factors("QL"))
         qr = stacked(factors("QR"))
+        authors = group["variant"] == "authors"
         if balance and ql is not None:
-            ql, qr = _balance(ql, qr)
+            ql, qr = (_balance_authors if authors else _balance)(ql, qr)
         if probes is not None:
             v = blocks(probes)
             a = g + torch.stack([damping[j.param] for j in jobs]).view(-1, 1, 1) * v
+            if authors:  # kron-torch preconditions the damped momentum too
+                g = a
             b = v
             if ql is not None:
                 a, b = _left(ql, a, ld), _solve_left_t(ql, b, ld)
@@ -346,14 +429,25 @@ class Kron(Optimizer):
         return [u.squeeze(0) if vector else u for u in pre.unbind(0)]
 
 
+def _apply_authors(params: list[Tensor], updates: list[Tensor], group: Mapping[str, Any]) -> None:
+    """kron-torch's order: u *= min(1, 1.1 / (rms + 1e-12)), then W <- W - lr (u + wd W)."""
+    rms = [u.square().mean().sqrt().add(AUTHORS_CLIP_EPS) for u in updates]
+    updates = [u * torch.clamp(RMS_CLIP / r, max=1.0) for u, r in zip(updates, rms)]
+    if group["weight_decay"]:
+        torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+    torch._foreach_add_(params, updates, alpha=-group["lr"])
+
+
 def build(params: list[TaggedParam], hp: Mapping[str, Any], model: torch.nn.Module) -> Kron:
+    variant = variant_of(hp)
     groups = decay_groups(params, hp["learning_rate"], hp)
     return Kron(groups, lr=hp["learning_rate"], b1=hp["beta1"], normalize_grads=hp["normalize_grads"],
                 preconditioner_update_probability=hp["preconditioner_update_probability"],
                 update_prob_flat_start=hp["update_prob_flat_start"],
                 preconditioner_lr=hp["preconditioner_lr"],
                 preconditioner_init_scale=hp["preconditioner_init_scale"],
-                block_size=hp["block_size"], partition_grads_into_blocks=hp["partition_grads_into_blocks"])
+                block_size=hp["block_size"], partition_grads_into_blocks=hp["partition_grads_into_blocks"],
+                variant=variant)
 
 
 register(OptimizerDef(
@@ -367,12 +461,22 @@ register(OptimizerDef(
               "beta1": 0.95, "weight_decay": 0.7, "normalize_grads": True,
               "preconditioner_update_probability": 0.05, "update_prob_flat_start": 2000,
               "preconditioner_lr": 0.2, "preconditioner_init_scale": 1.0,
-              "block_size": 256, "partition_grads_into_blocks": True},
+              "block_size": 256, "partition_grads_into_blocks": True, "variant": "study"},
+    added_later=frozenset({"variant"}),
+    differences=("momentum preconditioned: study m_hat (Levanter); authors m_hat plus the probe damping on "
+                 "fitting steps (kron-torch's in-place G +=)",
+                 "factor balancing: study every 100th fit; authors on a fit whose coin (random.Random(42), "
+                 "one draw a step) is < 0.01",
+                 "update schedule: study p(t) at step t; authors p(t - 1) in float32 (counted from 0)",
+                 "diagonal factors: study for sides > 25000 (Levanter); authors > 8192 (kron-torch)",
+                 "clip and decay arithmetic: authors min(1, 1.1 / (rms + 1e-12)) and W - lr (u + wd W) "
+                 "(the same up to rounding)"),
     roles={Role.HIDDEN: "Kron per block, decayed", Role.HEAD: "Kron per block, decayed",
            Role.EMBEDDING: "Kron per block (a side > 25000 diagonal), no decay",
            Role.NORM: "Kron with a diagonal factor, no decay", Role.BIAS: "Kron diagonal, no decay"},
     paper="Li, Preconditioned Stochastic Gradient Descent, arXiv:1512.04202 (PSGD Kron as in "
           "lixilinx/psgd_torch and evanatyourservice/kron_torch)",
     source="ours, following the study's Levanter scale_by_kron; matched step by step against "
-           "kron-torch 0.3.3",
+           "kron-torch 0.3.3 (study: its damping side effect switched off; authors: unchanged, 20 steps "
+           "in fp32)",
 ))

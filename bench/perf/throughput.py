@@ -29,11 +29,11 @@ def _batch(workers: int, threads: int, trials: int) -> dict[str, Any]:
         # warm every worker process (a cold one spends seconds importing torch), as a sweep's first
         # trials do once and its hundreds of later trials do not
         warm = RunSpec("adamw", "cpu-xs", 0.01, {}, seed=999).to_dict()
-        ray.get([task.remote(warm, threads) for _ in range(workers)])
+        ray.get([task.remote(warm, {"threads": threads}) for _ in range(workers)])
         start, pending, overheads = time.perf_counter(), {}, []
         for seed in range(trials):
             spec = RunSpec("adamw", "cpu-xs", RATIO, {}, seed=seed).to_dict()
-            pending[task.remote(spec, threads)] = time.perf_counter()
+            pending[task.remote(spec, {"threads": threads})] = time.perf_counter()
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             result = ray.get(ref)

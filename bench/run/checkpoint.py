@@ -2,11 +2,13 @@
 
 A run killed and started again with the same spec resumes from its last checkpoint and ends with the
 same final loss, to the last bit on CPU, as a run never interrupted. Files are written atomically
-(temporary file, then rename) and removed when the run finishes.
+(temporary file, then rename) and removed when the run finishes. In a sweep the folder is shared by
+every node, so a trial Ray retries on another node after its own died resumes there too; the run
+key names the file, so one folder serves any number of trials.
 """
 from __future__ import annotations
 
-import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        # unique across nodes too: the folder may be shared, and a pid alone is not
+        tmp = self.path.with_suffix(f".tmp{uuid.uuid4().hex}")
         torch.save({**state, "torch_rng": torch.get_rng_state()}, tmp)
         tmp.replace(self.path)
 
@@ -39,4 +42,7 @@ class Checkpointer:
         return state
 
     def remove(self) -> None:
+        """The checkpoint, and any temporary file a process killed mid-save left of this run."""
         self.path.unlink(missing_ok=True)
+        for tmp in self.path.parent.glob(f"{self.path.stem}.tmp*"):
+            tmp.unlink(missing_ok=True)

@@ -130,3 +130,22 @@ def measured_gpu_flops(scale: str) -> tuple[float, str] | None:
     name = scale if scale in measured else max(measured, key=lambda n: get_scale(n).non_embedding_params)
     return measured[name], (f"the GPU benchmark in {path} ({report['machine']['device']}, best mode at {name}: "
                             f"{measured[name] / 1e12:.0f} TFLOP/s)")
+
+
+DEFAULT_MFU = 0.40  # a GPU plan's model FLOPs utilisation when none is measured here
+
+
+def planned_mfu() -> tuple[float, str]:
+    """The MFU a GPU plan assumes, and its source: the best training row of results/bench-gpu.json
+    (model FLOPs over the datasheet peak of the card it ran on), else DEFAULT_MFU."""
+    path = results_dir() / "bench-gpu.json"
+    try:
+        report = json.loads(path.read_text())
+        rows = [(r["mfu"], mode, name) for name, entry in report["scales"].items()
+                for mode, r in entry["training"].items() if "error" not in r and r.get("mfu")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none yet, or unreadable
+        rows = []
+    if not rows:
+        return DEFAULT_MFU, f"a default of {DEFAULT_MFU:.0%} (no GPU benchmark in {path}; make bench-gpu measures one)"
+    mfu, mode, name = max(rows)
+    return mfu, f"the best measured in {path} ({report['machine']['device']}, {mode} at {name})"

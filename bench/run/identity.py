@@ -35,8 +35,8 @@ BENCH = Path(__file__).resolve().parents[1]
 VERSIONS_FILE = BENCH / "code_versions.json"
 HARNESS = "harness"
 # What decides a run's numbers besides its optimizer (relative to bench/; folders mean every module).
-HARNESS_SOURCES = ("model", "data", "run/spec.py", "run/step.py", "run/train.py", "run/schedules.py",
-                   "run/checkpoint.py", "roles.py", "study.py", "optimizers/registry.py")
+HARNESS_SOURCES = ("model", "data", "run/spec.py", "run/step.py", "run/train.py", "run/distributed.py",
+                   "run/schedules.py", "run/checkpoint.py", "roles.py", "study.py", "optimizers/registry.py")
 _OPTIMIZERS_PACKAGE = "bench.optimizers"
 _NOT_OPTIMIZER_CODE = {"bench.optimizers.registry"}  # harness: it says how every optimizer is built
 

@@ -210,6 +210,10 @@ class RunResult:
     threads: int = 0  # torch threads used (bitwise results hold at a fixed thread count)
     micro_batch: int = 0  # sequences per forward/backward (0: the whole batch)
     compiled: bool = False  # the blocks and the loss head ran through torch.compile
+    procs: int = 1  # processes the run was spread over (torch.distributed)
+    parallel: str = ""  # with procs > 1: ddp | fsdp
+    node: str = ""  # the Ray node that ran it ("" outside Ray)
+    resumed_at: int = 0  # the step a checkpoint let it resume from (0: trained from the start)
     roles: dict[str, str] = field(default_factory=dict)  # parameter name -> role
     code: dict[str, str] = field(default_factory=dict)  # code versions (bench.run.identity)
 

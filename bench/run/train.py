@@ -5,6 +5,10 @@ pass, forward, backward, clip, schedule, optimizer step). The loss is read back 
 every `log_every` steps, so the inner loop has no host-device sync. Only the end-of-budget held-out
 loss is the result. The loop reads nothing from the environment: how to run, and a test's injected
 fault, come in through RunOptions.
+
+A run spread over processes (RunOptions.procs > 1) is launched by bench.run.distributed, whose ranks
+each call run() with their `rank`: each trains on its share of every batch's rows with gradients
+averaged over ranks; only rank 0 evaluates, checkpoints and returns the result.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -42,6 +46,9 @@ from bench.run.faults import Fault
 from bench.run.schedules import lr_multiplier
 from bench.run.spec import RunResult, RunSpec
 from bench.run.step import StepTimes, train_step
+
+if TYPE_CHECKING:
+    from bench.run.distributed import Parallel, Rank
 
 BUCKETS = ("frequent", "middle", "rare")
 # Diverged: a non-finite loss, or a smoothed train loss this many times ln(vocab), the loss of the
@@ -70,6 +77,8 @@ class RunOptions:
     # tokens with a 128k vocabulary has 270 GB of logits.
     micro_batch: int = 0
     compile: bool = False  # torch.compile the blocks and the loss head (same math, fused kernels)
+    procs: int = 1  # processes the run is spread over (torch.distributed), each with `threads`
+    parallel: str = "ddp"  # with procs > 1: ddp (replicated) | fsdp (sharded, FSDP2)
     # A reliability test's injected failure; the callers that honour OPTBENCH_FAULT (`optbench run`,
     # the sweep's task) pass faults.planned(spec.to_dict()). None in every real run.
     fault: Fault | None = None
@@ -88,15 +97,23 @@ class _Trained(NamedTuple):
     checkpointer: Checkpointer | None
 
 
-def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
+def run(spec: RunSpec, options: RunOptions | None = None, *, rank: Rank | None = None) -> RunResult:
     """Train to the end of the budget and evaluate; failures come back as a status, not an error
-    (bench.run.failures: "failed" for the run's own, "error" for its environment's)."""
+    (bench.run.failures: "failed" for the run's own, "error" for its environment's). With
+    options.procs > 1 the run is spread over that many local processes (bad input: UserError);
+    `rank`: called as one of them (bench.run.distributed)."""
     options = options or RunOptions()
+    if options.procs > 1 and rank is None:
+        from bench.run import distributed
+
+        distributed.validate(spec, options)
+        return distributed.launch(spec, options)
     if options.threads:
         torch.set_num_threads(options.threads)
     start = time.perf_counter()
     result = RunResult(run_key=spec.key, spec=spec.to_dict(), status="ok", final_loss=None,
-                       threads=torch.get_num_threads(), code=identity.current(spec.optimizer).as_dict())
+                       threads=torch.get_num_threads(), code=identity.current(spec.optimizer).as_dict(),
+                       procs=rank.world if rank else 1, parallel=rank.mode if rank else "")
     if reason := no_device(spec.device):
         result.status, result.reason = ENVIRONMENT_FAILURE, reason
         return result
@@ -104,8 +121,8 @@ def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
     data = load_data(spec.data, spec.eval_data, spec.tokenizer, scale.tokens(spec.ratio))
     result.unigram_loss = unigram_loss(data)
     try:
-        trained = _train(spec, data, options, result)
-        if result.status == "ok":
+        trained = _train(spec, data, options, result, rank)
+        if result.status == "ok" and (rank is None or rank.main):  # the other ranks' results are dropped
             result.eval_curve.append((result.steps, _curve_loss(spec, trained.model, data, trained.autocast,
                                                                 options.micro_batch)))
             evaluation = _evaluate(spec, trained.model, data, trained.autocast,
@@ -115,7 +132,7 @@ def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
                 result.bits_per_byte = evaluation.loss / bytes_per_token(data) / math.log(2)
             else:
                 result.status, result.reason = "diverged", "non-finite evaluation loss"
-        if trained.checkpointer:
+        if trained.checkpointer and (rank is None or rank.main):
             trained.checkpointer.remove()
     except Exception as e:  # an optimizer that raises fails its run, not the sweep around it
         result.status, result.reason = classify(e)
@@ -123,7 +140,8 @@ def run(spec: RunSpec, options: RunOptions | None = None) -> RunResult:
     return result
 
 
-def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResult) -> _Trained:
+def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResult,
+           rank: Rank | None = None) -> _Trained:
     """Train to the end of the budget (or divergence). What it learns about the run goes into
     `result` as soon as it is known, so that a run that raises part-way keeps it."""
     scale, hp = spec.shape, spec.hparams
@@ -141,6 +159,8 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     # did) says so; clipping the raw gradient as well would clip twice.
     clip = 0.0 if opt_def.clips_gradients else hp["max_grad_norm"]
     peak_lrs = [g["lr"] for g in optimizer.param_groups]
+    parallel = _parallel(rank, model, optimizer, loss_fn, spec.optimizer)
+    main = rank is None or rank.main
 
     batch_size = hp["train_batch_size"]
     steps = scale.steps(spec.ratio, batch_size)
@@ -162,16 +182,18 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     times = StepTimes()
     for step in range(first, steps):
         mult = lr_multiplier(step, steps, hp["warmup"], hp["lr_schedule"], hp["decay"], hp["min_lr_ratio"])
-        loss = train_step(model, optimizer, _to_device(batches.next(), device), step, loss_fn=loss_fn,
-                          micro_batch=options.micro_batch, autocast=autocast,
+        loss = train_step(model, optimizer, _to_device(_rows(batches.next(), rank), device), step,
+                          loss_fn=loss_fn, micro_batch=options.micro_batch, autocast=autocast,
                           curvature=opt_def.needs_curvature_pass, clip=clip, clip_params=params,
-                          lrs=[peak * mult for peak in peak_lrs], fault=options.fault, times=times)
+                          lrs=[peak * mult for peak in peak_lrs], fault=options.fault, times=times,
+                          parallel=parallel)
         opt_time += times.optimizer_s
         running += loss
-        if step + 1 in curve_at:
+        if step + 1 in curve_at and main:
             result.eval_curve.append((step + 1, _curve_loss(spec, model, data, autocast, options.micro_batch)))
         if (step + 1) % options.log_every == 0 or step + 1 == steps:
-            mean = running.item() / ((step % options.log_every) + 1)  # the only sync point
+            total = running if parallel is None else parallel.mean(running)  # over ranks
+            mean = total.item() / ((step % options.log_every) + 1)  # the only sync point
             running.zero_()
             result.curve.append((step + 1, mean))
             result.lr_curve.append((step + 1, mult))
@@ -180,7 +202,7 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
             if not math.isfinite(mean) or mean > limit:
                 result.status, result.reason = "diverged", f"train loss {mean:.3g} at step {step + 1}"
                 break
-            if ckpt and ckpt.due(step + 1, steps):
+            if ckpt and ckpt.due(step + 1, steps) and main:  # ranks hold the same state
                 ckpt.save({"step": step + 1, "curve": result.curve, "eval_curve": result.eval_curve,
                            "lr_curve": result.lr_curve, "model": model.state_dict(),
                            "optimizer": optimizer.state_dict(), "position": batches.position})
@@ -192,6 +214,23 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     result.optimizer_state_bytes = state_bytes(optimizer)
     result.peak_memory_bytes = _peak_memory(device)
     return _Trained(model, autocast, ckpt)
+
+
+def _parallel(rank: Rank | None, model, optimizer, loss_fn, name: str) -> Parallel | None:
+    if rank is None:
+        return None
+    from bench.run import distributed
+
+    return distributed.build(rank, model, optimizer, loss_fn, name)
+
+
+def _rows(batch: torch.Tensor, rank: Rank | None) -> torch.Tensor:
+    """The batch rows this process trains on: all of them, or its rank's share."""
+    if rank is None:
+        return batch
+    from bench.run.distributed import shard_rows
+
+    return shard_rows(batch, rank)
 
 
 def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -245,6 +284,7 @@ def _resume(ckpt, model, optimizer, batches, result) -> int:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     batches.position = state["position"]
+    result.resumed_at = state["step"]
     result.curve = [tuple(p) for p in state["curve"]]
     result.eval_curve = [tuple(p) for p in state.get("eval_curve", [])]
     result.lr_curve = [tuple(p) for p in state.get("lr_curve", [])]

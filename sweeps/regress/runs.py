@@ -57,7 +57,7 @@ def _in_process(specs, order, threads, report, results) -> None:
     before = torch.get_num_threads()
     try:
         for i in order:
-            results[i] = RunResult.from_dict(train_task(specs[i].to_dict(), threads))
+            results[i] = RunResult.from_dict(train_task(specs[i].to_dict(), {"threads": threads}))
             report(len(results), len(specs), results[i])
     finally:
         torch.set_num_threads(before)  # the caller's thread count is not ours to change
@@ -66,7 +66,7 @@ def _in_process(specs, order, threads, report, results) -> None:
 def _in_pool(specs, order, threads, workers, report, results) -> None:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(train_task, specs[i].to_dict(), threads): i for i in order}
+        futures = {pool.submit(train_task, specs[i].to_dict(), {"threads": threads}): i for i in order}
         try:
             for future in as_completed(futures):
                 i = futures[future]

@@ -1,5 +1,6 @@
 """Adam-mini (bench/optimizers/adam_mini.py): one second-moment scalar per block (blocks from roles
-and the model's attention modules), the paper's equations, PyPI adam-mini step by step,
+and the model's attention modules), the paper's equations, PyPI adam-mini step by step (the study
+variant beside the package told our choices, the authors variant beside the package unchanged),
 checkpoint resume and registration."""
 import copy
 
@@ -9,6 +10,7 @@ from adam_mini import Adam_mini
 
 from bench.optimizers.registry import get
 from bench.roles import Role, TaggedParam
+from bench.run.spec import RunSpec
 
 from .testkit import (
     TINY,
@@ -111,4 +113,77 @@ def test_resume_from_checkpoint_is_bitwise():
 
 
 def test_registered_with_complete_defaults_and_space():
-    assert_registered("adam_mini", {"beta1", "beta2", "epsilon", "weight_decay"})
+    assert_registered("adam_mini", {"beta1", "beta2", "epsilon", "weight_decay", "variant"})
+
+
+# -- the `authors` variant ---------------------------------------------------------------------
+
+# Names adam-mini 1.1.1 recognises for the two of ours it does not: our head is its output layer
+# ("lm_head"); "mlp_norm" holds "mlp", which would send a norm vector to its per-row branch.
+PACKAGE_NAMES = (("head.", "lm_head."), ("mlp_norm", "ffn_norm"))
+AUTHORS_HP = {**HP, "decay_roles": "hidden,head,embedding"}  # the package decays all but norms, biases
+
+
+def _package_name(name):
+    for ours, theirs in PACKAGE_NAMES:
+        name = theirs + name.removeprefix(ours) if name.startswith(ours) else name.replace(ours, theirs)
+    return name
+
+
+def _unchanged_package(model, hp):
+    """PyPI adam-mini 1.1.1 as published: its name sets and groups untouched."""
+    named = [(_package_name(n), p) for n, p in model.named_parameters()]
+    return Adam_mini(named, lr=hp["learning_rate"], betas=(hp["beta1"], hp["beta2"]), eps=hp["epsilon"],
+                     weight_decay=hp["weight_decay"], dim=TINY.hidden, n_heads=TINY.heads, verbose=False)
+
+
+def test_the_package_sees_our_tiny_llama_as_a_llama():
+    """Every name lands in the package branch the module doc says (no fall-through but norms)."""
+    opt = _unchanged_package(tiny_model(), AUTHORS_HP)
+    names = [g["name"] for g in opt.param_groups]
+    assert "lm_head.weight" in names and all("mlp_norm" not in n for n in names)
+    recognised = opt.embd_names | opt.output_names | opt.wqk_names | opt.wv_names | opt.mlp_names \
+        | opt.attn_proj_names
+    for group in opt.param_groups:
+        assert any(k in group["name"] for k in recognised) != group["name"].endswith("norm.weight")
+        assert (group["weight_decay"] == 0) == group["name"].endswith("norm.weight"), group["name"]
+
+
+def _max_error_beside_the_package(variant, steps=20):
+    ours_model = tiny_model()
+    theirs_model = copy.deepcopy(ours_model)
+    ours = build("adam_mini", ours_model, **AUTHORS_HP, variant=variant)
+    theirs = _unchanged_package(theirs_model, AUTHORS_HP)
+    worst = 0.0
+    for step in range(steps):
+        train(ours_model, ours, range(step, step + 1))
+        train(theirs_model, theirs, range(step, step + 1))
+        for a, b in zip(ours_model.parameters(), theirs_model.parameters()):
+            worst = max(worst, (a - b).abs().max().item())
+    return worst
+
+
+def test_the_authors_variant_matches_the_unchanged_package_over_20_steps_in_fp32():
+    assert _max_error_beside_the_package("authors") < 1e-4
+
+
+def test_the_20_step_comparison_tells_the_variants_apart():
+    assert _max_error_beside_the_package("study") > 1e-3
+
+
+def test_the_authors_variant_keeps_one_v_per_norm_vector():
+    model = tiny_model()
+    opt = build("adam_mini", model, variant="authors")
+    params = dict(model.named_parameters())
+    assert opt.state[params["norm.weight"]]["exp_avg_sq"].shape == (1, 1)
+    assert opt.state[params["layers.0.attn.wq.weight"]]["exp_avg_sq"].shape == (TINY.heads, 1)
+    assert opt.state[params["head.weight"]]["exp_avg_sq"].shape == (VOCAB, 1)
+
+
+def test_the_authors_variant_resumes_bitwise():
+    assert_resume_is_bitwise("adam_mini", variant="authors")
+
+
+def test_the_study_default_keeps_its_run_key():
+    assert "variant" in get("adam_mini").added_later
+    assert RunSpec("adam_mini", "cpu-xs", 0.05).key == "82a9fd5c421099042d0e"  # the key before `variant`

