@@ -25,7 +25,6 @@ from bench.run.estimate import planned_mfu
 from bench.run.gpus import GIB, Gpu
 from bench.run.memory import DEVICE_HEADROOM, Memory, available_ram, process_memory
 
-DEFAULT_MAX_HOURS = 168.0  # 7 days: longer than that, a sweep here is a mistake, not a plan
 MOST_GPUS_PER_TRIAL = 64  # the largest fsdp group a plan suggests when one GPU is too small
 
 

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.cli import sweep as sweep_cli
 from bench.model.build import build_model
 from bench.model.scales import get_scale, resolve_model
 from bench.optimizers.registry import get
@@ -137,11 +136,6 @@ def test_activations_grow_with_the_micro_batch_and_the_fitting_one_fits():
     assert not found.fits and 1 <= found.fitting < shape.default_batch
     assert capacity.fit(["adamw"], shape, 512, found.fitting, 1, "ddp", "cuda", usable).fits
     assert not capacity.fit(["adamw"], shape, 512, found.fitting + 1, 1, "ddp", "cuda", usable).fits
-
-
-def test_the_cli_default_and_gpu_names_are_the_modules():
-    assert sweep_cli.DEFAULT_MAX_HOURS == capacity.DEFAULT_MAX_HOURS
-    assert set(sweep_cli.KNOWN_GPUS) == set(KNOWN)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a visible GPU")

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING
 from bench.cli.args import add_execution_flags, add_model_and_data_flags, model_choice
 from bench.cli.run import add_reuse_flags, add_track_flag
 from bench.errors import UserError
+from bench.run.gpus import DEFAULT_GPU, KNOWN  # a table only: no torch at import
 
 if TYPE_CHECKING:  # imported lazily below: every optbench command loads this module
     from sweeps.driver import Resources
 
 DEFAULT_MAX_TRIALS = 8  # per optimizer and ratio: the whole learning-rate grid and a step beyond
-DEFAULT_MAX_HOURS = 168.0  # sweeps.capacity's: kept equal (tests/test_plan_scale.py), not imported (heavy)
-KNOWN_GPUS = ("H100", "H100-PCIe", "H200", "A100-80GB", "A100-40GB", "L40S")  # bench.run.gpus.KNOWN's names
-DEFAULT_GPU = "H100"
+DEFAULT_MAX_HOURS = 168.0  # 7 days: longer than that, a sweep here is a mistake, not a plan
 
 
 def register(subparsers) -> None:
@@ -74,7 +73,7 @@ def register(subparsers) -> None:
                         "7 days)")
     p.add_argument("--gpu", type=_gpu_name, default=None, metavar="NAME",
                    help="the GPU a CUDA plan is for (memory, peak FLOP/s): one of "
-                        f"{', '.join(KNOWN_GPUS)} (default: the visible GPU, else {DEFAULT_GPU}); "
+                        f"{', '.join(KNOWN)} (default: the visible GPU, else {DEFAULT_GPU}); "
                         "--device cuda --dry-run plans on a machine without one")
     add_reuse_flags(p)
     add_track_flag(p)
@@ -346,9 +345,9 @@ def _positive_hours(text: str) -> float:
 def _gpu_name(text: str) -> str:
     import argparse
 
-    known = {k.lower(): k for k in KNOWN_GPUS}
+    known = {k.lower(): k for k in KNOWN}
     if text.strip().lower() not in known:
-        raise argparse.ArgumentTypeError(f"unknown GPU {text!r}; known: {', '.join(KNOWN_GPUS)}")
+        raise argparse.ArgumentTypeError(f"unknown GPU {text!r}; known: {', '.join(KNOWN)}")
     return known[text.strip().lower()]
 
 
