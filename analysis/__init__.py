@@ -12,4 +12,5 @@ PNG/PDF figures. The pieces, in the order data flows:
 - speedups: cells -> AdamW fit per scale and every cell's speedup with an interval and flags
 - sensitivity: one-parameter ablations around each cell's centre config
 - tables, plots: the outputs; pipeline writes them all; paper.reproduce compares with the study
+- tuning: tuning cost, from replayed protocols' trials: trials to the approximately-best band
 """

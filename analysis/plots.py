@@ -6,7 +6,9 @@
 - loss vs data budget per scale with AdamW's law, and the same losses minus that law (lines 0.01
   nats apart become readable there); seed error bars wherever a cell has seeds;
 - sensitivity: loss above the cell's best vs each hyperparameter from the one-parameter
-  ablations, with the study's approximately-best band and diverged configs marked.
+  ablations, with the study's approximately-best band and diverged configs marked;
+- tuning cost: best loss found against trials per protocol over search seeds, with the
+  approximately-best band, and each search's winner against coordinate descent's on fresh seeds.
 
 Each `*_figure` function returns the drawn figure, so tests can read its artists back against the
 tables; `save` writes it. Colours and markers are fixed per optimizer across figures.
@@ -31,6 +33,7 @@ from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from analysis.cells import scale_order  # noqa: E402
 from analysis.fit import PowerLawFit  # noqa: E402
+from analysis.tuning import reference_trace, winner_gap  # noqa: E402
 from bench.study import APPROX_BEST_TOL, REFERENCE_OPTIMIZER, geometric  # noqa: E402
 
 FORMATS = ("png", "pdf")
@@ -340,3 +343,90 @@ def _value_axis(ax, values: pd.Series):
     names = sorted({str(v) for v in values})
     ax.set_xticks(range(len(names)), names)
     return lambda vals: np.array([names.index(str(v)) for v in vals], dtype=float)
+
+
+# --- tuning cost -------------------------------------------------------------------------------
+
+PROTOCOL_COLORS = {"coordinate": "black", "tpe": "tab:blue", "gp": "tab:orange", "predict": "tab:green"}
+
+
+def tuning_cost_figure(traces, cost, title: str, context: str) -> plt.Figure:
+    """Left: best loss so far minus the best any protocol found, by trial: a thin line per search
+    seed, the median over seeds thick, the seeds' range shaded; the approximately-best band green;
+    the goal's budget (a third of coordinate descent's trials) and coordinate descent's own trials as
+    dashed verticals. Right: each search's winner against coordinate descent's, paired by training
+    seed on the seeds neither was chosen on. `traces` and `cost` are analysis.tuning's."""
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(10, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    ax.axhspan(0, cost.tol, color="tab:green", alpha=0.15, lw=0)
+    handles = [Patch(color="tab:green", alpha=0.15, label=f"approx. best (within {cost.tol:g})")]
+    others = iter(plt.get_cmap("tab10").colors[4:])
+    colors = {s.protocol: PROTOCOL_COLORS.get(s.protocol) or next(others) for s in cost.protocols}
+    for summary in cost.protocols:
+        group = [t for t in traces if t.protocol == summary.protocol]
+        _tuning_lines(ax, group, cost.best, colors[summary.protocol])
+        ok = f", {summary.within_goal}/{summary.judged} in band by {cost.goal}" if cost.goal else ""
+        handles.append(Line2D([], [], color=colors[summary.protocol], lw=2,
+                              label=f"{summary.protocol} ({len(group)} seed{'s' * (len(group) != 1)}{ok})"))
+    for x, what in ((cost.goal, "C/3"), (cost.reference_trials, "C")):
+        if x:
+            ax.axvline(x, color="grey", ls="--", lw=1)
+            ax.text(x, 0.01, f"{what}={x} ", transform=blended_transform_factory(ax.transData, ax.transAxes),
+                    va="bottom", ha="right", fontsize=8, color="grey")
+    ax.set_yscale("symlog", linthresh=1e-3, linscale=0.5)
+    ax.yaxis.set_major_formatter(_PLAIN)
+    ax.set_xlabel("trials (distinct configs, in the order the protocol asked for them)")
+    ax.set_ylabel("best seed-0 loss so far - best found (nats/token)")
+    ax.set_xlim(left=0.5)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=10)
+    _winner_panel(right, traces, cost, colors)
+    fig.tight_layout()
+    _caption(fig, [f"Left: best found {cost.best:.4f}; y symlog (linear below 1e-3). Thin lines: one search "
+                   "seed each (TPE/GP: the sampler's seed; coordinate descent: its key order, seed 0 "
+                   "the study's); thick: the median over seeds; shaded: their range. A curve that ends "
+                   "early stopped there (coordinate descent converged; its best counts on in the median) "
+                   "or its sweep ran no further. C: coordinate descent's trials in the study's key order."
+                   + (f" Its winner's loss varies by {cost.seed_sd:.4f} (sd over training seeds 1+): "
+                      "a band narrower than that is entered partly by luck." if cost.seed_sd > cost.tol else ""),
+                   "Right: each search's winner minus coordinate descent's winner, mean over training "
+                   "seeds 1+ (paired by seed; seed 0 chose the winners); dots: search seeds, bar: "
+                   "their mean with a 90% t interval.", f"Context: {context}."])
+    return fig
+
+
+def _winner_panel(ax, traces, cost, colors: dict) -> None:
+    ref = reference_trace(traces)
+    ax.axhline(0, color="black", lw=1)
+    for i, summary in enumerate(cost.protocols):
+        gaps = [g for t in traces if t.protocol == summary.protocol and not math.isnan(g := winner_gap(t, ref))]
+        ax.plot([i] * len(gaps), gaps, "o", color=colors[summary.protocol], alpha=0.6, ms=5)
+        mean, lo, hi = summary.winner_gap
+        if not math.isnan(lo):
+            ax.errorbar([i + 0.2], [mean], yerr=[[mean - lo], [hi - mean]], fmt="_", ms=12,
+                        color=colors[summary.protocol], capsize=3)
+    ax.set_xticks(range(len(cost.protocols)), [s.protocol for s in cost.protocols], fontsize=8)
+    ax.set_xlim(-0.5, len(cost.protocols) - 0.3)
+    ax.set_ylabel("winner - coordinate's winner (nats/token)")
+    ax.set_title("winners on fresh seeds", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def _tuning_lines(ax, group, best: float, color) -> None:
+    curves = [np.where(np.isfinite(c := t.best_so_far()), c - best, np.nan) for t in group]
+    length = max(len(c) for c in curves)
+    padded = np.full((len(curves), length), np.nan)
+    for i, (t, c) in enumerate(zip(group, curves)):
+        padded[i, :len(c)] = c
+        if t.finished and len(c):  # it stopped: its best stays, for the median and the range
+            padded[i, len(c):] = c[-1]
+        ax.step(np.arange(1, len(c) + 1), c, where="post", color=color, lw=0.7, alpha=0.5)
+    x = np.arange(1, length + 1)
+    counts = np.sum(np.isfinite(padded), axis=0)
+    shown = counts > 0
+    with np.errstate(all="ignore"):
+        lo, hi, mid = (f(padded[:, shown], axis=0) for f in (np.nanmin, np.nanmax, np.nanmedian))
+    if len(curves) > 1:
+        ax.fill_between(x[shown], lo, hi, step="post", color=color, alpha=0.12, lw=0)
+    ax.step(x[shown], mid, where="post", color=color, lw=2)

@@ -12,5 +12,7 @@ The pieces, in the order a sweep uses them:
 - record: every trial recorded in Optuna storage, one study per cell
 - driver, task: Ray runs the trials, the store keeps them, a rerun resumes
 - progress, report: the status line while running and the tables at the end
+- replay: a cell's protocol at a search seed replayed from the store, its trials in the order asked
+  (tuning cost, docs/TUNING.md)
 - regress/: the CI regression check of optimizer speedups against a committed baseline
 """

@@ -54,13 +54,15 @@ class Cell:
     ratio: float
     protocol: str  # coordinate | tpe | gp | predict
     context: SweepContext = field(default_factory=SweepContext)
+    search_seed: int = 0  # TPE/GP's sampler seed, coordinate descent's key order (0: the study's)
 
     @property
     def study_name(self) -> str:
         """The Optuna study's name, grouped by path in optuna-dashboard; a context other than the
-        default gets its own studies."""
+        default, and a search seed other than 0, get studies of their own."""
         label = self.context.label(self.scale)
         return (f"optbench/{self.scale}/{self.ratio:g}x/{self.optimizer}/{self.protocol}"
+                + (f"/seed{self.search_seed}" if self.search_seed else "")
                 + (f"/{label}" if label else ""))
 
     @property

@@ -95,6 +95,7 @@ class StudyRecorder:
             cell = tuning.cell
             for key, value in (("optimizer", cell.optimizer), ("scale", cell.scale),
                                ("ratio", cell.ratio), ("protocol", cell.protocol),
+                               ("search_seed", cell.search_seed),
                                ("description", tuning.protocol.label)):
                 study.set_user_attr(key, value)
             self._studies[name] = study

@@ -77,3 +77,15 @@ def test_predict_fits_over_two_tuned_scales_and_needs_them():
 def test_samplers_get_the_whole_grid_and_the_budget():
     protocol, grid = make_protocol(Cell("muon", "cpu-xs", 1.0, "gp"), 7, EMPTY)
     assert isinstance(protocol, SamplerSearch) and protocol.max_runs == 7 and protocol.grid == grid
+
+
+def test_the_search_seed_seeds_the_sampler_and_orders_coordinate_descents_keys():
+    study, _ = make_protocol(Cell("adamw", "cpu-xs", 1.0, "coordinate"), 10, EMPTY)
+    shuffled, _ = make_protocol(Cell("adamw", "cpu-xs", 1.0, "coordinate", search_seed=2), 10, EMPTY)
+    assert study.keys[0] == "learning_rate" and sorted(shuffled.keys) == sorted(study.keys)
+    assert shuffled.keys != study.keys and shuffled.start == study.start
+    assert "key order seed 2" in shuffled.label
+    tpe, _ = make_protocol(Cell("adamw", "cpu-xs", 1.0, "tpe", search_seed=5), 10, EMPTY)
+    assert tpe.seed == 5
+    names = {Cell("adamw", "cpu-xs", 1.0, "tpe", search_seed=s).study_name for s in (0, 5)}
+    assert names == {"optbench/cpu-xs/1x/adamw/tpe", "optbench/cpu-xs/1x/adamw/tpe/seed5"}

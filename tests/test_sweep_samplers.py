@@ -58,3 +58,13 @@ def test_a_grid_smaller_than_the_budget_ends_when_exhausted():
     tiny = {"learning_rate": [0.004, 0.008], "warmup": [0.05]}
     losses, _ = drive(SamplerSearch("tpe", tiny, {"learning_rate": 0.004, "warmup": 0.05}, budget=10))
     assert len(losses) == 2
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp"])
+def test_a_larger_budget_extends_a_smaller_ones_trials_and_the_seed_changes_them(sampler):
+    """What lets tuning cost be replayed from the store whatever budget a sweep ran with."""
+    _, short = drive(SamplerSearch(sampler, GRID, START, budget=7, seed=3))
+    _, long = drive(SamplerSearch(sampler, GRID, START, budget=14, seed=3))
+    assert len(short) == 7 and long[:7] == short
+    _, other = drive(SamplerSearch(sampler, GRID, START, budget=7, seed=4))
+    assert other[0] == START and other != short

@@ -41,6 +41,10 @@ def register(subparsers) -> None:
                    help="coordinate: the study's Phase I (Phase II where a smaller scale is tuned); "
                         "tpe, gp: Optuna samplers with the same budget; predict: Phase III, "
                         "hyperparameters fitted over tuned smaller scales, run once")
+    p.add_argument("--search-seed", type=int, default=0,
+                   help="TPE/GP's sampler seed; coordinate descent's key order (0, the default: "
+                        "the study's). Not part of any run: runs are shared across seeds and "
+                        "protocols, each seed gets its own Optuna study (docs/TUNING.md)")
     p.add_argument("--max-trials", type=int, default=DEFAULT_MAX_TRIALS,
                    help=f"most configs per optimizer and ratio (default: {DEFAULT_MAX_TRIALS})")
     p.add_argument("--seeds", type=int, default=1,
@@ -91,6 +95,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.search_seed < 0:
+        raise UserError(f"--search-seed must be 0 or more, got {args.search_seed}")
+    if args.search_seed and args.protocol == "predict":
+        raise UserError("--search-seed: --protocol predict runs one fitted config and has no search to seed")
     if args.micro_batch < 0:
         raise UserError(f"--micro-batch must be 0 or more, got {args.micro_batch}")
     require(args.track)  # a missing tracker package fails before the plan, not after the sweep
@@ -103,13 +111,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     address = os.environ.get("RAY_ADDRESS") or None
     cluster = _cluster(address)
     resources = resolve_resources(args, cluster)
-    cells = [Cell(o, scale.name, r, args.protocol, context[1]) for r in ratios for o in optimizers]
+    cells = [Cell(o, scale.name, r, args.protocol, context[1], args.search_seed)
+             for r in ratios for o in optimizers]
     gang.check(cells, resources, _planned_cluster(cluster, resources))  # --procs-per-trial: batches split, a gang fits
     if args.reuse_stale and not store.count_stale(optimizer=optimizers, scale=scale.name):
         raise UserError(f"--reuse-stale: the store holds no stale result of {', '.join(optimizers)} "
                         f"at {scale.name}")
     # read once: the protocols and the plan's cost (runs of this sweep's context only)
-    stored = [r for r in store.runs(scale=_ladder_up_to(scale), reuse_stale=args.reuse_stale)
+    stored = [r for r in store.runs(scale=ladder_up_to(scale), reuse_stale=args.reuse_stale)
               if same_context(r, cells[0])]
     tunings = _tunings(cells, args, resources.device, stored)
     cost = _plan(tunings, args, resources, store, stored)
@@ -214,7 +223,7 @@ def _has_grid(opt, ladder: str) -> bool:
     return True
 
 
-def _ladder_up_to(scale) -> list[str]:
+def ladder_up_to(scale) -> list[str]:
     """The scales of `scale`'s ladder up to it: what the plan reads (smaller tuned scales, and
     stored runs at this one); a shape of the user's own has only itself."""
     from bench.model.scales import SCALES

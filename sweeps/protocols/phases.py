@@ -6,6 +6,9 @@
   scales, or, with only one tuned smaller scale, the keys the study found to move (its
   Analysis/PhaseI/non_stable_keys_by_optimizer.json; learning rate for optimizers it did not run).
 - tpe, gp: an Optuna sampler over the whole grid from the defaults, with the same budget.
+  The cell's search seed is the sampler's seed; for coordinate descent it orders the keys
+  (0: the study's order, most important first; any other: a shuffle of it), so tuning cost can
+  be measured over seeds of every protocol (sweeps/replay.py).
 - predict: Phase III, every key fitted over the tuned smaller scales and run once.
 
 "Tuned" means: seed-0 runs in the store that finished; a cell's best is its lowest loss.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
@@ -30,7 +34,6 @@ from sweeps.protocols.samplers import SAMPLERS, SamplerSearch
 from sweeps.protocols.scaling import TunedCell, nearest_cell, predict_config
 
 PROTOCOLS = ("coordinate", *SAMPLERS, "predict")
-SAMPLER_SEED = 0  # fixed, so a resumed sweep replays the same proposals
 NON_STABLE_FILE = DEFAULT_DATA_DIR / "Analysis" / "PhaseI" / "non_stable_keys_by_optimizer.json"
 
 
@@ -49,19 +52,30 @@ def make_protocol(cell: Cell, budget: int,
     grid = load_grid(cell.optimizer, cell.grid_ladder)
     start = snap_config(cell.spec({}).hparams, grid)  # its defaults (batch: the shape's)
     if cell.protocol in SAMPLERS:
-        return SamplerSearch(cell.protocol, grid, start, budget, SAMPLER_SEED), grid
+        return SamplerSearch(cell.protocol, grid, start, budget, cell.search_seed), grid
     smaller = tuned_cells(stored, cell.optimizer, cell.shape)
     if cell.protocol == "predict":
         return _phase3(cell, grid, smaller), grid
     if cell.protocol != "coordinate":
         raise UserError(f"unknown protocol {cell.protocol!r}; known: {', '.join(PROTOCOLS)}")
     here = [t for t in smaller if t.ratio == cell.ratio]
+    order = f", key order seed {cell.search_seed}" if cell.search_seed else ""
     if not here:
-        return CoordinateDescent(grid, start, importance_order(grid), budget), grid
+        keys = key_order(importance_order(grid), cell.search_seed)
+        return CoordinateDescent(grid, start, keys, budget, f"coordinate descent (Phase I{order})"), grid
     keys = moved_keys(here, grid) if len({t.scale for t in here}) >= 2 else study_keys(cell.optimizer, grid)
+    keys = key_order(keys, cell.search_seed)
     label = (f"coordinate descent (Phase II from {here[-1].scale}: "
-             f"{', '.join(keys) if keys else 'no keys, its best config once'})")
+             f"{', '.join(keys) if keys else 'no keys, its best config once'}{order})")
     return CoordinateDescent(grid, snap_config(here[-1].hparams, grid), keys, budget, label), grid
+
+
+def key_order(keys: list[str], seed: int) -> list[str]:
+    """`keys` as given for seed 0, else shuffled by `seed` (the same shuffle on every machine)."""
+    keys = list(keys)
+    if seed:
+        random.Random(seed).shuffle(keys)
+    return keys
 
 
 def tuned_cells(stored: Sequence[StoredRun], optimizer: str, target: Scale) -> list[Tuned]:

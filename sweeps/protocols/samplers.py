@@ -6,7 +6,9 @@ With a fixed sampler seed the proposals are then a function of the losses alone,
 finished first or how many workers there are: a resumed sweep replays the same rounds, finds their
 runs in the store, and goes on where it stopped. The first trial is the baseline config, as in
 coordinate descent. A diverged run is told the worst finished loss seen so far (the study counted
-divergence as the worst loss); before any run has finished it is told as failed.
+divergence as the worst loss); before any run has finished it is told as failed. The startup
+(random) trials do not depend on the budget, so a search with a larger budget asks the same configs
+first: its trials extend, never reorder, a smaller one's (sweeps/replay.py relies on it).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from sweeps.protocols.base import Losses
 SAMPLERS = ("tpe", "gp")
 ROUND_SIZE = 4  # trials per round; fixed (not the worker count) so a resume may change --workers
 ASKS_PER_RUN = 5  # samplers repeat configs on a small grid; stop asking after this many per run
+STARTUP_TRIALS = 10  # random trials before the model takes over (Optuna's default for both)
 
 
 @dataclass
@@ -63,11 +66,10 @@ class SamplerSearch:
                 return None
 
     def _make_sampler(self) -> optuna.samplers.BaseSampler:
-        startup = max(1, min(10, self.budget // 3))
         if self.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=startup)
+            return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=STARTUP_TRIALS)
         if self.sampler == "gp":
-            return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=startup)
+            return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=STARTUP_TRIALS)
         raise ValueError(f"unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
 
     def _ask_round(self) -> bool:

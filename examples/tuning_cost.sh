@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The tuning-cost measurement of docs/TUNING.md for one cell, resumable (rerun it after a stop):
+# coordinate descent in the study's order until it stops, its winner at 3 seeds; then TPE and GP at
+# search seeds 0..SEEDS-1, each with a budget of C/3 trials (whole sampler rounds of 4); then the
+# curves. Usage: examples/tuning_cost.sh OPTIMIZER [SCALE] [RATIO] [SEEDS]
+set -euo pipefail
+opt=${1:?usage: examples/tuning_cost.sh OPTIMIZER [SCALE] [RATIO] [SEEDS]}
+scale=${2:-cpu-xs}; ratio=${3:-1}; seeds=${4:-3}
+optbench=${OPTBENCH:-.venv/bin/optbench}
+sweep() { "$optbench" sweep --optimizers "$opt" --scale "$scale" --ratios "$ratio" --seeds 3 --yes "$@"; }
+
+sweep --protocol coordinate --max-trials 1000
+c=$("$optbench" tuning-cost --optimizer "$opt" --scale "$scale" --ratio "$ratio" | sed -n 's/.*took C = \([0-9]*\) trials.*/\1/p')
+budget=$(( ((c + 2) / 3 + 3) / 4 * 4 ))
+echo "coordinate descent took $c trials: TPE and GP get $budget each"
+for seed in $(seq 0 $((seeds - 1))); do
+  for protocol in tpe gp; do
+    sweep --protocol "$protocol" --search-seed "$seed" --max-trials "$budget"
+  done
+done
+"$optbench" tuning-cost --optimizer "$opt" --scale "$scale" --ratio "$ratio"

@@ -1,0 +1,57 @@
+"""Tuning cost replayed from a real store: sweeps of two protocols sharing their runs, replayed in
+the order each protocol asked for its trials (with one worker, the order the sweep started them),
+then drawn and exported by `optbench tuning-cost`. cpu-xs at 0.05x Chinchilla, seconds a run."""
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.system
+
+STARTED = re.compile(r"started  .* run ([0-9a-f]{20})")
+
+
+def optbench(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def sweep(store_url, journal, *args):
+    done = optbench("sweep", "--scale", "cpu-xs", "--ratios", "0.05", "--threads", "1", "--workers", "1",
+                    "--optimizers", "adamw", "--store", store_url, "--optuna-storage", str(journal),
+                    "--yes", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_a_replay_asks_for_the_sweeps_trials_in_order_and_the_command_draws_them(store_url, tmp_path):
+    journal = tmp_path / "optuna.journal"
+    tpe = sweep(store_url, journal, "--protocol", "tpe", "--search-seed", "1", "--max-trials", "4")
+    coordinate = sweep(store_url, journal, "--max-trials", "3")
+    tpe_order = STARTED.findall(tpe.stderr)
+    assert len(tpe_order) == 4 and len(STARTED.findall(coordinate.stderr)) == 2  # the baseline is shared
+
+    stem = tmp_path / "cost"
+    done = optbench("tuning-cost", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "0.05",
+                    "--store", store_url, "--optuna-storage", str(journal), "--out", str(stem))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = pd.read_csv(stem.with_suffix(".csv"))
+    trials = rows[rows["trial"].notna()]
+    assert (trials["seed"] == 0).all() and not (rows["seed"] > 0).any()  # no winner ran at more seeds
+    replayed = trials[trials["protocol"] == "tpe"]
+    assert list(replayed["search_seed"].unique()) == [1] and list(replayed["run_key"]) == tpe_order
+    cd = trials[trials["protocol"] == "coordinate"]
+    assert len(cd) == 3 and cd["run_key"].iloc[0] == tpe_order[0]
+    assert not cd["finished"].any()  # its budget of 3 stopped it, not convergence
+    assert (trials.groupby("protocol")["best_so_far"].is_monotonic_decreasing).all()
+    assert "not finished in the store" in done.stdout  # no goal without a finished reference
+    assert stem.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_without_a_recorded_sweep_it_says_so_in_one_line(store_url, tmp_path):
+    done = optbench("tuning-cost", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "1",
+                    "--store", store_url, "--optuna-storage", str(tmp_path / "none.journal"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "no sweep of adamw at cpu-xs 1x" in done.stderr
