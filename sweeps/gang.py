@@ -46,7 +46,8 @@ class RankActor:
         from bench.run.train import RunOptions
 
         run_spec = RunSpec.from_dict(spec)
-        run_options = RunOptions(**options, progress=False, fault=planned(run_spec.to_dict()))
+        fault = planned({**run_spec.to_dict(), "rank": rank})
+        run_options = RunOptions(**options, progress=False, fault=fault)
         result = rank_run(run_spec, run_options, rank, address, port)
         result.node = ray.get_runtime_context().get_node_id()
         return result.to_dict()

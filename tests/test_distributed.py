@@ -114,9 +114,36 @@ def test_a_ddp_run_resumes_from_rank_zeros_checkpoint(tmp_path, cache, one_threa
     assert not (tmp_path / f"{spec.key}.pt").exists()
 
 
-def _cli(args: list[str], tmp_path: Path, cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+@pytest.mark.system
+def test_a_rank_that_dies_fails_its_gang_as_an_attempt_the_next_sweep_retries(tmp_path, cache):
+    """Rank 1 of a 2-process trial dies mid-run (bench/run/faults.py: exit): rank 0, blocked in the
+    gradient all-reduce, is killed with it; the trial is an environment failure, stored as an
+    attempt and never as a result (exit 1), and the next sweep trains it."""
+    from bench.run.failures import ENVIRONMENT_FAILURE, environment_failure
+    from bench.store.database import ResultStore
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    args = ["sweep", "--scale", "cpu-xs", "--ratios", "0.05", "--optimizers", "adamw", "--max-trials", "1",
+            "--procs-per-trial", "2", "--threads", "1", "--workers", "1", "--yes", "--store", store,
+            "--optuna-storage", str(tmp_path / "optuna.journal")]
+    first = _cli(args, tmp_path, cache, fault="exit@3:rank=1")
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "rank 1 of 2 died" in first.stdout and "run again to retry" in first.stdout, first.stdout[-3000:]
+    assert not ResultStore(store).runs()
+    (attempt,) = [r for what, r, _ in ResultStore(store).history() if what == "attempt"]
+    assert attempt.status == ENVIRONMENT_FAILURE and environment_failure(attempt.reason)
+    assert "rank 1 of 2 died" in attempt.reason
+    again = _cli(args, tmp_path, cache)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (result,) = ResultStore(store).runs()
+    assert result.status == "ok" and result.run_key == attempt.run_key
+
+
+def _cli(args: list[str], tmp_path: Path, cache: Path, timeout: int = 600,
+         fault: str = "") -> subprocess.CompletedProcess:
     env = {**{k: v for k, v in os.environ.items() if k not in ("OPTBENCH_FAULT", "RAY_ADDRESS")},
-           "OPTBENCH_RESULTS": str(tmp_path), "OPTBENCH_CACHE": str(cache)}
+           "OPTBENCH_RESULTS": str(tmp_path), "OPTBENCH_CACHE": str(cache),
+           **({"OPTBENCH_FAULT": fault} if fault else {})}
     return subprocess.run([sys.executable, "-m", "bench.cli", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
 

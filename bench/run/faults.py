@@ -6,15 +6,18 @@ OPTBENCH_FAULT holds rules separated by ";", each KIND@STEP followed by optional
 
 - raise@S: the training step S raises RuntimeError (a crashing kernel or optimizer);
 - nan@S:   the training loss is NaN from step S on (a run that blows up);
-- oom@S:   the training step S runs out of memory (an environment failure: bench/run/failures.py).
+- oom@S:   the training step S runs out of memory (an environment failure: bench/run/failures.py);
+- exit@S:  the process dies at step S without unwinding (os._exit: a segfault, the kernel's OOM
+           killer, a lost node), so whoever waits on it sees a dead worker, not an exception.
 
 A rule applies to the runs whose spec matches every filter: a RunSpec field (optimizer, scale,
-ratio, seed, ...) or a hyperparameter (learning_rate, ...); numbers compare as numbers. The rest of
-the run is untouched, so the real failure handling (train.run's status, the divergence check, the
-sweep's worst-loss rule) is what a test exercises. Being an OPTBENCH_ variable, it reaches Ray
-workers on a cluster too. The train loop never reads it: the entry points that start runs (`optbench
-run`, the sweep's task, the regression check) pass `planned(spec.to_dict())` as RunOptions.fault.
-Unset, it costs one environment lookup per run.
+ratio, seed, ...), a hyperparameter (learning_rate, ...), or `rank`, one process of a sweep's
+trial spread over several (sweeps/gang.py: rank=1 fails that rank of the gang alone); numbers
+compare as numbers. The rest of the run is untouched, so the real failure handling (train.run's
+status, the divergence check, the sweep's worst-loss rule) is what a test exercises. Being an
+OPTBENCH_ variable, it reaches Ray workers on a cluster too. The train loop never reads it: the
+entry points that start runs (`optbench run`, the sweep's task and gang, the regression check) pass
+`planned(...)` as RunOptions.fault. Unset, it costs one environment lookup per run.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ import torch
 from bench.errors import UserError
 
 VARIABLE = "OPTBENCH_FAULT"
-KINDS = ("raise", "nan", "oom")
+KINDS = ("raise", "nan", "oom", "exit")
+EXIT_CODE = 70  # what an exit fault dies with (EX_SOFTWARE), told apart from a signal
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class Fault:
             return loss
         if self.kind == "raise":
             raise RuntimeError(f"injected fault ({VARIABLE}): raise at step {self.step}")
+        if self.kind == "exit":
+            os._exit(EXIT_CODE)
         if self.kind == "oom":
             raise torch.OutOfMemoryError(f"injected fault ({VARIABLE}): out of memory at step {self.step}")
         return loss * float("nan")
