@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from pathlib import Path
 
 from bench.cli.args import positive_float
@@ -65,17 +64,21 @@ def cmd_tuning_cost(args: argparse.Namespace) -> int:
 
 
 def swept_searches(storage: str | None, optimizer: str, scale: str, ratio: float) -> list[tuple[str, int]]:
-    """(protocol, search seed) of every study recorded for the cell in the default context."""
+    """(protocol, search seed) of every study recorded for the cell in the default context: the
+    names Cell.study_name gives, read back."""
     import optuna
 
+    from sweeps.plan import Cell
+    from sweeps.protocols.phases import PROTOCOLS
     from sweeps.record import open_storage
 
-    names = optuna.get_all_study_names(open_storage(storage))
-    pattern = re.compile(re.escape(f"optbench/{scale}/{ratio:g}x/{optimizer}/")
-                         + r"(coordinate|tpe|gp|predict)(?:/seed(\d+))?$")
-    found = [(m[1], int(m[2] or 0)) for m in map(pattern.match, names) if m]
-    order = {"coordinate": 0, "tpe": 1, "gp": 2, "predict": 3}
-    return sorted(found, key=lambda ps: (order[ps[0]], ps[1]))
+    prefix = Cell(optimizer, scale, ratio, "").study_name  # ".../<optimizer>/", the protocol follows
+    found = []
+    for name in optuna.get_all_study_names(open_storage(storage)):
+        protocol, _, seed = name.removeprefix(prefix).partition("/seed")
+        if name.startswith(prefix) and protocol in PROTOCOLS and (seed == "" or seed.isdigit()):
+            found.append((protocol, int(seed or 0)))
+    return sorted(found, key=lambda ps: (PROTOCOLS.index(ps[0]), ps[1]))
 
 
 def format_cost(cost, traces, cell: str) -> str:
