@@ -40,10 +40,15 @@ def test_registration_is_complete(name):
     RunSpec(name, "cpu-xs", 1, {})  # defaults pass validation
 
 
-@pytest.mark.system  # a whole run per optimizer: ~8 s each
+# Lion, Cautious Lion, Kron and Sophia end at 0.80-0.91 x unigram at 0.25x (docs/MEASUREMENTS.md),
+# and all four well below it at 0.5x; every other optimizer is checked at the cheaper budget, for CI's time.
+LATE_STARTERS = {"lion", "cautious_lion", "kron", "sophia"}
+
+
+@pytest.mark.system  # a whole run per optimizer: 5-15 s each
 @pytest.mark.parametrize("name", NAMES)
 def test_trains_the_smallest_scale_well_below_unigram_at_defaults(name):
-    r = run(RunSpec(name, "cpu-xs", 0.5, {}), RunOptions(threads=2))
+    r = run(RunSpec(name, "cpu-xs", 0.5 if name in LATE_STARTERS else 0.25, {}), RunOptions(threads=2))
     assert r.status == "ok", r.reason
     assert r.final_loss < 0.8 * r.unigram_loss, (r.final_loss, r.unigram_loss)
 

@@ -14,7 +14,7 @@ from bench import cli
 from bench.errors import UserError
 from sweeps.regress import baseline as files
 from sweeps.regress.check import Layout, check, new_baseline, updated
-from sweeps.regress.report import format_table, reproduction_line
+from sweeps.regress.report import cpu_line, format_table, reproduction_line
 from sweeps.regress.stats import CheckOptions
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,13 @@ def test_the_report_counts_the_runs_that_reproduce_the_baseline_to_the_last_bit(
     now[5]["final_loss"] += 0.01
     line = reproduction_line(baseline.runs, now)
     assert f"{len(now) - 2} of {len(now)} runs equal" in line and "2 moved, by at most 1.00e-02" in line
+
+
+def test_a_check_on_another_cpu_than_the_baselines_says_so_naming_both():
+    assert cpu_line("Intel(R) Xeon(R) Platinum 8480+", "Intel(R) Xeon(R) Platinum 8480+") is None
+    line = cpu_line("Intel(R) Xeon(R) Platinum 8480+", "AMD EPYC 9B14")
+    assert line.startswith("cpu: ") and "Xeon(R) Platinum 8480+, this check on AMD EPYC 9B14" in line
+    assert "a CPU it does not name" in cpu_line(None, "AMD EPYC 9B14")  # baselines before the field
 
 
 def test_a_slower_optimizer_is_a_regression_and_the_table_names_it(baseline):

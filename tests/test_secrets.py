@@ -162,7 +162,7 @@ def test_listing_the_runs_of_a_password_url_never_shows_it(stored, postgres):
      "cannot open results store"),  # no server there
     (f"postgresql+psycopg://alice:{quote(SECRET, safe='')}@127.0.0.1:notaport/db", "bad store URL"),
     (f"postgresql+nosuchdriver://alice:{quote(SECRET, safe='')}@127.0.0.1/db", "cannot open store"),
-])
+], ids=["no-server", "bad-port", "no-driver"])  # stable ids: the free port differs per collection
 def test_a_store_error_is_one_line_without_the_password(url, message, tmp_path):
     p = _optbench(*RUN, "--store", url, results=tmp_path, home=tmp_path)
     assert p.returncode == 2 and message in p.stderr

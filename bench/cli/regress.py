@@ -64,8 +64,9 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 
 def _check(baseline, args, seeds) -> int:
+    from bench.run.estimate import cpu_model
     from sweeps.regress.check import check, measure
-    from sweeps.regress.report import format_table, reproduction_line, summary_line
+    from sweeps.regress.report import cpu_line, format_table, reproduction_line, summary_line
     from sweeps.regress.runs import print_progress
     from sweeps.regress.stats import CheckOptions
 
@@ -76,6 +77,8 @@ def _check(baseline, args, seeds) -> int:
     outcome = check(baseline, runs, CheckOptions(alpha=args.alpha), seconds)
     print(format_table(outcome.verdicts, outcome.level, outcome.alpha))
     print(reproduction_line(baseline.runs, runs))
+    if note := cpu_line(baseline.provenance.get("measured", {}).get("cpu"), cpu_model()):
+        print(note)
     print(f"{summary_line(outcome.verdicts)} (runs took {seconds:.0f} s)")
     return 1 if outcome.regressed else 0
 

@@ -16,7 +16,6 @@ Machines are noisy (+-20% run to run): read the ratios, not the seconds.
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from bench.optimizers.registry import all_optimizers, get
 from bench.paths import results_dir
 from bench.perf.ceilings import best_time, newton_schulz_matmuls_ms, training_ceiling
 from bench.roles import Role
+from bench.run.estimate import cpu_model
 from bench.run.spec import RunSpec
 from bench.run.timing import model_and_batch, timed_steps
 from bench.run.train import state_bytes
@@ -215,7 +215,7 @@ def _add_shares(report: dict[str, Any]) -> None:
 
 
 def _machine(threads: int) -> dict[str, Any]:
-    return {"threads": threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+    return {"threads": threads, "torch": torch.__version__, "cpu": cpu_model(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

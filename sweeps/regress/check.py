@@ -29,7 +29,7 @@ import torch
 
 from analysis.cells import summarize_cells
 from bench.errors import UserError
-from bench.run.estimate import usable_cpus
+from bench.run.estimate import cpu_model, usable_cpus
 from bench.run.spec import RunSpec
 from bench.store.record import CONTEXT_COLUMNS, spec_context
 from bench.study import REFERENCE_OPTIMIZER
@@ -208,13 +208,12 @@ def _plain(v: Any) -> Any:
 
 def environment() -> dict[str, Any]:
     """Where and when a measurement was taken: commit (and whether the tree had local changes),
-    date, command line (URL passwords hidden), torch, Python, CPU."""
+    date, command line (URL passwords hidden), torch, Python, CPU model and count."""
     return {"commit": _git("rev-parse", "HEAD"), "uncommitted_changes": bool(_git("status", "--porcelain")),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "command": shlex.join(["optbench", *map(hide_passwords, sys.argv[1:])]),
             "torch": torch.__version__, "python": platform.python_version(),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "cpus": usable_cpus()}
+            "machine": platform.machine(), "cpu": cpu_model(), "cpus": usable_cpus()}
 
 
 def _git(*args: str) -> str:

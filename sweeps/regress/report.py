@@ -50,6 +50,16 @@ def reproduction_line(base_runs: list[dict], now_runs: list[dict]) -> str:
     return line
 
 
+def cpu_line(baseline_cpu: str | None, cpu: str) -> str | None:
+    """Says so when this CPU is not the baseline's: losses then need not match to the bit (fp32
+    kernels differ between CPU families), and only the verdicts' intervals speak to a change."""
+    if baseline_cpu == cpu:
+        return None
+    was = baseline_cpu or "a CPU it does not name"
+    return (f"cpu: the baseline was measured on {was}, this check on {cpu}; losses to the last bit "
+            "are expected only on the baseline's CPU, the verdicts' intervals allow for the difference")
+
+
 def _row(v: Verdict) -> list[str]:
     if v.kind == "loss":
         return [v.optimizer, "mean loss", _loss(v.base, v.base_ci), _loss(v.now, v.now_ci),
