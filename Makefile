@@ -93,7 +93,7 @@ lint: $(STAMP)  ## pyflakes' checks, sorted imports, and the import layers (pypr
 test: $(STAMP)  ## every tier: unit, integration and system (pyproject.toml's markers)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)  ## the unit and integration tiers, for the edit-test loop: about 2 minutes on 2 cores
+test-fast: $(STAMP)  ## the unit and integration tiers, for the edit-test loop: about 3 minutes on 2 cores
 	$(PY) -m pytest -q -m "unit or integration"
 
 test-python:  ## the unit and integration tiers under another Python (PYTHON=python3.12), in its own .venv-3.x
