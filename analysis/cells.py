@@ -82,6 +82,20 @@ def split_by_context(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(label, runs[labels == label]) for label in order]
 
 
+def hardware_note(runs: pd.DataFrame) -> str | None:
+    """A note when `runs` came from more than one kind of hardware (the CPU's or GPU's model), most
+    runs first; None otherwise. Such runs share cells: they measure the same thing, and agree to
+    rounding rather than to the last bit, so a user should know before reading differences of
+    that size."""
+    known = runs["hardware"][runs["hardware"] != ""] if "hardware" in runs else pd.Series(dtype=str)
+    counts = known.value_counts()
+    if len(counts) < 2:
+        return None
+    kinds = "; ".join(f"{name} ({n} run{'s' * (n != 1)})" for name, n in counts.items())
+    return (f"these runs come from {len(counts)} kinds of hardware: {kinds}; losses agree across them "
+            "to rounding, not to the last bit")
+
+
 def mixed_label(runs: pd.DataFrame) -> str:
     """The context of runs pooled across contexts: MIXED CONTEXTS and the contexts pooled (the
     one context's own label when there is only one: nothing is mixed)."""

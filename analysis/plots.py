@@ -347,7 +347,8 @@ def _value_axis(ax, values: pd.Series):
 
 # --- tuning cost -------------------------------------------------------------------------------
 
-PROTOCOL_COLORS = {"coordinate": "black", "tpe": "tab:blue", "gp": "tab:orange", "predict": "tab:green"}
+PROTOCOL_COLORS = {"coordinate": "black", "tpe": "tab:blue", "gp": "tab:orange", "transfer": "tab:purple",
+                   "predict": "tab:green"}
 
 
 def tuning_cost_figure(traces, cost, title: str, context: str) -> plt.Figure:

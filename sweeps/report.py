@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.cells import split_by_context, summarize_cells
+from analysis.cells import hardware_note, split_by_context, summarize_cells
 from analysis.speedups import SpeedupOptions, estimate_speedups, missing_intervals
 from analysis.tables import format_frame
 from bench.study import REFERENCE_OPTIMIZER
@@ -70,7 +70,7 @@ def _context_speedups(runs: pd.DataFrame) -> str:
     if REFERENCE_OPTIMIZER not in set(runs["optimizer"]):
         return "Speedup over AdamW: needs AdamW in the sweep (add it to --optimizers)."
     result = estimate_speedups(summarize_cells(runs), SpeedupOptions())
-    lines = [f"note: {n}" for n in result.notes]
+    lines = [f"note: {n}" for n in [*result.notes, hardware_note(runs)] if n]
     shown = result.speedups[np.isfinite(result.speedups["speedup"])]
     if not len(shown):
         return "\n".join(["Speedup over AdamW: none (the AdamW fit needs 3+ ratios at a scale).", *lines])

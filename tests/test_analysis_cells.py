@@ -1,9 +1,10 @@
 """From runs (the store's frame) to cells, and the one-parameter ablations around a centre."""
 import math
+from dataclasses import replace
 
 import pytest
 
-from analysis.cells import summarize_cells
+from analysis.cells import hardware_note, summarize_cells
 from analysis.sensitivity import one_d_ablations
 from bench.errors import UserError
 from bench.store.record import StoredRun, to_frame
@@ -91,3 +92,15 @@ def test_ablations_are_found_around_the_config_with_most_one_parameter_neighbour
     assert lr.loss.iloc[0] == pytest.approx(2.01)  # the centre's seeds, averaged
     assert list(lr.diverged) == [False, False, True]
     assert set(abl.param) == {"lr", "wd"} and (abl.cell_best == 1.99).all()
+
+
+def test_runs_from_several_kinds_of_hardware_are_named_with_their_counts():
+    def on(hardware, seed):
+        return replace(_run(3.0, seed=seed), hardware=hardware)
+
+    def frame(*runs):
+        return to_frame(runs)
+
+    assert hardware_note(frame(on("AMD EPYC", 0), on("AMD EPYC", 1), on("", 2))) is None
+    note = hardware_note(frame(on("Xeon", 0), on("AMD EPYC", 1), on("AMD EPYC", 2), on("", 3)))
+    assert note.startswith("these runs come from 2 kinds of hardware: AMD EPYC (2 runs); Xeon (1 run)")

@@ -35,12 +35,19 @@ def test_frame_has_the_columns_analysis_reads(store_url):
     assert list(frame.columns) == ["run_key", "optimizer", "scale", "ladder", "ratio", "seed", "status",
                                    "final_loss", "steps", "tokens", "non_embedding_params", "wall_time_s",
                                    "hparams", "created_at", "reason", "data", "eval_data", "tokenizer",
-                                   "precision", "device", "eval_tokens", "arch"]
+                                   "precision", "device", "eval_tokens", "arch", "hardware"]
     assert frame.data.tolist() == ["default", "default"] and frame.precision.tolist() == ["fp32", "fp32"]
     assert frame.arch.tolist() == ["llama", "llama"]
     assert frame.status.tolist() == ["ok", "diverged"]
     assert frame.ladder.tolist() == ["cpu", "cpu"]
     assert frame.hparams.iloc[0]["learning_rate"] > 0
+    assert frame.hardware.tolist() == ["", ""]  # these results do not say
+
+
+def test_the_hardware_a_run_ran_on_reads_back(store_url):
+    store = ResultStore(store_url)
+    store.put(RunResult(**{**_result().to_dict(), "hardware": "AMD EPYC"}))
+    assert store.frame().hardware.tolist() == ["AMD EPYC"]
 
 
 def test_runs_are_read_back_filtered_by_optimizer_and_scale_in_the_order_stored(store_url):

@@ -1,5 +1,6 @@
 """Which protocol a cell gets from what the store holds: Phase I, Phase II (from a smaller scale's
-best, only the keys that moved), Phase III (predicted), or a sampler."""
+best, only the keys that moved), transfer (Phase II from a smaller ratio), Phase III (predicted),
+or a sampler."""
 import pytest
 
 from bench.errors import UserError
@@ -49,6 +50,32 @@ def test_two_tuned_smaller_scales_give_the_keys_that_moved_between_them():
     assert protocol.keys == ["learning_rate"] and protocol.start["learning_rate"] == 0.002
 
 
+def test_transfer_starts_from_the_smallest_tuned_ratio_of_the_same_scale_with_the_study_keys():
+    runs = stored([("adamw", "cpu-xs", 0.5, 3.4, {"learning_rate": 0.032, "weight_decay": 0.2}),
+                   ("adamw", "cpu-xs", 0.5, 3.6, {"learning_rate": 0.004}),
+                   ("adamw", "cpu-xs", 2.0, 2.9, {"learning_rate": 0.002}),  # a larger ratio
+                   ("adamw", "cpu-s", 0.5, 3.0, {"learning_rate": 0.008})])  # a larger scale
+    protocol, _ = make_protocol(Cell("adamw", "cpu-xs", 1.0, "transfer"), 10, runs)
+    assert "Phase II from cpu-xs at 0.5x" in protocol.label
+    assert protocol.start["learning_rate"] == 0.032 and protocol.start["weight_decay"] == 0.2
+    assert protocol.keys == ["learning_rate", "weight_decay", "train_batch_size"]  # the study's
+    runs += stored([("adamw", "cpu-xs", 0.25, 3.9, {"learning_rate": 0.016, "warmup": 0.2})])
+    for ratio in (1.0, 2.0):  # one anchor for every larger ratio, whatever is tuned in between
+        protocol, _ = make_protocol(Cell("adamw", "cpu-xs", ratio, "transfer"), 10, runs)
+        assert "Phase II from cpu-xs at 0.25x" in protocol.label
+        assert protocol.start["learning_rate"] == 0.016 and protocol.start["warmup"] == 0.2
+        assert protocol.keys == ["learning_rate", "weight_decay", "train_batch_size"]
+
+
+def test_transfer_without_a_smaller_ratio_is_phase_two_from_a_smaller_scale_or_refused():
+    runs = stored([("adamw", "cpu-xs", 1.0, 3.0, {"learning_rate": 0.016})])
+    transfer, _ = make_protocol(Cell("adamw", "cpu-s", 1.0, "transfer"), 10, runs)
+    phase2, _ = make_protocol(Cell("adamw", "cpu-s", 1.0, "coordinate"), 10, runs)
+    assert (transfer.label, transfer.start, transfer.keys) == (phase2.label, phase2.start, phase2.keys)
+    with pytest.raises(UserError, match="tune one first"):
+        make_protocol(Cell("adamw", "cpu-xs", 1.0, "transfer"), 10, runs)
+
+
 def test_study_keys_map_the_study_names_and_default_to_learning_rate():
     from sweeps.grid import load_grid
 
@@ -89,3 +116,17 @@ def test_the_search_seed_seeds_the_sampler_and_orders_coordinate_descents_keys()
     assert tpe.seed == 5
     names = {Cell("adamw", "cpu-xs", 1.0, "tpe", search_seed=s).study_name for s in (0, 5)}
     assert names == {"optbench/cpu-xs/1x/adamw/tpe", "optbench/cpu-xs/1x/adamw/tpe/seed5"}
+
+
+def test_a_cell_tuned_after_a_transfer_sweep_moves_its_start_and_the_replay_says_so():
+    from analysis.tuning import Trace
+    from bench.cli.tuning import replay_changes
+
+    runs = stored([("adamw", "cpu-xs", 0.5, 3.4, {"learning_rate": 0.032})])
+    cell = Cell("adamw", "cpu-xs", 1.0, "transfer")
+    ran = make_protocol(cell, 10, runs)[0].label
+    later = make_protocol(cell, 10, runs + stored([("adamw", "cpu-xs", 0.25, 3.6, {})]))[0].label
+    assert "at 0.5x" in ran and "at 0.25x" in later
+    assert replay_changes([Trace("transfer", 0, ran, (3.1,), True)], [ran]) == []
+    [warning] = replay_changes([Trace("transfer", 0, later, (3.1,), True)], [ran])
+    assert ran in warning and later in warning

@@ -2,6 +2,7 @@
 measured by `make bench`, not asserted here."""
 import pytest
 
+from bench.run.hardware import cpu_model
 from bench.run.spec import RunSpec
 from bench.run.train import RunOptions, run
 
@@ -14,6 +15,7 @@ def test_same_spec_gives_the_same_final_loss_to_the_last_bit():
     a, b = run(spec, RunOptions(threads=2)), run(spec, RunOptions(threads=2))
     assert a.status == "ok" and a.final_loss == b.final_loss
     assert a.curve == b.curve
+    assert a.hardware == cpu_model() != ""  # bitwise holds on one kind of CPU: it is recorded
     assert run(RunSpec("adamw", "cpu-xs", 0.05, {}, seed=1), RunOptions(threads=2)).final_loss != a.final_loss
 
 

@@ -1,6 +1,8 @@
 """Tuning cost replayed from a real store: sweeps of two protocols sharing their runs, replayed in
 the order each protocol asked for its trials (with one worker, the order the sweep started them),
-then drawn and exported by `optbench tuning-cost`. cpu-xs at 0.05x Chinchilla, seconds a run."""
+then drawn and exported by `optbench tuning-cost`; and a transfer from the tuned ratio to a larger
+one. cpu-xs at 0.05x and 0.06x Chinchilla, seconds a run."""
+import json
 import re
 import subprocess
 import sys
@@ -18,12 +20,19 @@ def optbench(*args, timeout=600):
                           timeout=timeout)
 
 
-def sweep(store_url, journal, *args):
-    done = optbench("sweep", "--scale", "cpu-xs", "--ratios", "0.05", "--threads", "1", "--workers", "1",
+def sweep(store_url, journal, *args, ratio="0.05"):
+    done = optbench("sweep", "--scale", "cpu-xs", "--ratios", ratio, "--threads", "1", "--workers", "1",
                     "--optimizers", "adamw", "--store", store_url, "--optuna-storage", str(journal),
                     "--yes", *args)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def tuning_cost(store_url, journal, stem, ratio):
+    done = optbench("tuning-cost", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", ratio,
+                    "--store", store_url, "--optuna-storage", str(journal), "--out", str(stem))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, pd.read_csv(stem.with_suffix(".csv"))
 
 
 def test_a_replay_asks_for_the_sweeps_trials_in_order_and_the_command_draws_them(store_url, tmp_path):
@@ -34,10 +43,7 @@ def test_a_replay_asks_for_the_sweeps_trials_in_order_and_the_command_draws_them
     assert len(tpe_order) == 4 and len(STARTED.findall(coordinate.stderr)) == 2  # the baseline is shared
 
     stem = tmp_path / "cost"
-    done = optbench("tuning-cost", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "0.05",
-                    "--store", store_url, "--optuna-storage", str(journal), "--out", str(stem))
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = pd.read_csv(stem.with_suffix(".csv"))
+    done, rows = tuning_cost(store_url, journal, stem, "0.05")
     trials = rows[rows["trial"].notna()]
     assert (trials["seed"] == 0).all() and not (rows["seed"] > 0).any()  # no winner ran at more seeds
     replayed = trials[trials["protocol"] == "tpe"]
@@ -48,6 +54,15 @@ def test_a_replay_asks_for_the_sweeps_trials_in_order_and_the_command_draws_them
     assert (trials.groupby("protocol")["best_so_far"].is_monotonic_decreasing).all()
     assert "not finished in the store" in done.stdout  # no goal without a finished reference
     assert stem.with_suffix(".png").stat().st_size > 10_000
+
+    # transfer at 0.06x: from the best config at 0.05x (of either search), the learning rate first
+    transfer = sweep(store_url, journal, "--protocol", "transfer", "--max-trials", "2", ratio="0.06")
+    assert "Phase II from cpu-xs at 0.05x: learning_rate, weight_decay" in transfer.stdout
+    _, rows = tuning_cost(store_url, journal, tmp_path / "transfer", "0.06")
+    first, second = (json.loads(c) for c in rows["config"])
+    assert first == json.loads(trials.loc[trials["loss"].idxmin(), "config"])
+    assert {k for k in first if first[k] != second[k]} == {"learning_rate"}
+    assert list(rows["run_key"]) == STARTED.findall(transfer.stderr)
 
 
 def test_without_a_recorded_sweep_it_says_so_in_one_line(store_url, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.cells import MIXED_CONTEXTS, split_by_context
+from analysis.cells import MIXED_CONTEXTS, hardware_note, split_by_context
 from analysis.paper.ingest import DEFAULT_DATA_DIR
 from analysis.paper.reproduce import STUDY_FIT_RATIOS, STUDY_HEADLINE_RATIO, reproduce
 from analysis.pipeline import AnalysisOptions, AnalysisOutputs, analyze_by_context, run_analysis
@@ -108,6 +108,8 @@ def analyze_runs(runs: pd.DataFrame, args: argparse.Namespace) -> int:
             print(f"{MIXED_CONTEXTS}: {len(contexts)} contexts pooled into one analysis:")
             for label, sub in contexts:
                 print(f"  {label} ({_runs_text(len(sub))})")
+        if note := hardware_note(runs):
+            print(f"note: {note}")
         _print_summary(outputs, out_dir, options.speedup.level)
         return 0
     analyses = analyze_by_context(runs, out_dir, options)
@@ -119,6 +121,8 @@ def analyze_runs(runs: pd.DataFrame, args: argparse.Namespace) -> int:
                   f"({_runs_text(len(analysis.runs))})")
     for analysis in analyses:
         print(f"\ncontext: {analysis.context} ({_runs_text(len(analysis.runs))})")
+        if note := hardware_note(analysis.runs):
+            print(f"note: {note}")
         if analysis.outputs is None:
             print("not analysed: none of its runs finished with a loss")
             continue

@@ -64,7 +64,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 
 def _check(baseline, args, seeds) -> int:
-    from bench.run.estimate import cpu_model
+    from bench.run.hardware import cpu_model
     from sweeps.regress.check import check, measure
     from sweeps.regress.report import cpu_line, format_table, reproduction_line, summary_line
     from sweeps.regress.runs import print_progress

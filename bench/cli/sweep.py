@@ -37,10 +37,12 @@ def register(subparsers) -> None:
     p.add_argument("--space", dest="spaces", action="append", default=[], metavar="[NAME=]FILE",
                    help="search space file of your own optimizer (repeatable; NAME needed when "
                         "there are several)")
-    p.add_argument("--protocol", default="coordinate", choices=("coordinate", "tpe", "gp", "predict"),
+    p.add_argument("--protocol", default="coordinate",
+                   choices=("coordinate", "tpe", "gp", "transfer", "predict"),
                    help="coordinate: the study's Phase I (Phase II where a smaller scale is tuned); "
-                        "tpe, gp: Optuna samplers with the same budget; predict: Phase III, "
-                        "hyperparameters fitted over tuned smaller scales, run once")
+                        "tpe, gp: Optuna samplers with the same budget; transfer: Phase II from "
+                        "this scale's best at its smallest tuned ratio (docs/TUNING.md); predict: "
+                        "Phase III, hyperparameters fitted over tuned smaller scales, run once")
     p.add_argument("--search-seed", type=int, default=0,
                    help="TPE/GP's sampler seed; coordinate descent's key order (0, the default: "
                         "the study's). Not part of any run: runs are shared across seeds and "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from bench.cli.args import positive_float
@@ -46,10 +47,13 @@ def cmd_tuning_cost(args: argparse.Namespace) -> int:
     if not swept:
         raise UserError(f"no sweep of {args.optimizer} at {scale.name} {args.ratio:g}x is recorded in the "
                         "Optuna storage; run `optbench sweep` (with --protocol and --search-seed) first")
-    cells = [Cell(args.optimizer, scale.name, args.ratio, p, search_seed=s) for p, s in swept]
+    cells = [Cell(args.optimizer, scale.name, args.ratio, p, search_seed=s) for p, s, _ in swept]
     stored = [r for r in store.runs(optimizer=args.optimizer, scale=ladder_up_to(scale))
               if same_context(r, cells[0])]
-    traces = [t for t in (replay(c, stored) for c in cells) if t.losses]
+    traces = [replay(c, stored) for c in cells]
+    for line in replay_changes(traces, [ran for _, _, ran in swept]):
+        print(line, file=sys.stderr)
+    traces = [t for t in traces if t.losses]
     if not traces:
         raise UserError(f"the store holds none of the runs these sweeps asked for ({shown_url(store.url)})")
     cost = tuning_cost(traces)
@@ -63,9 +67,10 @@ def cmd_tuning_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def swept_searches(storage: str | None, optimizer: str, scale: str, ratio: float) -> list[tuple[str, int]]:
-    """(protocol, search seed) of every study recorded for the cell in the default context: the
-    names Cell.study_name gives, read back."""
+def swept_searches(storage: str | None, optimizer: str, scale: str,
+                   ratio: float) -> list[tuple[str, int, str | None]]:
+    """(protocol, search seed, the description its sweep last recorded) of every study recorded
+    for the cell in the default context: the names Cell.study_name gives, read back."""
     import optuna
 
     from sweeps.plan import Cell
@@ -74,11 +79,20 @@ def swept_searches(storage: str | None, optimizer: str, scale: str, ratio: float
 
     prefix = Cell(optimizer, scale, ratio, "").study_name  # ".../<optimizer>/", the protocol follows
     found = []
-    for name in optuna.get_all_study_names(open_storage(storage)):
-        protocol, _, seed = name.removeprefix(prefix).partition("/seed")
-        if name.startswith(prefix) and protocol in PROTOCOLS and (seed == "" or seed.isdigit()):
-            found.append((protocol, int(seed or 0)))
+    for study in optuna.get_all_study_summaries(open_storage(storage), include_best_trial=False):
+        protocol, _, seed = study.study_name.removeprefix(prefix).partition("/seed")
+        if study.study_name.startswith(prefix) and protocol in PROTOCOLS and (seed == "" or seed.isdigit()):
+            found.append((protocol, int(seed or 0), study.user_attrs.get("description")))
     return sorted(found, key=lambda ps: (PROTOCOLS.index(ps[0]), ps[1]))
+
+
+def replay_changes(traces, ran: list[str | None]) -> list[str]:
+    """A warning for each search replayed as another protocol than its sweep last recorded: Phase II
+    and transfer start from the best tuned cell the store holds, and a cell tuned after the sweep
+    moves that start, so the replay is no longer what the sweep did."""
+    return [f"warning: {t.protocol} search seed {t.search_seed} is replayed as {t.label}, but its sweep "
+            f"ran as {description}: a cell it starts from was tuned since"
+            for t, description in zip(traces, ran) if description and t.label != description]
 
 
 def format_cost(cost, traces, cell: str) -> str:

@@ -36,7 +36,7 @@ from bench.optimizers.registry import all_optimizers, get
 from bench.paths import results_dir
 from bench.perf.ceilings import best_time, newton_schulz_matmuls_ms, training_ceiling
 from bench.roles import Role
-from bench.run.estimate import cpu_model
+from bench.run.hardware import cpu_model
 from bench.run.spec import RunSpec
 from bench.run.timing import model_and_batch, timed_steps
 from bench.run.train import state_bytes

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 from typing import NamedTuple, Sequence
 
@@ -29,17 +28,6 @@ from bench.run.timing import model_and_batch, timed_steps
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo; platform.processor() is empty there), else the
-    architecture: fp32 kernels, and so losses to the last bit, differ between CPU families."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 LARGEST_CPU_SCALE = "cpu-l"

@@ -213,6 +213,7 @@ class RunResult:
     procs: int = 1  # processes the run was spread over (torch.distributed)
     parallel: str = ""  # with procs > 1: ddp | fsdp
     node: str = ""  # the Ray node that ran it ("" outside Ray)
+    hardware: str = ""  # the CPU's or GPU's model name (bench.run.hardware)
     resumed_at: int = 0  # the step a checkpoint let it resume from (0: trained from the start)
     roles: dict[str, str] = field(default_factory=dict)  # parameter name -> role
     code: dict[str, str] = field(default_factory=dict)  # code versions (bench.run.identity)

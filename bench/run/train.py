@@ -43,6 +43,7 @@ from bench.run import identity
 from bench.run.checkpoint import Checkpointer
 from bench.run.failures import ENVIRONMENT_FAILURE, classify, no_device
 from bench.run.faults import Fault
+from bench.run.hardware import device_model
 from bench.run.schedules import lr_multiplier
 from bench.run.spec import RunResult, RunSpec
 from bench.run.step import StepTimes, train_step
@@ -117,6 +118,7 @@ def run(spec: RunSpec, options: RunOptions | None = None, *, rank: Rank | None =
     if reason := no_device(spec.device):
         result.status, result.reason = ENVIRONMENT_FAILURE, reason
         return result
+    result.hardware = device_model(spec.device)
     scale = spec.shape
     data = load_data(spec.data, spec.eval_data, spec.tokenizer, scale.tokens(spec.ratio))
     result.unigram_loss = unigram_loss(data)

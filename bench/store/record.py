@@ -59,6 +59,7 @@ class StoredRun:
     device: str = _SPEC_DEFAULTS["device"]
     eval_tokens: int | None = _SPEC_DEFAULTS["eval_tokens"]  # None: the source does not say
     arch: str = _SPEC_DEFAULTS["arch"]  # arch_label of the spec's model
+    hardware: str = ""  # the CPU's or GPU's model; empty where the source does not say
 
     def __post_init__(self) -> None:
         try:
@@ -74,7 +75,8 @@ class StoredRun:
         return cls(result.run_key, spec["optimizer"], spec["scale"], spec["ratio"], spec["seed"],
                    result.status, math.nan if result.final_loss is None else result.final_loss,
                    result.steps, result.tokens, result.non_embedding_params, result.wall_time_s,
-                   spec["hparams"], created_at, result.reason or "", **spec_context(spec))
+                   spec["hparams"], created_at, result.reason or "", **spec_context(spec),
+                   hardware=result.hardware)
 
 
 def spec_context(spec: Mapping[str, Any]) -> dict[str, Any]:

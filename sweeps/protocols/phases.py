@@ -5,6 +5,11 @@
   smaller scale, re-sweep only the keys whose optimum moved between our two largest tuned smaller
   scales, or, with only one tuned smaller scale, the keys the study found to move (its
   Analysis/PhaseI/non_stable_keys_by_optimizer.json; learning rate for optimizers it did not run).
+- transfer: Phase II across data budgets: from the best config of this scale at its smallest tuned
+  ratio below this one (its anchor: tune 1x, then transfer to 2x, 4x and 8x in one sweep, every
+  cell from 1x however the sweep's cells finish), over the study's keys; with no smaller ratio
+  tuned, coordinate's Phase II from a smaller scale. Its trials are this cell's only: the anchor's
+  tuning is paid once for every larger ratio.
 - tpe, gp: an Optuna sampler over the whole grid from the defaults, with the same budget.
   The cell's search seed is the sampler's seed; for coordinate descent it orders the keys
   (0: the study's order, most important first; any other: a shuffle of it), so tuning cost can
@@ -33,7 +38,7 @@ from sweeps.protocols.coordinate import CoordinateDescent
 from sweeps.protocols.samplers import SAMPLERS, SamplerSearch
 from sweeps.protocols.scaling import TunedCell, nearest_cell, predict_config
 
-PROTOCOLS = ("coordinate", *SAMPLERS, "predict")
+PROTOCOLS = ("coordinate", *SAMPLERS, "transfer", "predict")
 NON_STABLE_FILE = DEFAULT_DATA_DIR / "Analysis" / "PhaseI" / "non_stable_keys_by_optimizer.json"
 
 
@@ -56,18 +61,42 @@ def make_protocol(cell: Cell, budget: int,
     smaller = tuned_cells(stored, cell.optimizer, cell.shape)
     if cell.protocol == "predict":
         return _phase3(cell, grid, smaller), grid
+    here = [t for t in smaller if t.ratio == cell.ratio]
+    if cell.protocol == "transfer":
+        return _transfer(cell, grid, budget, stored, here), grid
     if cell.protocol != "coordinate":
         raise UserError(f"unknown protocol {cell.protocol!r}; known: {', '.join(PROTOCOLS)}")
-    here = [t for t in smaller if t.ratio == cell.ratio]
-    order = f", key order seed {cell.search_seed}" if cell.search_seed else ""
     if not here:
         keys = key_order(importance_order(grid), cell.search_seed)
-        return CoordinateDescent(grid, start, keys, budget, f"coordinate descent (Phase I{order})"), grid
-    keys = moved_keys(here, grid) if len({t.scale for t in here}) >= 2 else study_keys(cell.optimizer, grid)
+        return CoordinateDescent(grid, start, keys, budget, f"coordinate descent (Phase I{_order(cell)})"), grid
+    return _phase2(cell, grid, budget, here, here[-1].scale), grid
+
+
+def _phase2(cell: Cell, grid: dict[str, list], budget: int, source: list[Tuned],
+            origin: str) -> CoordinateDescent:
+    """Coordinate descent from the best of `source[-1]` over the keys that moved between the last
+    two `source` cells, or the study's keys when there is one."""
+    keys = moved_keys(source, grid) if len(source) >= 2 else study_keys(cell.optimizer, grid)
     keys = key_order(keys, cell.search_seed)
-    label = (f"coordinate descent (Phase II from {here[-1].scale}: "
-             f"{', '.join(keys) if keys else 'no keys, its best config once'}{order})")
-    return CoordinateDescent(grid, snap_config(here[-1].hparams, grid), keys, budget, label), grid
+    label = (f"coordinate descent (Phase II from {origin}: "
+             f"{', '.join(keys) if keys else 'no keys, its best config once'}{_order(cell)})")
+    return CoordinateDescent(grid, snap_config(source[-1].hparams, grid), keys, budget, label)
+
+
+def _transfer(cell: Cell, grid: dict[str, list], budget: int, stored: Sequence[StoredRun],
+              here: list[Tuned]) -> CoordinateDescent:
+    below = tuned_ratios(stored, cell)
+    if below:
+        return _phase2(cell, grid, budget, below[:1], f"{cell.scale} at {below[0].ratio:g}x")
+    if here:
+        return _phase2(cell, grid, budget, here, here[-1].scale)
+    raise UserError(f"--protocol transfer starts from a tuned cell: the store has {cell.optimizer} tuned "
+                    f"neither at {cell.scale} below {cell.ratio:g}x nor at a smaller scale at "
+                    f"{cell.ratio:g}x; tune one first (--protocol coordinate)")
+
+
+def _order(cell: Cell) -> str:
+    return f", key order seed {cell.search_seed}" if cell.search_seed else ""
 
 
 def key_order(keys: list[str], seed: int) -> list[str]:
@@ -94,6 +123,21 @@ def tuned_cells(stored: Sequence[StoredRun], optimizer: str, target: Scale) -> l
     out = [Tuned(b.scale, float(b.ratio), int(b.non_embedding_params), dict(b.hparams),
                  float(b.final_loss)) for b in bests]
     return sorted(out, key=lambda t: (t.params, t.ratio))
+
+
+def tuned_ratios(stored: Sequence[StoredRun], cell: Cell) -> list[Tuned]:
+    """The best seed-0 config of `cell`'s optimizer at its own shape at every ratio below its
+    ratio, smallest ratio first (ties in loss go to the lower run key)."""
+    shape = cell.shape
+    cells: dict[float, list[StoredRun]] = {}
+    for r in stored:
+        if (r.optimizer == cell.optimizer and r.scale == shape.name and r.ratio < cell.ratio
+                and r.non_embedding_params == shape.non_embedding_params
+                and r.seed == 0 and r.status == "ok" and not math.isnan(r.final_loss)):
+            cells.setdefault(float(r.ratio), []).append(r)
+    bests = {ratio: min(runs, key=lambda r: (r.final_loss, r.run_key)) for ratio, runs in cells.items()}
+    return [Tuned(b.scale, ratio, int(b.non_embedding_params), dict(b.hparams), float(b.final_loss))
+            for ratio, b in sorted(bests.items())]
 
 
 def moved_keys(tuned: list[Tuned], grid: dict[str, list]) -> list[str]:

@@ -29,7 +29,8 @@ import torch
 
 from analysis.cells import summarize_cells
 from bench.errors import UserError
-from bench.run.estimate import cpu_model, usable_cpus
+from bench.run.estimate import usable_cpus
+from bench.run.hardware import cpu_model
 from bench.run.spec import RunSpec
 from bench.store.record import CONTEXT_COLUMNS, spec_context
 from bench.study import REFERENCE_OPTIMIZER
