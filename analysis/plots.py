@@ -55,11 +55,16 @@ class Order:
 def save(fig: plt.Figure, stem: Path) -> list[Path]:
     """Write stem.png and stem.pdf and close the figure."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(f".{ext}") for ext in FORMATS]
+    paths = [with_ext(stem, ext) for ext in FORMATS]
     for path in paths:
         fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def with_ext(stem: Path, ext: str) -> Path:
+    """stem.ext, keeping any dot in the stem ("adamw-cpu-xs-0.5x" is not "adamw-cpu-xs-0")."""
+    return stem.with_name(f"{stem.name}.{ext}")
 
 
 def optimizer_styles(optimizers, baseline: str = REFERENCE_OPTIMIZER) -> dict[str, dict]:

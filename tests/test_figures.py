@@ -10,7 +10,7 @@ from matplotlib.collections import PathCollection
 from analysis.paper.ingest import load_paper_runs
 from analysis.paper.reproduce import study_options
 from analysis.pipeline import AnalysisOptions, figures, run_analysis
-from analysis.plots import FADED, plt
+from analysis.plots import FADED, plt, save
 from analysis.speedups import SpeedupOptions
 from bench.cli import main
 from bench.study import APPROX_BEST_TOL
@@ -159,3 +159,9 @@ def test_a_bad_highlight_is_one_line_and_exit_2(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'moun': no such optimizer" in err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_stem_with_a_fractional_ratio_keeps_it_in_every_file_name(tmp_path):
+    paths = save(plt.figure(), tmp_path / "adamw-cpu-xs-0.5x")
+    assert sorted(p.name for p in paths) == ["adamw-cpu-xs-0.5x.pdf", "adamw-cpu-xs-0.5x.png"]
+    assert all(p.exists() for p in paths)

@@ -30,6 +30,7 @@ def register(subparsers) -> None:
 
 def cmd_curves(args: argparse.Namespace) -> int:
     from analysis.curves import curve_frame, leaders, plot_curves, plot_trials
+    from analysis.plots import with_ext
     from bench.paths import results_dir
     from bench.store.database import ResultStore
     from bench.urls import shown_url
@@ -51,8 +52,8 @@ def cmd_curves(args: argparse.Namespace) -> int:
     else:
         paths = plot_curves(frame, stem, title)
         print(_rankings(frame))
-    frame.to_csv(stem.with_suffix(".csv"), index=False)
-    print(f"wrote {', '.join(str(p) for p in paths)} and {stem.with_suffix('.csv')}")
+    frame.to_csv(with_ext(stem, "csv"), index=False)
+    print(f"wrote {', '.join(str(p) for p in paths)} and {with_ext(stem, 'csv')}")
     return 0
 
 

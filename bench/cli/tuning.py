@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 
 def cmd_tuning_cost(args: argparse.Namespace) -> int:
-    from analysis.plots import save, tuning_cost_figure
+    from analysis.plots import save, tuning_cost_figure, with_ext
     from analysis.tuning import tuning_cost
     from bench.cli.sweep import ladder_up_to, same_context
     from bench.model.scales import get_scale
@@ -62,8 +62,8 @@ def cmd_tuning_cost(args: argparse.Namespace) -> int:
     title = f"Tuning cost: {args.optimizer} at {scale.name}, {args.ratio:g}x Chinchilla"
     paths = save(tuning_cost_figure(traces, cost, title, f"the default data, tokenizer and fp32 on CPU "
                                                           f"(runs from {shown_url(store.url)})"), stem)
-    trial_frame(traces, args.optimizer, scale.name, args.ratio).to_csv(stem.with_suffix(".csv"), index=False)
-    print(f"wrote {', '.join(str(p) for p in paths)} and {stem.with_suffix('.csv')}")
+    trial_frame(traces, args.optimizer, scale.name, args.ratio).to_csv(with_ext(stem, "csv"), index=False)
+    print(f"wrote {', '.join(str(p) for p in paths)} and {with_ext(stem, 'csv')}")
     return 0
 
 
@@ -114,6 +114,8 @@ def format_cost(cost, traces, cell: str) -> str:
         lines.append(f"  {p.protocol:10} {len(p.seeds):5d}  {_ints(p.trials, group):14} "
                      f"{_ints(p.to_band):14} {f'{p.within_goal}/{p.judged}':>6} {p.rate_lower:9.2f}  "
                      f"{_interval(p.gap_at_goal):28} {_interval(p.winner_gap)}")
+    firsts = [next(t for t in traces if t.protocol == p.protocol) for p in cost.protocols]
+    lines += [f"  {t.protocol} at search seed {t.search_seed}: {t.label}" for t in firsts]
     lines.append("trials: '+' marks a search the store holds no further (its sweep stopped), not one that "
                  "finished; to band: '-' never entered it; intervals are over search seeds.")
     return "\n".join(lines)
