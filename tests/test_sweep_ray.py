@@ -168,7 +168,7 @@ def test_a_sweep_with_seeds_ends_with_an_interval_for_every_speedup(store_url, t
     intervals, because its winners had one seed each. With --seeds 2 every winner has a noise
     estimate, so AdamW's law and every speedup get an interval; the table names its context."""
     command = sweep_command(store_url, tmp_path / "optuna.journal", "--optimizers", "adamw,muon",
-                            "--max-trials", "2", "--seeds", "2", "--workers", "2", ratio="0.1,0.2,0.4")
+                            "--max-trials", "2", "--seeds", "2", "--workers", "2", ratio="0.05,0.1,0.2")
     out = run(command).stdout
     section = out[out.index("Context data=default eval=held-out tok=bpe-512 fp32 cpu"):]
     header, table = section.splitlines()[1], section.splitlines()[4:6]
