@@ -10,8 +10,10 @@ Within a cell, runs with the same hyperparameters are seeds of one config. Confi
 on the cell's tuning seed (its lowest finished seed: seed 0 of a sweep, where every config was
 tried), as the tuning compared them; the winner's loss is then the mean over all its finished seeds.
 Comparing means over different numbers of seeds would favour a config tried once and lucky over the
-winner whose extra seeds regressed to its true mean (the winner's curse). Diverged and failed runs
-never enter a mean; they are counted.
+winner whose extra seeds regressed to its true mean (the winner's curse). The one exception is a
+cell with finalists (`optbench sweep --finalists K`: two or more configs with two or more finished
+seeds): they were all re-run to be compared on their means, so they are, ahead of every other
+config (rank_configs). Diverged and failed runs never enter a mean; they are counted.
 """
 from __future__ import annotations
 
@@ -52,6 +54,28 @@ def ok_mask(runs: pd.DataFrame) -> pd.Series:
     """Runs whose loss counts: status ok and a finite final loss."""
     loss = pd.to_numeric(runs["final_loss"], errors="coerce")
     return (runs["status"] == "ok") & np.isfinite(loss)
+
+
+def rank_configs(seed_losses: Mapping[str, Mapping[int, float]]) -> list[str]:
+    """Config ids, best first, given each one's finished losses by training seed; ties keep the
+    mapping's order. With finalists (two or more configs that finished two or more seeds) they
+    come first, more finished seeds first (a diverged seed loses), then by mean; every other config
+    by its loss at the tuning seed (the lowest seed any config finished); configs without one last,
+    by their mean. Without finalists this is the tuning's own comparison, at the tuning seed."""
+    finished = {cid: seeds for cid, seeds in seed_losses.items() if seeds}
+    tuning_seed = min((seed for seeds in finished.values() for seed in seeds), default=0)
+    multi = {cid for cid, seeds in finished.items() if len(seeds) >= 2}
+    finalists = multi if len(multi) >= 2 else set()
+
+    def order(cid: str) -> tuple[int, int, float]:
+        seeds = finished[cid]
+        if cid in finalists:
+            return 0, -len(seeds), float(np.mean(list(seeds.values())))
+        if tuning_seed in seeds:
+            return 1, 0, seeds[tuning_seed]
+        return 2, 0, float(np.mean(list(seeds.values())))
+
+    return sorted(finished, key=order)
 
 
 def summarize_cells(runs: pd.DataFrame, mix_contexts: bool = False) -> pd.DataFrame:
@@ -144,29 +168,31 @@ def _cell_row(key: tuple, group: pd.DataFrame) -> dict:
 
 
 def _config_means(ok_runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished configs of one cell with their seeds' losses, best first: by the loss at the
-    cell's tuning seed (configs without a run there come after, by their mean).
+    """Finished configs of one cell with their seeds' losses, best first (rank_configs).
 
-    "rank" is the loss a config is compared on, "mean" its loss over all its seeds. Ties keep the
-    order of first appearance (stable sort), so an ingest that lists a cell's centre run first
-    makes the centre win a tie.
+    "rank" is a config's loss at the cell's tuning seed (its mean when it has none: "off_seed"),
+    "mean" its loss over all its seeds. Ties keep the order of first appearance, so an ingest that
+    lists a cell's centre run first makes the centre win a tie.
     """
     tuning_seed = ok_runs["seed"].min() if len(ok_runs) else 0
-    rows = []
+    rows = {}
     for cfg, grp in ok_runs.groupby("config", sort=False):
         at_tuning_seed = grp.loc[grp["seed"] == tuning_seed, "final_loss"]
-        rows.append({"config": cfg, "hparams": grp["hparams"].iloc[0],
+        rows[cfg] = {"config": cfg, "hparams": grp["hparams"].iloc[0],
                      "losses": tuple(float(v) for v in grp["final_loss"]),
                      "mean": float(grp["final_loss"].mean()), "off_seed": len(at_tuning_seed) == 0,
-                     "rank": float((at_tuning_seed if len(at_tuning_seed) else grp["final_loss"]).mean())})
-    frame = pd.DataFrame(rows, columns=["config", "hparams", "losses", "mean", "off_seed", "rank"])
-    return frame.sort_values(["off_seed", "rank"], kind="stable").reset_index(drop=True)
+                     "rank": float((at_tuning_seed if len(at_tuning_seed) else grp["final_loss"]).mean()),
+                     "by_seed": grp.groupby("seed")["final_loss"].mean().to_dict()}
+    order = rank_configs({cfg: row.pop("by_seed") for cfg, row in rows.items()})
+    return pd.DataFrame([rows[cfg] for cfg in order],
+                        columns=["config", "hparams", "losses", "mean", "off_seed", "rank"])
 
 
 def _approx_best(configs: pd.DataFrame) -> list[dict]:
     if not len(configs):
         return []
-    near = configs[~configs["off_seed"] & (configs["rank"] <= configs["rank"].iloc[0] + APPROX_BEST_TOL)]
+    on_seed = configs[~configs["off_seed"]].sort_values("rank", kind="stable")
+    near = on_seed[on_seed["rank"] <= on_seed["rank"].min() + APPROX_BEST_TOL]
     return [{"hparams": dict(h), "loss": float(m)} for h, m in zip(near["hparams"], near["rank"])]
 
 

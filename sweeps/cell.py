@@ -1,5 +1,6 @@
-"""One cell's tuning as results come in: its protocol's runs (seed 0), then the winner again with
-seeds 1..N-1 so the analysis can average and bootstrap over seeds.
+"""One cell's tuning as results come in: its protocol's runs (seed 0), then its K best configs at
+seed 0 (the finalists; K = 1 by default) again with seeds 1..N-1, so the analysis can average and
+bootstrap over seeds; with K > 1 the winner is the finalist with the best mean (analysis.cells).
 
 A cell knows nothing of Ray or the store: the driver asks it what it wants and tells it results
 (fresh or read back from the store; both count the same, which is what makes a rerun resume).
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from analysis.cells import config_key
+from analysis.cells import config_key, rank_configs
 from bench.run.spec import RunResult, RunSpec
 from bench.study import APPROX_BEST_TOL
 from sweeps.grid import Config
@@ -35,7 +36,9 @@ class CellTuning:
     grid: dict[str, list]
     seeds: int = 1
     device: str = "cpu"
+    finalists: int = 1  # best seed-0 configs re-run at every seed, the winner chosen on their means
     losses: dict[str, float] = field(default_factory=dict)  # config id -> seed-0 loss
+    by_seed: dict[str, dict[int, float]] = field(default_factory=dict)  # config id -> seed -> loss
     configs: dict[str, Config] = field(default_factory=dict)  # config id -> config
     results: dict[str, RunResult] = field(default_factory=dict)  # run key -> result, every seed
     trained: int = 0  # runs this invocation trained
@@ -50,10 +53,7 @@ class CellTuning:
         proposal = self.protocol.propose(self.losses)
         if proposal is not None:
             return [self._request(c, 0) for c in proposal]
-        best = self.best_config()
-        if best is None:
-            return []
-        seeds = [self._request(best, s) for s in range(1, self.seeds)]
+        seeds = [self._request(c, s) for c in self._finalists() for s in range(1, self.seeds)]
         return [r for r in seeds if r.key not in self.results]
 
     @property
@@ -64,14 +64,29 @@ class CellTuning:
         self.results[result.run_key] = result
         self.reused += reused
         self.trained += not reused
+        cid = config_key(request.config)
+        self.by_seed.setdefault(cid, {})[request.seed] = loss_of(result)
         if request.seed == 0:
-            self.configs[config_key(request.config)] = request.config
-            self.losses[config_key(request.config)] = loss_of(result)
+            self.configs[cid] = request.config
+            self.losses[cid] = loss_of(result)
 
     def best_config(self) -> Config | None:
-        """The lowest seed-0 loss (ties: the smaller config id, so a resume picks the same)."""
-        finite = [(loss, cid) for cid, loss in self.losses.items() if math.isfinite(loss)]
-        return self.configs[min(finite)[1]] if finite else None
+        """The lowest seed-0 loss, or with finalists that finished two or more seeds the best of
+        them on their means (analysis.cells.rank_configs; ties: the smaller config id, so a resume
+        picks the same)."""
+        finished = {cid: {s: v for s, v in self.by_seed[cid].items() if math.isfinite(v)}
+                    for cid in sorted(self.configs)}
+        ranked = rank_configs(finished)
+        return self.configs[ranked[0]] if ranked else None
+
+    def _finalists(self) -> list[Config]:
+        """The configs of the `finalists` lowest distinct seed-0 losses (ties: the smaller config
+        id). A loss equal to the last bit means a key that did not change training (epsilon at
+        1e-20 or 1e-25, an unreached clipping norm): re-running such twins would spend the
+        finalists on one config's luck."""
+        finite = sorted((loss, cid) for cid, loss in self.losses.items() if math.isfinite(loss))
+        distinct = {loss: cid for loss, cid in reversed(finite)}  # each loss's smallest config id
+        return [self.configs[distinct[loss]] for loss in sorted(distinct)[:self.finalists]]
 
     def best_loss(self) -> float:
         return min(self.losses.values(), default=math.inf)

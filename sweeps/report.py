@@ -53,7 +53,8 @@ def best_configs(tunings: list[CellTuning]) -> str:
     for t in tunings:
         best = t.best_config()
         text = " ".join(f"{k}={v}" for k, v in best.items()) if best is not None else "(none finished)"
-        lines.append(f"  {t.cell.label:14} {text}")
+        how = f" (the best mean of {t.finalists} finalists)" if t.finalists > 1 and best is not None else ""
+        lines.append(f"  {t.cell.label:14} {text}{how}")
     return "\n".join(lines)
 
 

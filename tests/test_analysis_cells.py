@@ -18,15 +18,27 @@ def _run(loss, lr=0.01, seed=0, status="ok", optimizer="adamw", scale="cpu-s", r
                      status, loss, 100, 1000, params, 1.0, {"learning_rate": lr, **hp})
 
 
-def test_configs_are_compared_at_the_tuning_seed_and_the_winner_averaged_over_its_seeds():
+def test_finalists_are_compared_on_their_means_and_the_winner_averaged_over_its_seeds():
+    """Two configs re-run at the same seeds (--finalists 2): lr 0.01 won seed 0 by luck, lr 0.02
+    wins on the mean; the configs tried once rank after both at the tuning seed, even the best."""
     runs = to_frame([_run(2.00, lr=0.01, seed=0), _run(2.10, lr=0.01, seed=1),
-                     _run(2.02, lr=0.02, seed=0), _run(2.06, lr=0.02, seed=1)])
+                     _run(2.02, lr=0.02, seed=0), _run(2.06, lr=0.02, seed=1),
+                     _run(1.999, lr=0.04, seed=0), _run(2.30, lr=0.08, seed=0)])
     cell = summarize_cells(runs).iloc[0]
-    assert cell["hparams"] == {"learning_rate": 0.01}
-    assert cell["loss"] == pytest.approx(2.05) and cell["n_seeds"] == 2
-    assert cell["losses"] == (2.00, 2.10)
-    assert cell["loss_sd"] == pytest.approx(0.0707107, rel=1e-5)
-    assert cell["n_configs"] == 2 and cell["n_runs"] == 4
+    assert cell["hparams"] == {"learning_rate": 0.02}
+    assert cell["loss"] == pytest.approx(2.04) and cell["n_seeds"] == 2
+    assert cell["losses"] == (2.02, 2.06)
+    assert cell["loss_sd"] == pytest.approx(0.0282843, rel=1e-5)
+    assert cell["n_configs"] == 4 and cell["n_runs"] == 6
+    assert [c["hparams"]["learning_rate"] for c in cell["approx_best"]] == [0.04, 0.01]
+
+
+def test_a_finalist_with_a_diverged_seed_loses_to_those_that_finished_every_seed():
+    runs = to_frame([_run(2.00, lr=0.01, seed=0), _run(2.01, lr=0.01, seed=1),
+                     _run(9.00, lr=0.01, seed=2, status="diverged"),
+                     _run(2.02, lr=0.02, seed=0), _run(2.06, lr=0.02, seed=1), _run(2.07, lr=0.02, seed=2)])
+    cell = summarize_cells(runs).iloc[0]
+    assert cell["hparams"] == {"learning_rate": 0.02} and cell["n_seeds"] == 3
 
 
 def test_a_winner_rerun_at_more_seeds_does_not_lose_to_a_lucky_single_seed_config():

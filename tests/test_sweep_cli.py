@@ -56,6 +56,8 @@ def test_without_yes_and_without_a_terminal_it_refuses(store_url, capsys):
     (["--micro-batch", "-1"], "--micro-batch must be 0 or more"),
     (["--search-seed", "-1"], "--search-seed must be 0 or more"),
     (["--search-seed", "1", "--protocol", "predict"], "has no search to seed"),
+    (["--finalists", "0"], "--finalists must be at least 1"),
+    (["--finalists", "3"], "give --seeds 2 or more"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, store_url, capsys):
     assert sweep(*args, "--dry-run", store_url=store_url) == 2

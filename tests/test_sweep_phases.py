@@ -67,6 +67,29 @@ def test_transfer_starts_from_the_smallest_tuned_ratio_of_the_same_scale_with_th
         assert protocol.keys == ["learning_rate", "weight_decay", "train_batch_size"]
 
 
+def test_finalists_rerun_at_more_seeds_anchor_transfer_on_their_means():
+    """lr 0.032 won 0.5x at seed 0 by luck; with two finalists re-run at seeds 1-2, lr 0.016 has
+    the better mean and is the anchor."""
+    from dataclasses import replace
+
+    from analysis.tuning import Trace
+    from bench.cli.tuning import replay_changes
+
+    lucky, steady = {"learning_rate": 0.032}, {"learning_rate": 0.016}
+    runs = stored([("adamw", "cpu-xs", 0.5, 3.40, lucky), ("adamw", "cpu-xs", 0.5, 3.42, steady),
+                   ("adamw", "cpu-xs", 0.5, 3.50, {"learning_rate": 0.008})])
+    cell = Cell("adamw", "cpu-xs", 1.0, "transfer")
+    assert make_protocol(cell, 10, runs)[0].start["learning_rate"] == 0.032
+    seeds = [replace(r, run_key=f"{r.run_key}/s{seed}", seed=seed, final_loss=loss)
+             for r, losses in ((runs[0], (3.52, 3.50)), (runs[1], (3.43, 3.41)))
+             for seed, loss in zip((1, 2), losses)]
+    moved = make_protocol(cell, 10, runs + seeds)[0]
+    assert moved.start["learning_rate"] == 0.016
+    ran = make_protocol(cell, 10, runs)[0].label  # the replay of a search made before says so
+    [warning] = replay_changes([Trace("transfer", 0, moved.label, (3.1,), True)], [ran])
+    assert f"start: run {runs[1].run_key[:12]}" in warning
+
+
 def test_transfer_without_a_smaller_ratio_is_phase_two_from_a_smaller_scale_or_refused():
     runs = stored([("adamw", "cpu-xs", 1.0, 3.0, {"learning_rate": 0.016})])
     transfer, _ = make_protocol(Cell("adamw", "cpu-s", 1.0, "transfer"), 10, runs)

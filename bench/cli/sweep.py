@@ -51,6 +51,9 @@ def register(subparsers) -> None:
                    help=f"most configs per optimizer and ratio (default: {DEFAULT_MAX_TRIALS})")
     p.add_argument("--seeds", type=int, default=1,
                    help="run each cell's best config with this many seeds (seed 0 tunes; default: 1)")
+    p.add_argument("--finalists", type=int, default=1, metavar="K",
+                   help="run the K best configs at seed 0 with every --seeds and choose the winner "
+                        "on their means, not on seed 0's luck (default: 1, the study's way)")
     p.add_argument("--workers", type=int, default=None,
                    help="trials at once (default: CPUs / threads, or one per GPU)")
     p.add_argument("--threads", type=int, default=None,
@@ -93,10 +96,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from sweeps.grid import use_spaces
     from sweeps.plan import Cell
 
-    for name in ("max_trials", "seeds", "workers", "threads"):
+    for name in ("max_trials", "seeds", "finalists", "workers", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.finalists > 1 and args.seeds < 2:
+        raise UserError(f"--finalists {args.finalists} compares finalists over seeds: give --seeds 2 or more")
     if args.search_seed < 0:
         raise UserError(f"--search-seed must be 0 or more, got {args.search_seed}")
     if args.search_seed and args.protocol == "predict":
@@ -250,7 +255,7 @@ def _tunings(cells, args, device: str, stored):
     tunings = []
     for cell in cells:
         protocol, grid = make_protocol(cell, args.max_trials, stored)
-        tunings.append(CellTuning(cell, protocol, grid, args.seeds, device))
+        tunings.append(CellTuning(cell, protocol, grid, args.seeds, device, args.finalists))
     return tunings
 
 
@@ -259,7 +264,7 @@ def _plan(tunings, args, resources, store, stored):
     from sweeps.plan import CellCost, estimate_cost, format_plan, stored_runs
     from sweeps.record import default_target
 
-    costs = [CellCost(t.cell, t.protocol.label, t.protocol.max_runs + args.seeds - 1,
+    costs = [CellCost(t.cell, t.protocol.label, t.protocol.max_runs + args.finalists * (args.seeds - 1),
                       stored_runs(stored, t.cell)) for t in tunings]
     cost = estimate_cost(costs, resources.workers, resources.threads, resources.device, stored)
     print(format_plan(costs, cost, {"workers": resources.workers, "threads": resources.threads,

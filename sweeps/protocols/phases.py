@@ -16,7 +16,8 @@
   be measured over seeds of every protocol (sweeps/replay.py).
 - predict: Phase III, every key fitted over the tuned smaller scales and run once.
 
-"Tuned" means: seed-0 runs in the store that finished; a cell's best is its lowest loss.
+"Tuned" means: seed-0 runs in the store that finished; a cell's best is its lowest seed-0 loss, or
+with finalists (`--finalists`) the finalist with the best mean (analysis.cells.rank_configs).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
 
+from analysis.cells import config_key, rank_configs
 from analysis.paper.ingest import DEFAULT_DATA_DIR, OPTIMIZER_NAMES
 from bench.errors import UserError
 from bench.model.scales import Scale, get_scale
@@ -49,6 +51,7 @@ class Tuned:
     params: int
     hparams: dict[str, Any]
     loss: float
+    run_key: str  # its winner's seed-0 run
 
 
 def make_protocol(cell: Cell, budget: int,
@@ -78,8 +81,11 @@ def _phase2(cell: Cell, grid: dict[str, list], budget: int, source: list[Tuned],
     two `source` cells, or the study's keys when there is one."""
     keys = moved_keys(source, grid) if len(source) >= 2 else study_keys(cell.optimizer, grid)
     keys = key_order(keys, cell.search_seed)
+    # the start's run key: a finalist that moves the start within the same cell changes the label,
+    # so a replay from another start is flagged (bench.cli.tuning.replay_changes)
     label = (f"coordinate descent (Phase II from {origin}: "
-             f"{', '.join(keys) if keys else 'no keys, its best config once'}{_order(cell)})")
+             f"{', '.join(keys) if keys else 'no keys, its best config once'}{_order(cell)}; "
+             f"start: run {source[-1].run_key[:12]})")
     return CoordinateDescent(grid, snap_config(source[-1].hparams, grid), keys, budget, label)
 
 
@@ -108,36 +114,51 @@ def key_order(keys: list[str], seed: int) -> list[str]:
 
 
 def tuned_cells(stored: Sequence[StoredRun], optimizer: str, target: Scale) -> list[Tuned]:
-    """The best seed-0 config of every (scale, ratio) of `optimizer` at smaller scales of the same
-    ladder, smallest scale first (ties in loss go to the lower run key); `stored` holds the runs of
-    one context. Shapes of the user's own have no ladder to learn from."""
+    """The best config of every (scale, ratio) of `optimizer` at smaller scales of the same ladder,
+    smallest scale first; `stored` holds the runs of one context. Shapes of the user's own have no
+    ladder to learn from."""
     if target.ladder not in ("cpu", "paper"):
         return []
     cells: dict[tuple[str, float], list[StoredRun]] = {}
     for r in stored:
         if (r.optimizer == optimizer and r.ladder == target.ladder
-                and r.non_embedding_params < target.non_embedding_params
-                and r.seed == 0 and r.status == "ok" and not math.isnan(r.final_loss)):
-            cells.setdefault((r.scale, r.ratio), []).append(r)
-    bests = [min(runs, key=lambda r: (r.final_loss, r.run_key)) for runs in cells.values()]
-    out = [Tuned(b.scale, float(b.ratio), int(b.non_embedding_params), dict(b.hparams),
-                 float(b.final_loss)) for b in bests]
-    return sorted(out, key=lambda t: (t.params, t.ratio))
+                and r.non_embedding_params < target.non_embedding_params and _finished(r)):
+            cells.setdefault((r.scale, float(r.ratio)), []).append(r)
+    out = [_tuned(runs) for runs in cells.values()]
+    return sorted((t for t in out if t), key=lambda t: (t.params, t.ratio))
 
 
 def tuned_ratios(stored: Sequence[StoredRun], cell: Cell) -> list[Tuned]:
-    """The best seed-0 config of `cell`'s optimizer at its own shape at every ratio below its
-    ratio, smallest ratio first (ties in loss go to the lower run key)."""
+    """The best config of `cell`'s optimizer at its own shape at every ratio below its ratio,
+    smallest ratio first."""
     shape = cell.shape
     cells: dict[float, list[StoredRun]] = {}
     for r in stored:
         if (r.optimizer == cell.optimizer and r.scale == shape.name and r.ratio < cell.ratio
-                and r.non_embedding_params == shape.non_embedding_params
-                and r.seed == 0 and r.status == "ok" and not math.isnan(r.final_loss)):
+                and r.non_embedding_params == shape.non_embedding_params and _finished(r)):
             cells.setdefault(float(r.ratio), []).append(r)
-    bests = {ratio: min(runs, key=lambda r: (r.final_loss, r.run_key)) for ratio, runs in cells.items()}
-    return [Tuned(b.scale, ratio, int(b.non_embedding_params), dict(b.hparams), float(b.final_loss))
-            for ratio, b in sorted(bests.items())]
+    out = [_tuned(cells[ratio]) for ratio in sorted(cells)]
+    return [t for t in out if t]
+
+
+def _finished(run: StoredRun) -> bool:
+    return run.status == "ok" and not math.isnan(run.final_loss)
+
+
+def _tuned(runs: list[StoredRun]) -> Tuned | None:
+    """A cell's winner (analysis.cells.rank_configs: its best seed-0 run, or its best finalist
+    on their means; ties go to the lower seed-0 run key); None if no config finished seed 0."""
+    first = sorted((r for r in runs if r.seed == 0), key=lambda r: (r.final_loss, r.run_key))
+    by_config: dict[str, dict[int, float]] = {config_key(r.hparams): {} for r in first}
+    for r in sorted(runs, key=lambda r: -r.final_loss):  # a config's duplicate seed: its best
+        if config_key(r.hparams) in by_config:
+            by_config[config_key(r.hparams)][r.seed] = float(r.final_loss)
+    ranked = rank_configs(by_config)
+    if not ranked:
+        return None
+    best = next(r for r in first if config_key(r.hparams) == ranked[0])
+    return Tuned(best.scale, float(best.ratio), int(best.non_embedding_params), dict(best.hparams),
+                 float(best.final_loss), best.run_key)
 
 
 def moved_keys(tuned: list[Tuned], grid: dict[str, list]) -> list[str]:
