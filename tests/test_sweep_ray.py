@@ -58,11 +58,12 @@ def test_a_sweep_stores_and_records_each_run_once_and_a_rerun_trains_nothing(sto
     assert len(ResultStore(store_url).frame()) == 6
 
 
-@pytest.mark.parametrize("stored_before_kill", [0, 1])
+@pytest.mark.parametrize("stored_before_kill", [1])
 def test_a_sweep_killed_with_sigkill_resumes_without_rerunning_or_losing_runs(
         stored_before_kill, store_url, tmp_path):
-    """Kill points: mid-way through the first run (nothing stored yet), and after one of the
-    sweep's three runs is stored (the next one is then already training)."""
+    """Kill point: after one of the sweep's three runs is stored, the next one training (it covers
+    the kill mid-way through the first run as well: an in-flight run is trained again). 0 runs
+    the same test with nothing stored yet (dropped from CI for time: docs/MEASUREMENTS.md)."""
     journal = tmp_path / "optuna.journal"
     command = sweep_command(store_url, journal, "--optimizers", "adamw", "--max-trials", "3",
                             "--workers", "1")
