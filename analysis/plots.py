@@ -8,7 +8,9 @@
 - sensitivity: loss above the cell's best vs each hyperparameter from the one-parameter
   ablations, with the study's approximately-best band and diverged configs marked;
 - tuning cost: best loss found against trials per protocol over search seeds, with the
-  approximately-best band, and each search's winner against coordinate descent's on fresh seeds.
+  approximately-best band, and each search's winner against coordinate descent's on fresh seeds;
+- agreement: our measurement's speedups against the study's, per optimizer, intervals on both
+  axes (analysis/agreement.py).
 
 Each `*_figure` function returns the drawn figure, so tests can read its artists back against the
 tables; `save` writes it. Colours and markers are fixed per optimizer across figures.
@@ -436,3 +438,49 @@ def _tuning_lines(ax, group, best: float, color) -> None:
     if len(curves) > 1:
         ax.fill_between(x[shown], lo, hi, step="post", color=color, alpha=0.12, lw=0)
     ax.step(x[shown], mid, where="post", color=color, lw=2)
+
+
+# --- agreement with the study ----------------------------------------------------------------------
+
+SPEEDUP_TICKS = (0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.2, 1.4, 1.6, 1.8, 2, 2.5, 3, 4)
+
+
+def agreement_figure(agr, ours: str, study: str, context: str) -> plt.Figure:
+    """Each optimizer's geometric-mean speedup on our side against the study's, intervals on
+    both axes, log-log around the diagonal of perfect agreement. `agr` is analysis.agreement's."""
+    table = agr.table
+    styles = optimizer_styles(table["optimizer"])
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    values = table[["ours", "ours_low", "ours_high", "study", "study_low", "study_high"]].to_numpy(float)
+    finite = values[np.isfinite(values) & (values > 0)]
+    low, high = finite.min() / 1.1, finite.max() * 1.1
+    ax.plot([low, high], [low, high], color="grey", lw=1, ls="--", label="equal speedups")
+    for _, row in table.iterrows():
+        style = styles[row["optimizer"]]
+        ax.errorbar(row["study"], row["ours"], fmt=style["marker"], color=style["color"], capsize=3,
+                    xerr=[[row["study"] - row["study_low"]], [row["study_high"] - row["study"]]],
+                    yerr=[[row["ours"] - row["ours_low"]], [row["ours_high"] - row["ours"]]])
+        ax.annotate(row["optimizer"], (row["study"], row["ours"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8, color=style["color"])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = [t for t in SPEEDUP_TICKS if low <= t <= high]
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(_PLAIN)
+        axis.set_minor_locator(NullLocator())
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_xlabel(f"speedup over AdamW, {study}")
+    ax.set_ylabel(f"speedup over AdamW, {ours}")
+    ax.grid(alpha=0.3, which="both")
+    tau, mad = agr.tau, agr.mad
+    ax.set_title(f"Kendall's tau {tau[0]:.2f} [{tau[1]:.2f}, {tau[2]:.2f}], "
+                 f"mean |log diff| {mad[0]:.2f} [{mad[1]:.2f}, {mad[2]:.2f}]", fontsize=9)
+    fig.tight_layout()
+    _caption(fig, [f"Each point: one optimizer's geometric-mean speedup over its ratios on each side "
+                   f"(ratios in the table beside this figure); bars and brackets: {agr.level:.0%} "
+                   "bootstrap percentile intervals. Tau counts AdamW (about 1 on both sides, its own "
+                   "cells read through its law); the mean |log difference| leaves it out.",
+                   f"Context: {context}."])
+    return fig

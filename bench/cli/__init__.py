@@ -12,7 +12,8 @@ from bench.errors import UserError
 
 # Each module has register(subparsers): one place per part of the tree adds its commands.
 COMMAND_MODULES = ("bench.cli.run", "bench.cli.runs", "bench.cli.sweep", "bench.cli.regress",
-                   "bench.cli.analysis", "bench.cli.curves", "bench.cli.tuning", "bench.cli.perf")
+                   "bench.cli.analysis", "bench.cli.curves", "bench.cli.tuning", "bench.cli.agreement",
+                   "bench.cli.perf")
 
 
 class _Parser(argparse.ArgumentParser):

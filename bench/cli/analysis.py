@@ -40,11 +40,7 @@ def register(subparsers) -> None:
                          help="output folder (default: results/analysis)")
     analyze.add_argument("--ladder", choices=("cpu", "paper"), default=None,
                          help="analyse only this ladder's runs")
-    for name in CONTEXT_COLUMNS:
-        analyze.add_argument(_flag(name), dest=f"only_{name}", default=None, metavar="VALUE",
-                             help=f"analyse only runs with this {name}, written as in the context "
-                                  f"label" + (" ('held-out' for the training data's held-out split)"
-                                              if name == "eval_data" else ""))
+    add_context_flags(analyze)
     analyze.add_argument("--reuse-stale", action="store_true",
                          help="use results of older code where the current code has none")
     analyze.add_argument("--mix-contexts", action="store_true",
@@ -65,6 +61,15 @@ def register(subparsers) -> None:
     _common_options(repro, fit_ratios=",".join(f"{r:g}" for r in STUDY_FIT_RATIOS),
                     ratio=STUDY_HEADLINE_RATIO)
     repro.set_defaults(func=run_reproduce)
+
+
+def add_context_flags(parser: argparse.ArgumentParser) -> None:
+    """--data, --precision, ...: keep only runs of that context (only_contexts applies them)."""
+    for name in CONTEXT_COLUMNS:
+        parser.add_argument(_flag(name), dest=f"only_{name}", default=None, metavar="VALUE",
+                            help=f"only runs with this {name}, written as in the context label"
+                                 + (" ('held-out' for the training data's held-out split)"
+                                    if name == "eval_data" else ""))
 
 
 def _common_options(parser: argparse.ArgumentParser, fit_ratios: str, ratio: float | None):
@@ -94,7 +99,7 @@ def run_analyze(args: argparse.Namespace) -> int:
 def analyze_runs(runs: pd.DataFrame, args: argparse.Namespace) -> int:
     """Analyse a runs frame (the store's shape) with the options of `optbench analyze`."""
     options = _options(args)
-    runs = _only_contexts(runs, args)
+    runs = only_contexts(runs, args)
     if args.ladder is not None:
         runs = runs[runs["ladder"] == args.ladder]
     if not len(runs):
@@ -132,7 +137,7 @@ def analyze_runs(runs: pd.DataFrame, args: argparse.Namespace) -> int:
     return 0
 
 
-def _only_contexts(runs: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
+def only_contexts(runs: pd.DataFrame, args: argparse.Namespace) -> pd.DataFrame:
     """The runs the context filters (--data, --precision, ...) keep; a value no run has is bad
     input (UserError), caught before anything is written."""
     chosen: list[str] = []

@@ -1,0 +1,195 @@
+"""CLI command `agreement`: does a measurement of ours (a results store's context, or a regression
+baseline) rank the optimizers as the study did at one of its scales? Kendall's tau and the mean
+absolute difference of log speedups, with bootstrap intervals (analysis/agreement.py), a table and
+a scatter figure."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.agreement import Side, agreement, side
+from bench.cli.analysis import add_context_flags, load_store_runs, only_contexts
+from bench.errors import UserError
+
+STUDY_SCALE = "0.1B"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "agreement", help="how well our speedups rank the optimizers as the study did",
+        description="Per optimizer, the geometric-mean speedup over AdamW in one context and scale of "
+                    "ours beside the study's at one of its scales; Kendall's tau between the two and "
+                    "the mean absolute difference of their logs, with bootstrap intervals; a table and "
+                    "a scatter figure.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--store", default=None,
+                        help="results store URL (default: OPTBENCH_STORE or the SQLite store under results/)")
+    source.add_argument("--baseline", type=Path, default=None,
+                        help="a regression baseline file (optbench regress) instead of a store")
+    p.add_argument("--scale", default=None, help="our scale (default: the only one the runs have)")
+    add_context_flags(p)
+    p.add_argument("--study-scale", default=STUDY_SCALE,
+                   help=f"the study's scale to compare with (default: {STUDY_SCALE})")
+    p.add_argument("--out", type=Path, default=None,
+                   help="file stem (default: results/agreement/<scale>-vs-<study scale>); "
+                        ".csv (per optimizer), -cells.csv (our cells: each best config's seeds), "
+                        ".md, .png, .pdf")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates (default: 2000)")
+    p.add_argument("--level", type=float, default=0.9, help="interval level (default: 0.9)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default: 0)")
+    p.add_argument("--no-plots", action="store_true", help="write tables only")
+    p.set_defaults(func=cmd_agreement)
+
+
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from analysis.plots import agreement_figure, save, with_ext
+    from analysis.tables import format_frame
+    from bench.paths import results_dir
+
+    if args.n_boot < 100 or not 0.5 <= args.level < 1.0:
+        raise UserError(f"--n-boot must be at least 100 and --level in [0.5, 1) (got {args.n_boot}, {args.level})")
+    ours = _our_side(args)
+    study = _study_side(args)
+    agr = agreement(ours.side, study, args.level)
+    stem = args.out or results_dir() / "agreement" / f"{ours.scale}-vs-{args.study_scale}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    table = _shown(agr.table)
+    table.to_csv(with_ext(stem, "csv"), index=False)
+    cells_csv = stem.with_name(f"{stem.name}-cells.csv")
+    ours.cells.to_csv(cells_csv, index=False)
+    summary = summary_lines(agr, ours.side.label, study.label)
+    with_ext(stem, "md").write_text("\n\n".join([f"Context: {ours.context}", format_frame(table), *summary]) + "\n")
+    print(f"context: {ours.context}")
+    print(format_frame(table))
+    print("\n".join(summary))
+    if agr.only_one_side:
+        print("left out (on one side only): "
+              + ", ".join(f"{n} ({where})" for n, where in agr.only_one_side.items()))
+    written = [with_ext(stem, "csv"), cells_csv, with_ext(stem, "md")]
+    if not args.no_plots:
+        written += save(agreement_figure(agr, ours.side.label, study.label, ours.context), stem)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def summary_lines(agr, ours: str, study: str) -> list[str]:
+    n = len(agr.table)
+    level = f"{agr.level:.0%}"
+    return [f"Kendall's tau ({ours} vs {study}, {n} optimizers, AdamW included): "
+            f"{agr.tau[0]:.2f} [{agr.tau[1]:.2f}, {agr.tau[2]:.2f}] ({level} bootstrap)",
+            f"mean |log speedup difference| (AdamW left out): "
+            f"{agr.mad[0]:.3f} [{agr.mad[1]:.3f}, {agr.mad[2]:.3f}]"]
+
+
+@dataclass(frozen=True)
+class Ours:
+    side: Side
+    context: str  # its label
+    scale: str
+    cells: pd.DataFrame  # the cells behind it, as written to -cells.csv
+
+
+def _our_side(args: argparse.Namespace) -> Ours:
+    """Our side in its one context and scale; UserError on several (name one with the context
+    flags or --scale)."""
+    from analysis.cells import split_by_context, summarize_cells
+    from analysis.speedups import SpeedupOptions, estimate_speedups
+
+    runs = _runs(args)
+    runs = only_contexts(runs, args)
+    contexts = split_by_context(runs)
+    if len(contexts) != 1:
+        listed = "; ".join(label for label, _ in contexts) or "none"
+        raise UserError(f"the runs hold {len(contexts)} contexts ({listed}); pick one with --data, "
+                        "--arch, ... as in `optbench analyze`")
+    context, runs = contexts[0]
+    scale = _scale(runs, args.scale)
+    runs = runs[runs["scale"] == scale]
+    cells = summarize_cells(runs)
+    result = estimate_speedups(cells, SpeedupOptions(n_boot=args.n_boot, level=args.level, seed=(args.seed, 1)))
+    source = args.baseline.name if args.baseline else "store"
+    return Ours(side(result, scale, f"{scale} ({source})", None), context, scale, _cells_shown(cells, runs))
+
+
+def _runs(args: argparse.Namespace) -> pd.DataFrame:
+    if args.baseline is None:
+        return load_store_runs(args.store)
+    from sweeps.regress.baseline import load, runs_frame
+
+    baseline = load(args.baseline)
+    return runs_frame(baseline.runs, baseline)
+
+
+def _scale(runs: pd.DataFrame, wanted: str | None) -> str:
+    scales = sorted(set(runs["scale"]))
+    if wanted is None and len(scales) == 1:
+        return scales[0]
+    if wanted in scales:
+        return wanted
+    raise UserError(f"--scale {wanted}: the runs have scales {', '.join(scales) or 'none'}; name one"
+                    if wanted else f"the runs have several scales ({', '.join(scales)}); name one with --scale")
+
+
+def _study_side(args: argparse.Namespace):
+    """The study at --study-scale over the ratios its AdamW law is fitted on (1-8x)."""
+    from analysis.cells import summarize_cells
+    from analysis.paper.ingest import load_paper_runs
+    from analysis.paper.reproduce import STUDY_FIT_RATIOS, study_options
+    from analysis.speedups import estimate_speedups
+
+    options = study_options(n_boot=args.n_boot, level=args.level, seed=args.seed).speedup
+    result = estimate_speedups(summarize_cells(load_paper_runs().runs), replace(options, seed=(args.seed, 2)))
+    if args.study_scale not in set(result.speedups["scale"]):
+        raise UserError(f"--study-scale {args.study_scale}: the study's scales are "
+                        f"{', '.join(dict.fromkeys(result.speedups['scale']))}")
+    return side(result, args.study_scale, f"study {args.study_scale}", STUDY_FIT_RATIOS)
+
+
+def _cells_shown(cells: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Our cells as a small table: each cell's best config, its seeds' losses, what tuning ran, and
+    the hyperparameters the search varied whose best value is an end of the grid (the optimum may
+    lie beyond it)."""
+    out = cells[["optimizer", "ratio", "loss", "n_seeds", "losses", "n_configs", "n_runs", "hparams"]].copy()
+    out["losses"] = out["losses"].map(lambda losses: " ".join(f"{x:.6f}" for x in losses))
+    ladder = runs["ladder"].iloc[0]
+    varied = _varied(runs)
+    out["at_grid_end"] = [_grid_ends(o, h, varied.get((o, float(r)), set()), ladder)
+                          for o, r, h in zip(out["optimizer"], out["ratio"], out["hparams"])]
+    out["hparams"] = out["hparams"].map(lambda h: json.dumps(h, sort_keys=True))
+    return out
+
+
+def _varied(runs: pd.DataFrame) -> dict[tuple[str, float], set[str]]:
+    """Per cell (optimizer, ratio): the hyperparameters whose value differs among its configs."""
+    out = {}
+    for (optimizer, ratio), group in runs.groupby(["optimizer", "ratio"]):
+        configs = [dict(h) for h in group["hparams"]]
+        keys = set().union(*configs)
+        out[(optimizer, float(ratio))] = {k for k in keys if len({repr(c.get(k)) for c in configs}) > 1}
+    return out
+
+
+def _grid_ends(optimizer: str, hparams: dict, varied: set[str], ladder: str) -> str:
+    from sweeps.grid import load_grid
+
+    if ladder not in ("cpu", "paper"):
+        return ""  # a shape of the user's own: no grid of ours to be at the end of
+    ends = []
+    for key, values in load_grid(optimizer, ladder).items():
+        numbers = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+        if key in varied and len(numbers) > 2 and hparams.get(key) in (numbers[0], numbers[-1]):
+            ends.append(f"{key}={hparams[key]:g} ({'lowest' if hparams[key] == numbers[0] else 'highest'})")
+    return "; ".join(ends)
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its numbers rounded."""
+    out = table.copy()
+    for col in out.columns:
+        if out[col].dtype.kind == "f":
+            out[col] = out[col].round(3)
+    return out

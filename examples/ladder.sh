@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The CPU ladder against the study (docs/LADDER.md), resumable (rerun it after a stop): the study's
+# eleven optimizers tuned alike at cpu-xs (coordinate descent, MAX_TRIALS configs per cell at each
+# of ratios 0.25, 0.5 and 1, each cell's winner at 3 seeds), then `optbench agreement` against the
+# study's 0.1B speedups. BATCH other than 32 (the ladder's default) runs the same ladder at that
+# batch size, so more steps on the same tokens, in a store of its own. BATCH must be on the grid's
+# train_batch_size values (16, 32, 64): coordinate descent starts from the defaults snapped onto
+# the grid, so a batch of 8 would run at 16.
+# Usage: examples/ladder.sh [BATCH] [MAX_TRIALS]
+set -euo pipefail
+batch=${1:-32}; trials=${2:-8}
+case $batch in 16|32|64) ;; *) echo "examples/ladder.sh: BATCH must be 16, 32 or 64 (got $batch)" >&2; exit 2;; esac
+optbench=${OPTBENCH:-.venv/bin/optbench}
+optimizers=adamw,nadamw,muon,soap,lion,adam_mini,cautious,kron,mars,scion,sophia
+results=${OPTBENCH_RESULTS:-results}/ladder-b$batch
+mkdir -p "$results"
+store=sqlite:///$results/optbench.db
+model=()
+if [ "$batch" != 32 ]; then
+  printf 'name = "cpu-xs-b%s"\nbatch = %s\n' "$batch" "$batch" > "$results/model.toml"
+  model=(--model "$results/model.toml")
+fi
+"$optbench" sweep --scale cpu-xs "${model[@]}" --ratios 0.25,0.5,1 --optimizers "$optimizers" \
+  --max-trials "$trials" --seeds 3 --workers 2 --threads 1 --store "$store" \
+  --optuna-storage "$results/optuna.journal" --yes
+"$optbench" agreement --store "$store" --out "$results/agreement"
