@@ -48,8 +48,6 @@ def test_the_study_agrees_with_itself_and_not_with_its_mirror(study):
 
 def test_study_side_averages_only_the_fitted_ratios(study):
     assert set(study.ratios.values()) == {(1.0, 2.0, 4.0, 8.0)}  # 16x (extrapolated) left out
-    muon = study.point["muon"]
-    assert 1.2 < math.exp(muon) < 1.5  # the study's "about 1.4x at most" at 0.1B
 
 
 def test_an_unbounded_speedup_ranks_nowhere_rather_than_crash(study):
