@@ -78,13 +78,32 @@ def rank_configs(seed_losses: Mapping[str, Mapping[int, float]]) -> list[str]:
     return sorted(finished, key=order)
 
 
+def on_tuning_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs as if every cell's winner had been chosen on the tuning seed alone (the study's
+    rule), not among finalists on their means: finalists other than the tuning seed's best keep
+    only their tuning-seed run. From a `--finalists` sweep this gives both choices' results."""
+    check_runs(runs)
+    keep = pd.Series(True, index=runs.index)
+    ok = runs[ok_mask(runs)]
+    for _, cell in ok.groupby([context_labels(ok), *(ok[k] for k in CELL_KEYS)]):
+        tuning_seed = cell["seed"].min()
+        configs = cell["hparams"].map(config_key)
+        at_seed = cell[cell["seed"] == tuning_seed]
+        first = rank_configs({cfg: {tuning_seed: loss} for cfg, loss
+                              in zip(configs[at_seed.index], at_seed["final_loss"].astype(float))})
+        if first:
+            others = cell.index[(configs != first[0]) & (cell["seed"] != tuning_seed)]
+            keep[others] = False
+    return runs[keep]
+
 def summarize_cells(runs: pd.DataFrame, mix_contexts: bool = False) -> pd.DataFrame:
     """One row per (context, optimizer, scale, ratio) with the best config's loss and the cell's
     counts; `mix_contexts` pools the contexts (each cell's context then says MIXED CONTEXTS).
 
     Columns: context (its label), optimizer, scale, ratio, params, loss, loss_sd, n_seeds, losses
-    (per-seed tuple), hparams (best config), n_configs, n_runs, n_ok, n_diverged, n_failed,
-    approx_best (configs within 3e-3 of the best at the tuning seed, best first, with that loss).
+    (per-seed tuple), tuning_loss (the best config's loss at the tuning seed, the one it was chosen
+    on), hparams (best config), n_configs, n_runs, n_ok, n_diverged, n_failed, approx_best (configs
+    within 3e-3 of the best at the tuning seed, best first, with that loss).
     """
     check_runs(runs)
     hparams = runs["hparams"].map(as_dict)
@@ -159,6 +178,7 @@ def _cell_row(key: tuple, group: pd.DataFrame) -> dict:
         "loss": float(np.mean(losses)) if losses else math.nan,
         "loss_sd": float(np.std(losses, ddof=1)) if len(losses) >= 2 else math.nan,
         "n_seeds": len(losses), "losses": losses,
+        "tuning_loss": float(best["rank"]) if best is not None and not best["off_seed"] else math.nan,
         "hparams": dict(best["hparams"]) if best is not None else {},
         "n_configs": int(group["config"].nunique()), "n_runs": len(group),
         "n_ok": int(group["ok"].sum()), "n_diverged": int((status == "diverged").sum()),

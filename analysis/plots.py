@@ -447,7 +447,8 @@ SPEEDUP_TICKS = (0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.2, 1.4, 1.6,
 
 def agreement_figure(agr, ours: str, study: str, context: str) -> plt.Figure:
     """Each optimizer's geometric-mean speedup on our side against the study's, intervals on
-    both axes, log-log around the diagonal of perfect agreement. `agr` is analysis.agreement's."""
+    both axes, log-log around the diagonal of perfect agreement. `agr` is analysis.agreement's.
+    An interval without an upper bound is drawn to the axis edge and ends in an arrow."""
     table = agr.table
     styles = optimizer_styles(table["optimizer"])
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -455,16 +456,26 @@ def agreement_figure(agr, ours: str, study: str, context: str) -> plt.Figure:
     finite = values[np.isfinite(values) & (values > 0)]
     low, high = finite.min() / 1.1, finite.max() * 1.1
     ax.plot([low, high], [low, high], color="grey", lw=1, ls="--", label="equal speedups")
-    for _, row in table.iterrows():
+    label_ys = _spread_labels(table["ours"].to_numpy(float), low, high)
+    for (_, row), label_y in zip(table.iterrows(), label_ys):
         style = styles[row["optimizer"]]
-        ax.errorbar(row["study"], row["ours"], fmt=style["marker"], color=style["color"], capsize=3,
-                    xerr=[[row["study"] - row["study_low"]], [row["study_high"] - row["study"]]],
-                    yerr=[[row["ours"] - row["ours_low"]], [row["ours_high"] - row["ours"]]])
-        ax.annotate(row["optimizer"], (row["study"], row["ours"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8, color=style["color"])
+        x, y = row["study"], row["ours"]
+        x_lo, x_hi = _bounded(row["study_low"], row["study_high"], low, high)
+        y_lo, y_hi = _bounded(row["ours_low"], row["ours_high"], low, high)
+        ax.errorbar(x, y, fmt=style["marker"], color=style["color"], capsize=3,
+                    xerr=[[x - x_lo], [x_hi - x]], yerr=[[y - y_lo], [y_hi - y]])
+        if not np.isfinite(row["ours_high"]):
+            ax.plot(x, high, marker="^", color=style["color"], clip_on=False,
+                    label=f"_unbounded {row['optimizer']}")
+        if not np.isfinite(row["study_high"]):
+            ax.plot(high, y, marker=">", color=style["color"], clip_on=False,
+                    label=f"_unbounded {row['optimizer']}")
+        ax.annotate(row["optimizer"], (x, y), xytext=(x * 1.04, label_y), fontsize=8,
+                    color=style["color"], va="center",
+                    arrowprops={"arrowstyle": "-", "color": style["color"], "lw": 0.5, "alpha": 0.5})
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ticks = [t for t in SPEEDUP_TICKS if low <= t <= high]
+    ticks = _spaced([t for t in SPEEDUP_TICKS if low <= t <= high], math.log(high / low) / 22)
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(FixedLocator(ticks))
         axis.set_major_formatter(_PLAIN)
@@ -481,6 +492,37 @@ def agreement_figure(agr, ours: str, study: str, context: str) -> plt.Figure:
     _caption(fig, [f"Each point: one optimizer's geometric-mean speedup over its ratios on each side "
                    f"(ratios in the table beside this figure); bars and brackets: {agr.level:.0%} "
                    "bootstrap percentile intervals. Tau counts AdamW (about 1 on both sides, its own "
-                   "cells read through its law); the mean |log difference| leaves it out.",
+                   "cells read through its law); the mean |log difference| leaves it out. Arrowheads "
+                   "at an edge: intervals unbounded (some replicates fell below AdamW's asymptote).",
                    f"Context: {context}."])
     return fig
+
+
+def _spaced(ticks: list[float], min_log_gap: float) -> list[float]:
+    """Ticks at least `min_log_gap` apart in log space (1.1 and 1.2 overlap on a wide axis)."""
+    kept: list[float] = []
+    for t in ticks:
+        if not kept or math.log(t / kept[-1]) >= min_log_gap:
+            kept.append(t)
+    return kept
+
+
+def _bounded(lo: float, hi: float, low: float, high: float) -> tuple[float, float]:
+    """An interval clipped to the axes; a missing or infinite bound reaches the axis edge."""
+    lo = lo if np.isfinite(lo) and lo > 0 else low
+    return max(lo, low), (min(hi, high) if np.isfinite(hi) else high)
+
+
+def _spread_labels(ys: np.ndarray, low: float, high: float, gap: float = 0.036) -> np.ndarray:
+    """Label heights near `ys` (log axis from low to high) at least `gap` of the axis apart, so
+    the names of optimizers with close speedups stay legible; order is kept. A speedup off the
+    axes (unbounded, missing) is labelled at the nearer edge."""
+    span = math.log(high / low)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pos = np.clip(np.nan_to_num(np.log(ys / low) / span, nan=0.0), 0.0, 1.0)
+    order = np.argsort(pos, kind="stable")
+    out = pos.copy()
+    for prev, cur in zip(order, order[1:]):
+        out[cur] = max(pos[cur], out[prev] + gap)
+    shift = max(0.0, out[order[-1]] - 0.98)  # keep the top label inside the axes
+    return low * np.exp((out - shift) * span)

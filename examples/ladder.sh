@@ -5,14 +5,17 @@
 # study's 0.1B speedups. BATCH other than 32 (the ladder's default) runs the same ladder at that
 # batch size, so more steps on the same tokens, in a store of its own. BATCH must be on the grid's
 # train_batch_size values (16, 32, 64): coordinate descent starts from the defaults snapped onto
-# the grid, so a batch of 8 would run at 16.
-# Usage: examples/ladder.sh [BATCH] [MAX_TRIALS]
+# the grid, so a batch of 8 would run at 16. FINALISTS above 1 re-runs each cell's FINALISTS best
+# configs at every seed and picks the winner on their means (`sweep --finalists`), in a store of
+# its own.
+# Usage: [OPTIMIZERS=a,b,...] examples/ladder.sh [BATCH] [MAX_TRIALS] [FINALISTS]
 set -euo pipefail
-batch=${1:-32}; trials=${2:-8}
+batch=${1:-32}; trials=${2:-8}; finalists=${3:-1}
 case $batch in 16|32|64) ;; *) echo "examples/ladder.sh: BATCH must be 16, 32 or 64 (got $batch)" >&2; exit 2;; esac
 optbench=${OPTBENCH:-.venv/bin/optbench}
-optimizers=adamw,nadamw,muon,soap,lion,adam_mini,cautious,kron,mars,scion,sophia
+optimizers=${OPTIMIZERS:-adamw,lion,sophia,cautious,mars,nadamw,muon,soap,adam_mini,kron,scion}
 results=${OPTBENCH_RESULTS:-results}/ladder-b$batch
+[ "$finalists" = 1 ] || results=$results-f$finalists
 mkdir -p "$results"
 store=sqlite:///$results/optbench.db
 model=()
@@ -21,6 +24,6 @@ if [ "$batch" != 32 ]; then
   model=(--model "$results/model.toml")
 fi
 "$optbench" sweep --scale cpu-xs "${model[@]}" --ratios 0.25,0.5,1 --optimizers "$optimizers" \
-  --max-trials "$trials" --seeds 3 --workers 2 --threads 1 --store "$store" \
+  --max-trials "$trials" --seeds 3 --finalists "$finalists" --workers 2 --threads 1 --store "$store" \
   --optuna-storage "$results/optuna.journal" --yes
 "$optbench" agreement --store "$store" --out "$results/agreement"

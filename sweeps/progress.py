@@ -3,8 +3,10 @@ running and failed, and the best loss so far per optimizer; a tqdm bar on a term
 lines otherwise (logs, CI, tests).
 
 The total is the plan's upper bound (a protocol may stop early, and then the sweep ends sooner).
-The ETA is the remaining runs times the mean wall time of the runs trained so far (before the
-first one ends: the plan's estimate), over the workers.
+The ETA is the planned tokens not yet trained times the seconds per token of the runs trained so
+far (before the first one ends: the plan's estimate), over the workers. Counting tokens, not runs,
+matters: a sweep trains its small ratios first, and a mean over their runs would put the ETA of its
+large ones at a fraction of their time.
 
 Event lines name the run key, so a log shows exactly which runs were trained and which were read
 back from the store.
@@ -25,15 +27,19 @@ from sweeps.cell import CellTuning, Request, loss_of
 
 class Progress:
     def __init__(self, total: int = 0, estimate_s: float = math.nan, workers: int = 1,
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, total_tokens: int = 0):
         """`total`: the most runs the plan may need; `estimate_s`: the plan's seconds for all of
-        them on one worker (nan: unknown); `workers`: runs at once."""
+        them on one worker (nan: unknown); `workers`: runs at once; `total_tokens`: the planned
+        runs' tokens (0: unknown, then the ETA weighs every run alike)."""
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.total, self.workers = total, max(1, workers)
-        self.per_run_s = estimate_s / total if total else math.nan  # until runs tell us
+        self.by_tokens = total_tokens > 0
+        self.total_tokens = total_tokens if self.by_tokens else total  # else each run counts 1
+        self.estimate_s = estimate_s  # until runs tell us
         self.trained = self.reused = self.failed = self.errors = self.running = 0
         self.trained_s = 0.0
+        self.done_tokens = self.trained_tokens = 0
         self.best: dict[str, float] = {}
         self.start = time.monotonic()
         self.bar = tqdm(total=total or None, unit="run", file=self.stream, dynamic_ncols=True,
@@ -51,12 +57,15 @@ class Progress:
             self.refresh()
 
     def finished(self, tuning: CellTuning, request: Request, result: RunResult, reused: bool) -> None:
+        tokens = self._tokens(tuning)
+        self.done_tokens += tokens
         if reused:
             self.reused += 1
         else:
             self.running -= 1
             self.trained += 1
             self.trained_s += result.wall_time_s
+            self.trained_tokens += tokens
         self.failed += result.status != "ok"
         loss = loss_of(result)
         optimizer = tuning.cell.optimizer
@@ -71,12 +80,20 @@ class Progress:
     def errored(self, tuning: CellTuning, request: Request, message: str) -> None:
         self.running -= 1
         self.errors += 1
+        self.done_tokens += self._tokens(tuning)
         self._event(f"error    {_what(tuning, request)}: {hide_passwords(message)}")
+
+    def _tokens(self, tuning: CellTuning) -> int:
+        """What one run of this cell counts for in the ETA: its tokens, or 1 without a token total."""
+        return tuning.cell.shape.tokens(tuning.cell.ratio) if self.by_tokens else 1
 
     def eta_s(self) -> float:
         """Seconds until the most runs the plan may need are done (nan: no total or estimate)."""
-        per_run = self.trained_s / self.trained if self.trained else self.per_run_s
-        return max(0, self.total - self.done) * per_run / self.workers
+        if not self.total:
+            return math.nan
+        rate = (self.trained_s / self.trained_tokens if self.trained_tokens
+                else self.estimate_s / self.total_tokens)
+        return max(0, self.total_tokens - self.done_tokens) * rate / self.workers
 
     def status(self) -> str:
         best = "  ".join(f"{o} {v:.4f}" for o, v in sorted(self.best.items()) if math.isfinite(v))

@@ -84,6 +84,14 @@ def test_cli_on_the_regression_baseline(tmp_path):
     with (tmp_path / "agr-cells.csv").open() as f:
         cells = list(csv.DictReader(f))
     assert len(cells) == 13 and all(len(c["losses"].split()) == int(c["n_seeds"]) == 5 for c in cells)
+    for c in cells:  # the loss a winner was chosen on is one of its seeds' losses
+        chosen_on = float(c["loss"]) - float(c["selection_gap"])
+        assert min(abs(chosen_on - float(x)) for x in c["losses"].split()) < 1e-6, c
+    assert "lion " in out.split("selection gap")[1]
+    code, _, _ = _run("agreement", "--baseline", str(BASELINE), "--n-boot", "200", "--out",
+                      str(tmp_path / "seed0"), "--choose", "tuning-seed", "--no-plots")
+    # no finalists in the baseline: the study's rule chooses the same winners
+    assert code == 0 and (tmp_path / "seed0.csv").read_text() == (tmp_path / "agr.csv").read_text()
     assert "Kendall's tau" in out and (tmp_path / "agr.png").stat().st_size > 0
 
 
@@ -96,6 +104,24 @@ def test_figure_draws_the_table(study):
     for _, row in agr.table.iterrows():
         assert (round(row["study"], 9), round(row["ours"], 9)) in drawn
 
+
+
+def test_figure_shows_unbounded_intervals_and_legible_labels(study):
+    """A speedup interval without an upper bound reaches the top edge and ends in an arrow (not
+    dropped); optimizers' names never sit on top of each other."""
+    reps = dict(study.replicates)
+    reps["muon"] = np.where(np.arange(len(reps["muon"])) % 5 == 0, np.inf, reps["muon"])
+    agr = agreement(Side("ours", study.point, reps, study.ratios), study)
+    muon = agr.table.set_index("optimizer").loc["muon"]
+    assert math.isinf(muon["ours_high"])
+    ax = agreement_figure(agr, "ours", "study 0.1B", "test").axes[0]
+    top = ax.get_ylim()[1]
+    arrows = [line for line in ax.lines if line.get_label().startswith("_unbounded")]
+    assert [(x, y) for line in arrows for x, y in zip(line.get_xdata(), line.get_ydata())] == [
+        (muon["study"], top)]
+    heights = sorted(math.log(text.xyann[1]) for text in ax.texts)
+    assert len(heights) == len(agr.table)
+    assert min(np.diff(heights)) > 0.02 * math.log(top / ax.get_ylim()[0])
 
 def _stored(optimizer: str, precision: str) -> RunResult:
     spec = RunSpec(optimizer, "cpu-xs", 1.0, {}, 0, precision=precision)

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from analysis.cells import hardware_note, summarize_cells
+from analysis.cells import hardware_note, on_tuning_seed, summarize_cells
 from analysis.sensitivity import one_d_ablations
 from bench.errors import UserError
 from bench.store.record import StoredRun, to_frame
@@ -27,11 +27,25 @@ def test_finalists_are_compared_on_their_means_and_the_winner_averaged_over_its_
     cell = summarize_cells(runs).iloc[0]
     assert cell["hparams"] == {"learning_rate": 0.02}
     assert cell["loss"] == pytest.approx(2.04) and cell["n_seeds"] == 2
-    assert cell["losses"] == (2.02, 2.06)
+    assert cell["losses"] == (2.02, 2.06) and cell["tuning_loss"] == 2.02
     assert cell["loss_sd"] == pytest.approx(0.0282843, rel=1e-5)
     assert cell["n_configs"] == 4 and cell["n_runs"] == 6
     assert [c["hparams"]["learning_rate"] for c in cell["approx_best"]] == [0.04, 0.01]
 
+
+
+def test_on_tuning_seed_chooses_as_the_study_did_from_the_same_runs():
+    """The finalists' runs above read by the study's rule: lr 0.04's single seed-0 loss is the
+    best, so it wins; the finalists keep only their seed-0 runs, and nothing else changes."""
+    runs = to_frame([_run(2.00, lr=0.01, seed=0), _run(2.10, lr=0.01, seed=1),
+                     _run(2.02, lr=0.02, seed=0), _run(2.06, lr=0.02, seed=1),
+                     _run(1.999, lr=0.04, seed=0), _run(2.30, lr=0.08, seed=0),
+                     _run(3.00, lr=0.01, seed=0, optimizer="muon"), _run(3.10, lr=0.01, seed=1, optimizer="muon")])
+    kept = on_tuning_seed(runs)
+    assert sorted(kept["run_key"]) == sorted(runs["run_key"][[0, 2, 4, 5, 6, 7]])
+    cells = summarize_cells(kept).set_index("optimizer")
+    assert cells.loc["adamw", "hparams"] == {"learning_rate": 0.04} and cells.loc["adamw", "n_seeds"] == 1
+    assert cells.loc["muon", "losses"] == (3.00, 3.10)  # a lone winner keeps its seeds
 
 def test_a_finalist_with_a_diverged_seed_loses_to_those_that_finished_every_seed():
     runs = to_frame([_run(2.00, lr=0.01, seed=0), _run(2.01, lr=0.01, seed=1),
@@ -50,6 +64,7 @@ def test_a_winner_rerun_at_more_seeds_does_not_lose_to_a_lucky_single_seed_confi
     cell = summarize_cells(runs).iloc[0]
     assert cell["hparams"] == {"learning_rate": 0.008} and cell["n_seeds"] == 3
     assert cell["loss"] == pytest.approx(3.2742)
+    assert cell["tuning_loss"] == 3.2700  # what it won on: the gap to its mean is the curse
     assert [c["hparams"]["learning_rate"] for c in cell["approx_best"]] == [0.008, 0.016]
 
 

@@ -38,6 +38,9 @@ def register(subparsers) -> None:
                    help="file stem (default: results/agreement/<scale>-vs-<study scale>); "
                         ".csv (per optimizer), -cells.csv (our cells: each best config's seeds), "
                         ".md, .png, .pdf")
+    p.add_argument("--choose", choices=("means", "tuning-seed"), default="means",
+                   help="each cell's winner, where a sweep ran --finalists: the best mean over seeds "
+                        "(default, as `analyze`) or the best tuning-seed loss, the study's rule")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates (default: 2000)")
     p.add_argument("--level", type=float, default=0.9, help="interval level (default: 0.9)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default: 0)")
@@ -61,7 +64,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     table.to_csv(with_ext(stem, "csv"), index=False)
     cells_csv = stem.with_name(f"{stem.name}-cells.csv")
     ours.cells.to_csv(cells_csv, index=False)
-    summary = summary_lines(agr, ours.side.label, study.label)
+    summary = summary_lines(agr, ours.side.label, study.label) + selection_lines(ours.cells)
     with_ext(stem, "md").write_text("\n\n".join([f"Context: {ours.context}", format_frame(table), *summary]) + "\n")
     print(f"context: {ours.context}")
     print(format_frame(table))
@@ -85,6 +88,17 @@ def summary_lines(agr, ours: str, study: str) -> list[str]:
             f"{agr.mad[0]:.3f} [{agr.mad[1]:.3f}, {agr.mad[2]:.3f}]"]
 
 
+def selection_lines(cells: pd.DataFrame) -> list[str]:
+    """Per optimizer, the mean over its cells of how far its winner's seeds fell behind the one
+    seed it was chosen on; large gaps say the ranking leans on lucky tuning seeds."""
+    gaps = cells[cells["n_seeds"] >= 2].groupby("optimizer")["selection_gap"].mean().dropna()
+    if gaps.empty:
+        return []
+    shown = ", ".join(f"{name} {gap:+.3f}" for name, gap in gaps.sort_values(ascending=False).items())
+    return [f"selection gap (mean of the winner's seeds minus its tuning-seed loss, mean over cells): "
+            f"{shown}; `sweep --finalists K` chooses on means instead"]
+
+
 @dataclass(frozen=True)
 class Ours:
     side: Side
@@ -96,7 +110,7 @@ class Ours:
 def _our_side(args: argparse.Namespace) -> Ours:
     """Our side in its one context and scale; UserError on several (name one with the context
     flags or --scale)."""
-    from analysis.cells import split_by_context, summarize_cells
+    from analysis.cells import on_tuning_seed, split_by_context, summarize_cells
     from analysis.speedups import SpeedupOptions, estimate_speedups
 
     runs = _runs(args)
@@ -109,6 +123,8 @@ def _our_side(args: argparse.Namespace) -> Ours:
     context, runs = contexts[0]
     scale = _scale(runs, args.scale)
     runs = runs[runs["scale"] == scale]
+    if args.choose == "tuning-seed":
+        runs = on_tuning_seed(runs)
     cells = summarize_cells(runs)
     result = estimate_speedups(cells, SpeedupOptions(n_boot=args.n_boot, level=args.level, seed=(args.seed, 1)))
     source = args.baseline.name if args.baseline else "store"
@@ -150,10 +166,13 @@ def _study_side(args: argparse.Namespace):
 
 
 def _cells_shown(cells: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Our cells as a small table: each cell's best config, its seeds' losses, what tuning ran, and
-    the hyperparameters the search varied whose best value is an end of the grid (the optimum may
-    lie beyond it)."""
-    out = cells[["optimizer", "ratio", "loss", "n_seeds", "losses", "n_configs", "n_runs", "hparams"]].copy()
+    """Our cells as a small table: each cell's best config, its seeds' losses and their spread, how
+    much worse its mean is than the tuning seed's loss it won on (`selection_gap`: the winner's
+    curse), what tuning ran, and the hyperparameters the search varied whose best value is an end
+    of the grid (the optimum may lie beyond it)."""
+    out = cells[["optimizer", "ratio", "loss", "n_seeds", "losses", "loss_sd", "n_configs", "n_runs",
+                 "hparams"]].copy()
+    out.insert(6, "selection_gap", cells["loss"] - cells["tuning_loss"])
     out["losses"] = out["losses"].map(lambda losses: " ".join(f"{x:.6f}" for x in losses))
     ladder = runs["ladder"].iloc[0]
     varied = _varied(runs)

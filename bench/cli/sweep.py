@@ -380,7 +380,8 @@ def _run(tunings, args, resources, store, address, cost) -> int:
     recorder = StudyRecorder(open_storage(args.optuna_storage))
     start = (lambda: None) if address else (lambda: start_local(resources))
     try:
-        progress = Progress(cost.runs, cost.seconds * resources.workers, resources.workers)
+        progress = Progress(cost.runs, cost.seconds * resources.workers, resources.workers,
+                            total_tokens=cost.tokens)
         Driver(tunings, store, recorder, resources, progress, start, args.reuse_stale,
                args.retry_failed, tuple(args.track)).run()
     finally:
