@@ -96,6 +96,7 @@ def on_tuning_seed(runs: pd.DataFrame) -> pd.DataFrame:
             keep[others] = False
     return runs[keep]
 
+
 def summarize_cells(runs: pd.DataFrame, mix_contexts: bool = False) -> pd.DataFrame:
     """One row per (context, optimizer, scale, ratio) with the best config's loss and the cell's
     counts; `mix_contexts` pools the contexts (each cell's context then says MIXED CONTEXTS).
