@@ -7,7 +7,10 @@ users run it, `optbench sweep` with RAY_ADDRESS at the head.
 - The worker node killed (its whole process tree, SIGKILL) once a result is stored and while its
   trial has written a checkpoint: Ray runs that trial again on the head, where it resumes from the
   checkpoint in the shared --checkpoint-dir and ends with the final loss of a run never interrupted;
-  the sweep exits 0 with every run stored once and no attempt.
+  the sweep exits 0 with every run stored once and no attempt. That worker node's own environment
+  holds OPTBENCH_FAULT=hang@12 (bench/run/faults.py): its trials wedge after the checkpoint at step
+  10, so none can finish before the kill (a race the check once lost) and the head's retry, which
+  has no fault, runs to the end.
 
 Both nodes see one filesystem here, so node-local caches are separate folders. Ports are free ones
 picked at start (never Ray's defaults), and only the process trees started here are killed."""
@@ -36,16 +39,17 @@ RAY = Path(sys.executable).with_name("ray")
 NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
 TRIAL = re.compile(r"^ray::optbench .* ([0-9a-f]{20})$")  # a Ray worker running a trial (its task's name)
 CHECKPOINT_EVERY = 10  # the train loop's log_every: the first checkpoint comes after step 10 of 16
+WEDGED = {"OPTBENCH_FAULT": f"hang@{CHECKPOINT_EVERY + 2}"}  # a worker node whose trials never finish
 
 
 class Node:
     """One Ray node: the process tree of a `ray start --block`, with a cache of its own."""
 
-    def __init__(self, root: Path, name: str, *args: str):
+    def __init__(self, root: Path, name: str, *args: str, env: dict[str, str] | None = None):
         self.cache = root / f"{name}-cache"
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPTBENCH_")}, **NO_AUTH,
                "OPTBENCH_CACHE": str(self.cache), "OPTBENCH_RESULTS": str(root / f"{name}-results"),
-               "RAY_worker_niceness": "0"}  # as a local sweep's (sweeps.driver.fair_share_workers)
+               "RAY_worker_niceness": "0", **(env or {})}  # niceness as a local sweep's (fair_share_workers)
         self.log = root / f"{name}.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
@@ -87,9 +91,9 @@ class Cluster:
                          "--ray-client-server-port", str(_free_port()))
         self.head.node_id = self.wait_for_node(known=set())
 
-    def add_worker(self) -> Node:
+    def add_worker(self, env: dict[str, str] | None = None) -> Node:
         known = self.alive()
-        node = Node(self.root, "worker", "--address", self.address)
+        node = Node(self.root, "worker", "--address", self.address, env=env)
         node.node_id = self.wait_for_node(known)
         return node
 
@@ -139,8 +143,8 @@ def cluster():
 
 
 @pytest.fixture
-def worker(cluster):
-    node = cluster.add_worker()
+def worker(cluster, request):
+    node = cluster.add_worker(getattr(request, "param", None))
     try:
         yield node
     finally:
@@ -165,6 +169,7 @@ def test_trials_run_on_both_nodes_and_each_node_builds_its_own_cache(cluster, wo
     assert not (tmp_path / "driver-cache" / "tokens").exists()  # the driver's was never a worker's
 
 
+@pytest.mark.parametrize("worker", [WEDGED], indirect=True, ids=["wedged"])
 def test_a_killed_node_s_trial_resumes_on_the_head_from_its_checkpoint(cluster, worker, tmp_path, monkeypatch):
     checkpoints = cluster.root / f"checkpoints-{tmp_path.name}"  # a folder both nodes reach
     sweep = cluster.sweep(tmp_path, "--max-trials", "2", "--checkpoint-every", str(CHECKPOINT_EVERY),
@@ -179,7 +184,8 @@ def test_a_killed_node_s_trial_resumes_on_the_head_from_its_checkpoint(cluster, 
     print(f"worker node killed while training {killed}; the sweep ended {time.monotonic() - killed_at:.0f} s later")
     results = {r.run_key: r for r in _stored_once(tmp_path, runs=4)}
     retried = results[killed]
-    assert retried.node == cluster.head.node_id and retried.resumed_at == CHECKPOINT_EVERY
+    assert retried.node == cluster.head.node_id and retried.resumed_at == CHECKPOINT_EVERY, \
+        _summary(results.values(), cluster, worker)
     assert all(r.resumed_at == 0 for k, r in results.items() if k != killed)
     monkeypatch.setenv("OPTBENCH_CACHE", str(cluster.head.cache))  # built by now: no need to build again
     straight = run(RunSpec.from_dict(retried.spec), RunOptions(threads=1))

@@ -8,7 +8,8 @@ OPTBENCH_FAULT holds rules separated by ";", each KIND@STEP followed by optional
 - nan@S:   the training loss is NaN from step S on (a run that blows up);
 - oom@S:   the training step S runs out of memory (an environment failure: bench/run/failures.py);
 - exit@S:  the process dies at step S without unwinding (os._exit: a segfault, the kernel's OOM
-           killer, a lost node), so whoever waits on it sees a dead worker, not an exception.
+           killer, a lost node), so whoever waits on it sees a dead worker, not an exception;
+- hang@S:  step S never returns (a wedged device or collective): only a kill ends the run.
 
 A rule applies to the runs whose spec matches every filter: a RunSpec field (optimizer, scale,
 ratio, seed, ...), a hyperparameter (learning_rate, ...), or `rank`, one process of a sweep's
@@ -22,6 +23,7 @@ entry points that start runs (`optbench run`, the sweep's task and gang, the reg
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ import torch
 from bench.errors import UserError
 
 VARIABLE = "OPTBENCH_FAULT"
-KINDS = ("raise", "nan", "oom", "exit")
+KINDS = ("raise", "nan", "oom", "exit", "hang")
 EXIT_CODE = 70  # what an exit fault dies with (EX_SOFTWARE), told apart from a signal
 
 
@@ -47,6 +49,8 @@ class Fault:
             raise RuntimeError(f"injected fault ({VARIABLE}): raise at step {self.step}")
         if self.kind == "exit":
             os._exit(EXIT_CODE)
+        if self.kind == "hang":
+            threading.Event().wait()  # never set
         if self.kind == "oom":
             raise torch.OutOfMemoryError(f"injected fault ({VARIABLE}): out of memory at step {self.step}")
         return loss * float("nan")
