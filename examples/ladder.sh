@@ -5,12 +5,12 @@
 # study's 0.1B speedups. BATCH other than 32 (the ladder's default) runs the same ladder at that
 # batch size, so more steps on the same tokens, in a store of its own. BATCH must be on the grid's
 # train_batch_size values (16, 32, 64): coordinate descent starts from the defaults snapped onto
-# the grid, so a batch of 8 would run at 16. FINALISTS above 1 re-runs each cell's FINALISTS best
-# configs at every seed and picks the winner on their means (`sweep --finalists`), in a store of
-# its own.
+# the grid, so a batch of 8 would run at 16. FINALISTS (default 3, the ladder's protocol since
+# docs/LADDER.md measured it) re-runs each cell's FINALISTS best configs at every seed and picks the
+# winner on their means (`sweep --finalists`); 1 picks on the tuning seed alone, as the study did.
 # Usage: [OPTIMIZERS=a,b,...] examples/ladder.sh [BATCH] [MAX_TRIALS] [FINALISTS]
 set -euo pipefail
-batch=${1:-32}; trials=${2:-8}; finalists=${3:-1}
+batch=${1:-32}; trials=${2:-8}; finalists=${3:-3}
 case $batch in 16|32|64) ;; *) echo "examples/ladder.sh: BATCH must be 16, 32 or 64 (got $batch)" >&2; exit 2;; esac
 optbench=${OPTBENCH:-.venv/bin/optbench}
 optimizers=${OPTIMIZERS:-adamw,lion,sophia,cautious,mars,nadamw,muon,soap,adam_mini,kron,scion}
