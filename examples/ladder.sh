@@ -8,6 +8,7 @@
 # the grid, so a batch of 8 would run at 16. FINALISTS (default 3, the ladder's protocol since
 # docs/LADDER.md measured it) re-runs each cell's FINALISTS best configs at every seed and picks the
 # winner on their means (`sweep --finalists`); 1 picks on the tuning seed alone, as the study did.
+# Each setting has a store of its own: results/ladder-b<BATCH>[-t<MAX_TRIALS>][-f<FINALISTS>].
 # Usage: [OPTIMIZERS=a,b,...] examples/ladder.sh [BATCH] [MAX_TRIALS] [FINALISTS]
 set -euo pipefail
 batch=${1:-32}; trials=${2:-8}; finalists=${3:-3}
@@ -15,6 +16,7 @@ case $batch in 16|32|64) ;; *) echo "examples/ladder.sh: BATCH must be 16, 32 or
 optbench=${OPTBENCH:-.venv/bin/optbench}
 optimizers=${OPTIMIZERS:-adamw,lion,sophia,cautious,mars,nadamw,muon,soap,adam_mini,kron,scion}
 results=${OPTBENCH_RESULTS:-results}/ladder-b$batch
+[ "$trials" = 8 ] || results=$results-t$trials
 [ "$finalists" = 1 ] || results=$results-f$finalists
 mkdir -p "$results"
 store=sqlite:///$results/optbench.db

@@ -28,17 +28,18 @@ from bench.run.failures import ENVIRONMENT_FAILURE
 from bench.run.spec import RunResult, RunSpec
 from sweeps.task import train_task
 
-Report = Callable[[int, int, RunResult], None]  # (done, total, result)
+Report = Callable[[int, int, float, RunResult], None]  # (done, total, share of the tokens done, result)
 
 
 def train_all(specs: Sequence[RunSpec], threads: int, workers: int,
               report: Report | None = None) -> list[RunResult]:
     """Train every spec; results in the order of `specs`. workers <= 1 trains in this process."""
-    report = report or (lambda done, total, result: None)
+    report = report or (lambda done, total, share, result: None)
     if specs:
         _prepare_data(max(specs, key=lambda s: s.ratio))
     order = sorted(range(len(specs)), key=lambda i: -specs[i].ratio)
     results: dict[int, RunResult] = {}
+    report = _by_tokens(specs, results, report)
     if workers <= 1:
         _in_process(specs, order, threads, report, results)
     else:
@@ -47,6 +48,21 @@ def train_all(specs: Sequence[RunSpec], threads: int, workers: int,
     if stopped:
         raise UserError(f"{len(stopped)} run(s) could not run on this machine, so no verdict: {stopped[0].reason}")
     return [results[i] for i in range(len(specs))]
+
+
+def _by_tokens(specs: Sequence[RunSpec], results: dict[int, RunResult],
+               report: Report) -> Callable[[int, int, int], None]:
+    """Calls `report` with the finished run `results[i]` and the share of all runs' tokens done
+    (runs differ in length by their ratio, so a share of runs would mislead an ETA)."""
+    tokens = [spec.shape.tokens(spec.ratio) for spec in specs]
+    done = 0
+
+    def finished(count: int, total: int, i: int) -> None:
+        nonlocal done
+        done += tokens[i]
+        report(count, total, done / sum(tokens), results[i])
+
+    return finished
 
 
 def _prepare_data(spec: RunSpec) -> None:
@@ -58,7 +74,7 @@ def _in_process(specs, order, threads, report, results) -> None:
     try:
         for i in order:
             results[i] = RunResult.from_dict(train_task(specs[i].to_dict(), {"threads": threads}))
-            report(len(results), len(specs), results[i])
+            report(len(results), len(specs), i)
     finally:
         torch.set_num_threads(before)  # the caller's thread count is not ours to change
 
@@ -71,22 +87,23 @@ def _in_pool(specs, order, threads, workers, report, results) -> None:
             for future in as_completed(futures):
                 i = futures[future]
                 results[i] = RunResult.from_dict(future.result())
-                report(len(results), len(specs), results[i])
+                report(len(results), len(specs), i)
         except BaseException:  # Ctrl-C or a crashed worker: drop what has not started
             for future in futures:
                 future.cancel()
             raise
 
 
-def print_progress(stream=sys.stderr) -> Report:
-    """A Report that prints one line per finished run, with the elapsed time."""
-    start = time.perf_counter()
+def print_progress(stream=None) -> Report:
+    """A Report that prints one line per finished run (to stderr by default): elapsed time, runs
+    done of the total, and an ETA from the pace so far over the tokens left."""
+    start, stream = time.perf_counter(), stream or sys.stderr
 
-    def report(done: int, total: int, result: RunResult) -> None:
-        spec = result.spec
+    def report(done: int, total: int, share: float, result: RunResult) -> None:
+        spec, elapsed = result.spec, time.perf_counter() - start
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else result.status
-        print(f"[{time.perf_counter() - start:6.0f} s] {done:3d}/{total} {spec['optimizer']:>8} "
-              f"{spec['ratio']:g}x seed {spec['seed']}: {loss} ({result.wall_time_s:.0f} s)",
-              file=stream, flush=True)
+        print(f"[{elapsed:6.0f} s] {done:3d}/{total} ETA {elapsed * (1 - share) / share:4.0f} s "
+              f"{spec['optimizer']:>8} {spec['ratio']:g}x seed {spec['seed']}: {loss} "
+              f"({result.wall_time_s:.0f} s)", file=stream, flush=True)
 
     return report
