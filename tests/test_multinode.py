@@ -45,11 +45,11 @@ WEDGED = {"OPTBENCH_FAULT": f"hang@{CHECKPOINT_EVERY + 2}"}  # a worker node who
 class Node:
     """One Ray node: the process tree of a `ray start --block`, with a cache of its own."""
 
-    def __init__(self, root: Path, name: str, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, root: Path, name: str, *args: str, extra_env: dict[str, str] | None = None):
         self.cache = root / f"{name}-cache"
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPTBENCH_")}, **NO_AUTH,
                "OPTBENCH_CACHE": str(self.cache), "OPTBENCH_RESULTS": str(root / f"{name}-results"),
-               "RAY_worker_niceness": "0", **(env or {})}  # niceness as a local sweep's (fair_share_workers)
+               "RAY_worker_niceness": "0", **(extra_env or {})}  # niceness as a local sweep's (fair_share_workers)
         self.log = root / f"{name}.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
@@ -91,9 +91,9 @@ class Cluster:
                          "--ray-client-server-port", str(_free_port()))
         self.head.node_id = self.wait_for_node(known=set())
 
-    def add_worker(self, env: dict[str, str] | None = None) -> Node:
+    def add_worker(self, extra_env: dict[str, str] | None = None) -> Node:
         known = self.alive()
-        node = Node(self.root, "worker", "--address", self.address, env=env)
+        node = Node(self.root, "worker", "--address", self.address, extra_env=extra_env)
         node.node_id = self.wait_for_node(known)
         return node
 

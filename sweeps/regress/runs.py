@@ -55,12 +55,12 @@ def _by_tokens(specs: Sequence[RunSpec], results: dict[int, RunResult],
     """Calls `report` with the finished run `results[i]` and the share of all runs' tokens done
     (runs differ in length by their ratio, so a share of runs would mislead an ETA)."""
     tokens = [spec.shape.tokens(spec.ratio) for spec in specs]
-    done = 0
+    planned, done = sum(tokens), 0
 
     def finished(count: int, total: int, i: int) -> None:
         nonlocal done
         done += tokens[i]
-        report(count, total, done / sum(tokens), results[i])
+        report(count, total, done / planned, results[i])
 
     return finished
 
