@@ -18,12 +18,14 @@ store, is sent from this process after it is stored; workers never import a trac
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from dataclasses import dataclass
 from itertools import chain, zip_longest
 from typing import Callable
 
-from bench.run.failures import ENVIRONMENT_FAILURE, task_failure
+from bench.run.failures import ENVIRONMENT_FAILURE, task_failure, timed_out
 from bench.run.identity import current
 from bench.run.spec import RunResult
 from bench.store.database import ResultStore
@@ -37,6 +39,13 @@ FORWARDED_ENV = ("OPTBENCH_", "HF_")  # settings a worker on another machine nee
 # ...except places on the driver's machine: a node keeps its own (the env of its `ray start`)
 DRIVER_LOCAL_ENV = ("OPTBENCH_RESULTS", "OPTBENCH_CACHE", "OPTBENCH_STORE")
 DRIVER_LOCAL_SUFFIXES = ("_HOME", "_CACHE", "_DIR", "_PATH")  # HF_HOME, HF_DATASETS_CACHE, HF_TOKEN_PATH...
+# A trial with no result by its deadline is wedged (a hung device, collective or worker): killed
+# and stored as an attempt. The deadline is generous, since a false kill would repeat on every
+# rerun: TIMEOUT_FACTOR times the plan's estimate of the longest run, never under TIMEOUT_FLOOR_S.
+TIMEOUT_FACTOR = 10.0
+TIMEOUT_FLOOR_S = 1800.0
+TIMEOUT_RULE = (f"{TIMEOUT_FACTOR:g}x the plan's estimate of the longest run, at least "
+                f"{TIMEOUT_FLOOR_S / 60:g} min; --trial-timeout to change")
 _QUIET = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
 
 
@@ -58,6 +67,11 @@ class Resources:
         return {"threads": self.threads, "micro_batch": self.micro_batch, "compile": self.compile,
                 "procs": self.procs, "parallel": self.parallel,
                 "checkpoint_every": self.checkpoint_every, "checkpoint_dir": self.checkpoint_dir}
+
+
+def trial_timeout(longest_run_s: float) -> float:
+    """The default --trial-timeout in seconds, given the plan's estimate of the longest run."""
+    return max(TIMEOUT_FLOOR_S, TIMEOUT_FACTOR * longest_run_s) if math.isfinite(longest_run_s) else TIMEOUT_FLOOR_S
 
 
 def connect(address: str) -> dict:
@@ -101,8 +115,10 @@ def fair_share_workers() -> None:
 class Driver:
     def __init__(self, tunings: list[CellTuning], store: ResultStore, recorder: StudyRecorder,
                  resources: Resources, progress: Progress, start: Callable[[], None] = lambda: None,
-                 reuse_stale: bool = False, retry_failed: bool = False, trackers: tuple[str, ...] = ()):
+                 reuse_stale: bool = False, retry_failed: bool = False, trackers: tuple[str, ...] = (),
+                 trial_timeout_s: float = 0.0):
         self.tunings, self.store, self.recorder = tunings, store, recorder
+        self.trial_timeout_s = trial_timeout_s  # 0: trials may run for ever
         self.resources, self.progress = resources, progress
         self.reuse_stale, self.retry_failed = reuse_stale, retry_failed
         self.trackers = trackers  # bench.track: every result the sweep uses, sent from this process
@@ -110,6 +126,7 @@ class Driver:
         # sweep run again reads everything back from the store and never starts it)
         self._task = None
         self.pending: dict = {}  # Ray object ref -> (tuning, request)
+        self._deadlines: dict = {}  # Ray object ref -> time.monotonic() by which it must end
         self._absent: set[str] = set()  # run keys looked up and not in the store
 
     def run(self) -> None:
@@ -125,15 +142,22 @@ class Driver:
                 ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
                 for ref in ready:
                     self._collect(ref)
+                for ref in [r for r, t in self._deadlines.items() if time.monotonic() > t]:
+                    self._expire(ref)
                 self.progress.refresh()
         finally:
             for ref, (_, request) in self.pending.items():  # interrupted: stop what is still running
-                ray.cancel(ref, force=True)
-                if self.resources.procs > 1:  # a killed gang's coordinator leaves its group reserved
-                    from sweeps.gang import remove_group
-
-                    remove_group(request.key)
+                self._kill(ref, request)
             self.progress.close()
+
+    def _kill(self, ref, request: Request) -> None:
+        import ray
+
+        ray.cancel(ref, force=True)
+        if self.resources.procs > 1:  # a killed gang's coordinator leaves its group reserved
+            from sweeps.gang import remove_group
+
+            remove_group(request.key)
 
     def _reuse_stored(self) -> None:
         """Give cells every wanted result the store holds; a stored result may unlock more."""
@@ -174,6 +198,8 @@ class Driver:
             options.update(num_cpus=0, num_gpus=0)
         ref = self._remote().options(**options).remote(request.spec.to_dict(), self.resources.run_options())
         self.pending[ref] = (tuning, request)
+        if self.trial_timeout_s > 0:
+            self._deadlines[ref] = time.monotonic() + self.trial_timeout_s
         self.progress.started(tuning, request)
 
     def _remote(self):
@@ -194,13 +220,26 @@ class Driver:
         import ray
 
         tuning, request = self.pending.pop(ref)
+        self._deadlines.pop(ref, None)
         try:
             result = RunResult.from_dict(ray.get(ref))
         except ray.exceptions.RayError as e:
             message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            result = RunResult(request.key, request.spec.to_dict(), ENVIRONMENT_FAILURE, None,
-                               reason=task_failure(type(e).__name__, message),
-                               code=current(request.spec.optimizer).as_dict())
+            result = self._attempt(request, task_failure(type(e).__name__, message))
+        self._settle(tuning, request, result)
+
+    def _expire(self, ref) -> None:
+        """A trial past its deadline: killed, and an attempt the next invocation retries."""
+        tuning, request = self.pending.pop(ref)
+        del self._deadlines[ref]
+        self._kill(ref, request)
+        self._settle(tuning, request, self._attempt(request, timed_out(self.trial_timeout_s)))
+
+    def _attempt(self, request: Request, reason: str) -> RunResult:
+        return RunResult(request.key, request.spec.to_dict(), ENVIRONMENT_FAILURE, None, reason=reason,
+                         code=current(request.spec.optimizer).as_dict())
+
+    def _settle(self, tuning: CellTuning, request: Request, result: RunResult) -> None:
         self.store.put(result)  # first: a run counts as done once it is in the store
         expected = current(request.spec.optimizer).as_dict()
         if result.status == ENVIRONMENT_FAILURE or result.code != expected:

@@ -107,6 +107,7 @@ class Cost:
     flops: float
     seconds: float  # wall time with the given workers; nan when unknown
     time_source: str
+    longest_run_s: float = float("nan")  # one trial of the most tokens; nan when unknown
 
 
 def estimate_cost(cells: list[CellCost], workers: int, threads: int, device: str,
@@ -119,7 +120,8 @@ def estimate_cost(cells: list[CellCost], workers: int, threads: int, device: str
     rates = [r.wall_time_s / r.tokens for r in stored
              if r.scale == scale.name and r.status == "ok" and r.tokens > 0]
     per_token, source = seconds_per_token(scale, threads, device, rates)
-    return Cost(runs, tokens, flops, tokens * per_token / max(1, workers), source)
+    longest = max(c.tokens_per_run for c in cells) * per_token
+    return Cost(runs, tokens, flops, tokens * per_token / max(1, workers), source, longest)
 
 
 def stored_runs(stored: Sequence[StoredRun], cell: Cell) -> int:

@@ -2,7 +2,8 @@
 
 Speedups come from the analysis package (analysis.cells.summarize_cells, then
 analysis.speedups.estimate_speedups) applied to this sweep's runs only, so the table reflects the
-protocol and budget that were run. Runs of different contexts (data, precision, ...:
+protocol and budget that were run. Where the store holds more runs of a cell (other sweeps), the
+best-config list says what the analysis of the whole store picks, so the two never differ unsaid. Runs of different contexts (data, precision, ...:
 bench.store.record.CONTEXT_COLUMNS) never share a cell: each context gets its own section. The
 study's law L(D) = alpha * D^(-B) + beta has three parameters, so a scale needs AdamW at three or
 more ratios for a speedup; with fewer the analysis says so and the best-loss table stands alone.
@@ -17,6 +18,7 @@ import pandas as pd
 from analysis.cells import hardware_note, split_by_context, summarize_cells
 from analysis.speedups import SpeedupOptions, estimate_speedups, missing_intervals
 from analysis.tables import format_frame
+from bench.store.record import context_labels
 from bench.study import REFERENCE_OPTIMIZER
 from sweeps.cell import CellTuning
 
@@ -25,7 +27,7 @@ def summary(tunings: list[CellTuning], frame: pd.DataFrame) -> str:
     """The best-config table and the speedup section, as text."""
     keys = set().union(*(t.results for t in tunings))
     runs = frame[frame["run_key"].isin(keys)]
-    return "\n\n".join([best_table(tunings), best_configs(tunings), speedup_section(runs)])
+    return "\n\n".join([best_table(tunings), best_configs(tunings, frame), speedup_section(runs)])
 
 
 def best_table(tunings: list[CellTuning]) -> str:
@@ -48,14 +50,49 @@ def _best_row(t: CellTuning) -> dict:
             "note": f"stopped: {t.error} (run again to retry)" if t.error else ""}
 
 
-def best_configs(tunings: list[CellTuning]) -> str:
+def best_configs(tunings: list[CellTuning], frame: pd.DataFrame | None = None) -> str:
+    """Each cell's winner among this sweep's runs; with the store's runs (`frame`), a line under
+    every cell whose store holds runs this sweep did not ask for, saying what the analysis of the
+    whole store (`optbench analyze`, `regress --tuned-from`) picks from them all."""
     lines = ["Best config per cell:"]
     for t in tunings:
         best = t.best_config()
-        text = " ".join(f"{k}={v}" for k, v in best.items()) if best is not None else "(none finished)"
         how = f" (the best mean of {t.finalists} finalists)" if t.finalists > 1 and best is not None else ""
-        lines.append(f"  {t.cell.label:14} {text}{how}")
+        lines.append(f"  {t.cell.label:14} {_config_text(best)}{how}")
+        if frame is not None:
+            lines += _pooled(t, best, frame)
     return "\n".join(lines)
+
+
+def _config_text(config) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items()) if config is not None else "(none finished)"
+
+
+def _pooled(t: CellTuning, best, frame: pd.DataFrame) -> list[str]:
+    """The store's view of the cell when it differs from this sweep's: the sweep chose among its
+    own runs (its protocol, its finalists), the analysis chooses among every run of the cell in
+    the same context (configs with two or more seeds all count as finalists), so a store extended
+    by other sweeps can crown another config."""
+    own = frame[frame["run_key"].isin(t.results)]
+    if not len(own):
+        return []
+    labels = pd.Series(context_labels(frame), index=frame.index)
+    cell = frame[(frame["optimizer"] == t.cell.optimizer) & (frame["scale"] == t.cell.scale)
+                 & (frame["ratio"].astype(float) == float(t.cell.ratio))
+                 & labels.isin(set(labels[own.index]))]
+    extra = len(cell) - len(own)
+    if extra <= 0:
+        return []
+    pooled = summarize_cells(cell).iloc[0]
+    head = f"  {'':14} the store holds {extra} more run{'s' * (extra != 1)} of this cell (other sweeps)"
+    if not pooled["n_seeds"]:
+        return [f"{head}; none of them finished"]
+    ours = t.cell.spec(best).to_dict()["hparams"] if best is not None else {}  # defaults filled in
+    differs = {k: v for k, v in pooled["hparams"].items() if ours.get(k) != v}
+    verdict = f"another winner, {_config_text(differs)}" if differs else "the same winner"
+    seeds = int(pooled["n_seeds"])
+    return [f"{head}; pooled with them (optbench analyze): {verdict}, loss {pooled['loss']:.4f} "
+            f"over {seeds} seed{'s' * (seeds != 1)}"]
 
 
 def speedup_section(runs: pd.DataFrame) -> str:

@@ -139,6 +139,28 @@ def test_a_rank_that_dies_fails_its_gang_as_an_attempt_the_next_sweep_retries(tm
     assert result.status == "ok" and result.run_key == attempt.run_key
 
 
+@pytest.mark.system
+@pytest.mark.parametrize("procs, fault", [("1", "hang@3"), ("2", "hang@3:rank=1")])
+def test_a_hung_trial_is_killed_at_its_deadline_and_stored_as_an_attempt(procs, fault, tmp_path, cache):
+    """A trial that never returns (bench/run/faults.py: hang; with two processes, rank 1 wedges
+    and rank 0 waits in the all-reduce) is killed at --trial-timeout: an attempt, never a result,
+    and the sweep ends (exit 1) instead of waiting for ever."""
+    from bench.run.failures import ENVIRONMENT_FAILURE, environment_failure
+    from bench.store.database import ResultStore
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    done = _cli(["sweep", "--scale", "cpu-xs", "--ratios", "0.05", "--optimizers", "adamw", "--max-trials", "1",
+                 "--procs-per-trial", procs, "--threads", "1", "--workers", "1", "--yes", "--store", store,
+                 "--optuna-storage", str(tmp_path / "optuna.journal"), "--trial-timeout", "20"],
+                tmp_path, cache, timeout=300, fault=fault)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Trial timeout: 20 s (--trial-timeout)" in done.stdout
+    assert "no result within --trial-timeout 20 s" in done.stdout, done.stdout[-3000:]
+    assert not ResultStore(store).runs()
+    (attempt,) = [r for what, r, _ in ResultStore(store).history() if what == "attempt"]
+    assert attempt.status == ENVIRONMENT_FAILURE and environment_failure(attempt.reason)
+
+
 def _cli(args: list[str], tmp_path: Path, cache: Path, timeout: int = 600,
          fault: str = "") -> subprocess.CompletedProcess:
     env = {**{k: v for k, v in os.environ.items() if k not in ("OPTBENCH_FAULT", "RAY_ADDRESS")},

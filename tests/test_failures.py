@@ -35,6 +35,45 @@ def test_failures_of_the_run_itself_are_results(error):
     assert classify(error) == ("failed", f"{type(error).__name__}: {error}")
 
 
+def _rank(rank: int, port: int, verdicts) -> None:
+    """Rank 1 never joins the all-reduce (a hung peer); rank 0 classifies what its wait raises."""
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=2))
+    if rank == 1:
+        time.sleep(6)
+        return
+    try:
+        dist.all_reduce(torch.ones(4))
+        verdicts.put(("returned", ""))
+    except Exception as e:  # noqa: BLE001 - what gloo raises is the subject
+        verdicts.put(classify(e))
+
+
+@pytest.mark.integration
+def test_a_collective_whose_peer_hangs_is_the_environment_s_failure():
+    """gloo's timeout is a plain RuntimeError; stored as the run's own failure it would count as
+    the config's worst loss for ever, though the config did nothing wrong."""
+    import torch.multiprocessing as mp
+
+    from bench.run.distributed import free_port
+
+    context, port = mp.get_context("spawn"), free_port()
+    verdicts = context.SimpleQueue()
+    ranks = [context.Process(target=_rank, args=(rank, port, verdicts)) for rank in (0, 1)]
+    for p in ranks:
+        p.start()
+    status, reason = verdicts.get()
+    for p in ranks:  # how they exit is not the subject (gloo may abort a torn-down group)
+        p.kill()
+        p.join()
+    assert status == ENVIRONMENT_FAILURE and reason.startswith("environment (collective failed)"), reason
+
+
 @pytest.mark.unit
 def test_a_sweep_task_that_returned_nothing_says_whether_its_worker_died():
     assert task_failure("WorkerCrashedError", "exit code 9").startswith("environment (killed worker): Worker")

@@ -1,10 +1,12 @@
 """A cell's bookkeeping: protocol runs at seed 0, then the winner with more seeds; the best is
 chosen the same way however the results arrived (fresh or from the store, in any order)."""
 import math
+from dataclasses import replace
 
 import pytest
 
 from bench.run.spec import RunResult
+from bench.store.record import StoredRun, to_frame
 from sweeps.cell import CellTuning
 from sweeps.plan import Cell
 from sweeps.protocols.coordinate import CoordinateDescent
@@ -76,3 +78,37 @@ def test_diverged_runs_are_the_worst_and_never_the_best():
                      reused=False)
     assert t.best_config() != {"learning_rate": 0.016}
     assert sum(math.isinf(v) for v in t.losses.values()) == 1
+
+
+
+def store_frame(runs):
+    return to_frame(StoredRun.from_result(r) for r in runs)
+
+
+def other_sweep(config, losses, **context):
+    """Results another sweep left in the store: `config` at seeds 0.., one loss each."""
+    specs = [replace(CELL.spec(config, seed), **context) for seed in range(len(losses))]
+    return [RunResult(s.key, s.to_dict(), "ok", loss) for s, loss in zip(specs, losses)]
+
+
+def test_the_report_says_when_the_whole_store_crowns_another_config_than_the_sweep():
+    """The sweep chose among its own finalists; a store extended by another sweep holds a config
+    whose three seeds beat them, which the analysis of the store (and regress --tuned-from) will
+    pick: the report must say so rather than leave two answers unexplained."""
+    t = tuning(seeds=3, finalists=2)
+    finish_all(t, lambda lr, seed: {0.016: 1.00, 0.008: 1.01}.get(lr, 2.0) + seed / 100)
+    own = list(t.results.values())
+    assert "store holds" not in best_configs([t], store_frame(own))
+    text = best_configs([t], store_frame(own + other_sweep({"learning_rate": 0.002}, [0.95] * 3)))
+    assert "learning_rate=0.016 (the best mean of 2 finalists)" in text
+    assert ("the store holds 3 more runs of this cell (other sweeps); pooled with them (optbench "
+            "analyze): another winner, learning_rate=0.002, loss 0.9500 over 3 seeds") in text
+    worse = best_configs([t], store_frame(own + other_sweep({"learning_rate": 0.002}, [1.5] * 2)))
+    assert "2 more runs" in worse and "the same winner, loss 1.0100 over 3 seeds" in worse
+
+
+def test_runs_of_another_context_are_not_the_cell_s():
+    t = tuning(seeds=3, finalists=2)
+    finish_all(t, lambda lr, seed: 1.0 + seed / 100)
+    elsewhere = other_sweep({"learning_rate": 0.002}, [0.5] * 3, tokenizer="bpe-1024")
+    assert "store holds" not in best_configs([t], store_frame(list(t.results.values()) + elsewhere))

@@ -58,6 +58,8 @@ def test_without_yes_and_without_a_terminal_it_refuses(store_url, capsys):
     (["--search-seed", "1", "--protocol", "predict"], "has no search to seed"),
     (["--finalists", "0"], "--finalists must be at least 1"),
     (["--finalists", "3"], "give --seeds 2 or more"),
+    (["--trial-timeout", "-5"], "--trial-timeout must be 0 (never) or more seconds, got -5"),
+    (["--trial-timeout", "nan"], "--trial-timeout must be 0 (never) or more seconds, got nan"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, store_url, capsys):
     assert sweep(*args, "--dry-run", store_url=store_url) == 2

@@ -66,6 +66,10 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks and the loss head")
     add_execution_flags(p, "results/checkpoints")
+    p.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
+                   help="kill a trial with no result by then (a hung device, collective or worker) "
+                        "and store it as an attempt a rerun retries (default: a multiple of the plan's "
+                        "estimate of the longest run, printed at the start; 0: never)")
     p.add_argument("--store", default=None, help="results store URL (default: sqlite under results/)")
     p.add_argument("--optuna-storage", default=None,
                    help="Optuna storage: a Journal file path or an RDB URL (default: results/optuna.journal)")
@@ -108,6 +112,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UserError("--search-seed: --protocol predict runs one fitted config and has no search to seed")
     if args.micro_batch < 0:
         raise UserError(f"--micro-batch must be 0 or more, got {args.micro_batch}")
+    if args.trial_timeout is not None and not args.trial_timeout >= 0:  # NaN too
+        raise UserError(f"--trial-timeout must be 0 (never) or more seconds, got {args.trial_timeout:g}")
     require(args.track)  # a missing tracker package fails before the plan, not after the sweep
     context = sweep_context(args)
     scale = context_cell(context).shape
@@ -372,18 +378,21 @@ def _run(tunings, args, resources, store, address, cost) -> int:
 
     from bench.track import where
     from bench.urls import shown_url
-    from sweeps.driver import Driver, start_local
+    from sweeps.driver import TIMEOUT_RULE, Driver, start_local, trial_timeout
     from sweeps.progress import Progress
     from sweeps.record import StudyRecorder, default_target, open_storage
     from sweeps.report import summary
 
     recorder = StudyRecorder(open_storage(args.optuna_storage))
     start = (lambda: None) if address else (lambda: start_local(resources))
+    timeout = trial_timeout(cost.longest_run_s) if args.trial_timeout is None else args.trial_timeout
+    print(f"Trial timeout: {f'{timeout:.0f} s' if timeout else 'none'} "
+          f"({TIMEOUT_RULE if args.trial_timeout is None else '--trial-timeout'})", flush=True)
     try:
         progress = Progress(cost.runs, cost.seconds * resources.workers, resources.workers,
                             total_tokens=cost.tokens)
         Driver(tunings, store, recorder, resources, progress, start, args.reuse_stale,
-               args.retry_failed, tuple(args.track)).run()
+               args.retry_failed, tuple(args.track), timeout).run()
     finally:
         if ray.is_initialized():
             ray.shutdown()

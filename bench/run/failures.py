@@ -1,10 +1,10 @@
 """Why a run failed: its numerics (a result) or its environment (an attempt, never a result).
-
 A run that diverges, goes non-finite or whose optimizer raises is a result of its code and its
 spec: it counts as the worst loss, and a change to the code makes it stale like any result. A run
 stopped by where it ran (no such device, out of memory, a missing module, a file or disk error, a
-killed worker) says nothing about the optimizer: it is recorded as an attempt with its reason and
-retried when asked again (a smaller --micro-batch after running out of memory, say).
+killed worker, a collective whose other rank died or hung) says nothing about the optimizer: it is
+recorded as an attempt with its reason and retried when asked again (a smaller --micro-batch after
+running out of memory, say).
 """
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ _PREFIX = "environment"
 _NO_DEVICE = re.compile(r"not compiled with CUDA|no CUDA GPUs|NVIDIA driver|CUDA driver|CUDA error|"
                         r"no kernel image|cudaErrorNoDevice", re.IGNORECASE)
 _OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|DefaultCPUAllocator", re.IGNORECASE)
+# A collective that timed out or lost its peer (gloo's and NCCL's plain RuntimeErrors): the other
+# rank died or hung, which says nothing about this rank's optimizer.
+_COLLECTIVE = re.compile(r"Timed out waiting \d+ms for \w+ operation|Connection (closed|reset) by peer|"
+                         r"NCCL (error|communicator)", re.IGNORECASE)
 _V1_REASONS = re.compile(r"^(OutOfMemoryError|MemoryError|ImportError|ModuleNotFoundError|OSError|"
                          r"FileNotFoundError|PermissionError)\b")
 
@@ -39,6 +43,9 @@ def environment_cause(error: BaseException) -> str | None:
         return "system error"
     if isinstance(error, (RuntimeError, AssertionError)) and _NO_DEVICE.search(str(error)):
         return "no such device"
+    if isinstance(error, torch.distributed.DistError) or (
+            isinstance(error, RuntimeError) and _COLLECTIVE.search(str(error))):
+        return "collective failed"
     return None
 
 
@@ -54,6 +61,12 @@ def task_failure(error_type: str, message: str) -> str:
     after Ray's own retries) or the task raised before the run could start (RayTaskError)."""
     cause = "killed worker" if "Crashed" in error_type or "Died" in error_type else "the task raised"
     return f"{_PREFIX} ({cause}): {error_type}: {message}"
+
+
+def timed_out(seconds: float) -> str:
+    """The reason of a trial the sweep killed at its deadline (sweeps.driver, --trial-timeout)."""
+    return (f"{_PREFIX} (timed out): no result within --trial-timeout {seconds:.0f} s (a hung device, "
+            "collective or worker); killed")
 
 
 def environment_failure(reason: str) -> bool:
