@@ -50,7 +50,7 @@ def test_each_rank_takes_an_equal_share_of_the_rows():
 @pytest.mark.parametrize("options, message", [
     (RunOptions(procs=3, threads=1), "does not split evenly over 3"),
     (RunOptions(procs=2, threads=1, parallel="zero"), "--parallel must be one of"),
-    (RunOptions(procs=2, threads=1, parallel="fsdp", checkpoint_every=10, checkpoint_dir="x"), "checkpoint"),
+    (RunOptions(procs=2, threads=1, parallel="fsdp", compile=True), "--compile is not supported"),
 ])
 def test_bad_combinations_are_user_errors(options, message):
     with pytest.raises(UserError, match=message):
@@ -100,18 +100,42 @@ def test_micro_batches_and_the_moe_balancing_loss_work_over_ranks(mode, cache, o
 
 
 @pytest.mark.system
-def test_a_ddp_run_resumes_from_rank_zeros_checkpoint(tmp_path, cache, one_thread, monkeypatch):
-    spec = RunSpec("adamw", "cpu-xs", RATIO)
-    options = RunOptions(threads=1, procs=2, checkpoint_every=10, checkpoint_dir=str(tmp_path))
-    straight = run(spec, RunOptions(threads=1, procs=2))
-    monkeypatch.setenv("OPTBENCH_FAULT", "raise@15")  # both ranks raise at step 15, after the checkpoint
-    from bench.run.faults import planned
-
-    failed = run(spec, RunOptions(**{**options.__dict__, "fault": planned(spec.to_dict())}))
+@pytest.mark.parametrize("name, mode", [("adamw", "ddp"), ("adamw", "fsdp"), ("muon", "fsdp"), ("kron", "fsdp")])
+def test_a_run_over_ranks_resumes_from_its_checkpoint_to_the_last_bit(name, mode, tmp_path, cache, one_thread,
+                                                                       monkeypatch):
+    """Under FSDP each rank holds the optimizer state of the parameters it owns (Kron's every rank
+    holds all: distributed.REPLICATED): rank 0 gathers them into the one checkpoint file and every
+    rank takes its own back, so the resumed run ends bitwise at the uninterrupted one's loss."""
+    spec = RunSpec(name, "cpu-xs", RATIO)
+    options = RunOptions(threads=1, procs=2, parallel=mode, checkpoint_every=10, checkpoint_dir=str(tmp_path))
+    straight = run(spec, RunOptions(threads=1, procs=2, parallel=mode))
+    failed = _fails_after_the_checkpoint(spec, options, monkeypatch)
     assert failed.status == "failed" and (tmp_path / f"{spec.key}.pt").exists()
     resumed = run(spec, options)
     assert resumed.resumed_at == 10 and resumed.final_loss == straight.final_loss
     assert not (tmp_path / f"{spec.key}.pt").exists()
+
+
+@pytest.mark.system
+def test_a_sharded_checkpoint_is_never_resumed_by_another_layout(tmp_path, cache, one_thread, monkeypatch):
+    """An FSDP checkpoint of Muon holds each of 2 ranks' own optimizer state: one process (or DDP)
+    would take rank 0's half for the whole, so it starts again from step 0 instead, and ends at
+    the loss of a run never interrupted."""
+    spec = RunSpec("muon", "cpu-xs", RATIO)
+    folder = {"checkpoint_every": 10, "checkpoint_dir": str(tmp_path)}
+    _fails_after_the_checkpoint(spec, RunOptions(threads=1, procs=2, parallel="fsdp", **folder), monkeypatch)
+    assert (tmp_path / f"{spec.key}.pt").exists()
+    one = run(spec, RunOptions(threads=1, **folder))
+    assert one.resumed_at == 0 and one.final_loss == _single("muon")
+
+
+def _fails_after_the_checkpoint(spec: RunSpec, options: RunOptions, monkeypatch):
+    """The run with both ranks raising at step 15, after the step-10 checkpoint."""
+    from bench.run.faults import planned
+
+    with monkeypatch.context() as env:
+        env.setenv("OPTBENCH_FAULT", "raise@15")
+        return run(spec, RunOptions(**{**options.__dict__, "fault": planned(spec.to_dict())}))
 
 
 @pytest.mark.system

@@ -31,12 +31,16 @@ class Checkpointer:
         torch.save({**state, "torch_rng": torch.get_rng_state()}, tmp)
         tmp.replace(self.path)
 
-    def load(self) -> dict[str, Any] | None:
+    def load(self, layout: Any = "full") -> dict[str, Any] | None:
+        """The checkpoint, if there is one of this `layout` (whose optimizer state it holds:
+        bench.run.distributed.Parallel.layout); another costs a restart, never a wrong result."""
         if not self.path.exists():
             return None
         try:
             state = torch.load(self.path, weights_only=False)
         except Exception:  # a damaged checkpoint costs a restart from step 0, never a wrong result
+            return None
+        if state.get("layout", "full") != layout:
             return None
         torch.set_rng_state(state.pop("torch_rng"))
         return state

@@ -38,7 +38,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -101,8 +101,6 @@ def validate(spec: RunSpec, options: RunOptions, cpus: int | None = None, gpus: 
 
 
 def _validate_fsdp(spec: RunSpec, options: RunOptions) -> None:
-    if options.checkpoint_every > 0 and options.checkpoint_dir:
-        raise UserError("--checkpoint-every is not supported with --parallel fsdp (use ddp)")
     if options.compile:
         raise UserError("--compile is not supported with --parallel fsdp (use ddp)")
 
@@ -223,6 +221,19 @@ class Parallel:
     def zero_grad(self) -> None:
         pass  # the optimizer's zero_grad clears the only gradients there are
 
+    # A checkpoint holds the master model and rank 0's optimizer state, which under DDP are every
+    # rank's. Its layout says whose optimizer state it holds: "full" (every parameter's), or
+    # ("fsdp", world) with every rank's own state, which only the same number of ranks can resume.
+    layout: Any = "full"
+
+    def optimizer_states(self) -> list[dict] | None:
+        """Every rank's optimizer state_dict on rank 0 where they differ (a collective: every
+        rank calls it); None where rank 0's is everyone's."""
+        return None
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """After the checkpoint `state` was loaded into the master model and the optimizer."""
+
 
 class Sharded(Parallel):
     """FSDP2 forward/backward on a sharded copy, ZeRO-style owners stepping the master copy."""
@@ -277,6 +288,28 @@ class Sharded(Parallel):
         for _, shard in self.pairs:
             shard.grad = None
 
+    @property
+    def layout(self) -> Any:
+        return "full" if self.replicated else ("fsdp", self.rank.world)
+
+    def optimizer_states(self) -> list[dict] | None:
+        """Each owner holds the state of its own parameters only: all of them go to rank 0 (on
+        the CPU: gather_object pickles them), so one file, written at once, holds the whole run."""
+        if self.replicated:
+            return None
+        states = [None] * self.rank.world if self.rank.main else None
+        dist.gather_object(_to_cpu(self.optimizer.state_dict()), states, dst=0)
+        return states
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """This rank's own optimizer state (rank 0's is loaded already), and the shards rewritten
+        from the resumed master copy, which the forward reads."""
+        if not self.replicated and not self.rank.main:
+            self.optimizer.load_state_dict(state["rank_optimizers"][self.rank.rank])
+        with torch.no_grad():
+            for master, shard in self.pairs:
+                _write_shard(shard, master)
+
 
 class _LossModule(nn.Module):
     """The model's chunk loss as a forward(), so FSDP2's root hooks gather embed, norm and head
@@ -310,6 +343,16 @@ def _copy(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model)
+
+
+def _to_cpu(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def _owners(sizes: list[int], world: int) -> list[int]:

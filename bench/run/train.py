@@ -175,7 +175,7 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     params = [t.param for t in tagged]
     autocast = _autocast(spec, device)
     ckpt = _checkpointer(spec, options)
-    first = _resume(ckpt, model, optimizer, batches, result)
+    first = _resume(ckpt, model, optimizer, batches, result, parallel)
     limit = DIVERGENCE_FACTOR * math.log(data.vocab_size)
     curve_at = {round(steps * k / CURVE_POINTS) for k in range(1, CURVE_POINTS)} - {0, steps}
     bar = _progress(steps, options.progress)
@@ -204,10 +204,8 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
             if not math.isfinite(mean) or mean > limit:
                 result.status, result.reason = "diverged", f"train loss {mean:.3g} at step {step + 1}"
                 break
-            if ckpt and ckpt.due(step + 1, steps) and main:  # ranks hold the same state
-                ckpt.save({"step": step + 1, "curve": result.curve, "eval_curve": result.eval_curve,
-                           "lr_curve": result.lr_curve, "model": model.state_dict(),
-                           "optimizer": optimizer.state_dict(), "position": batches.position})
+            if ckpt and ckpt.due(step + 1, steps):
+                _save(ckpt, step + 1, model, optimizer, batches, result, parallel, main)
     bar.close()
     done = max(1, step + 1 - first)
     result.tokens_per_s = done * batch_size * scale.seq_len / (time.perf_counter() - t_train)
@@ -278,13 +276,26 @@ def _checkpointer(spec: RunSpec, options: RunOptions) -> Checkpointer | None:
     return Checkpointer(Path(options.checkpoint_dir), spec.key, every)
 
 
-def _resume(ckpt, model, optimizer, batches, result) -> int:
-    """Load the last checkpoint if there is one; the first step to run."""
-    state = ckpt.load() if ckpt else None
+def _save(ckpt, step, model, optimizer, batches, result, parallel, main) -> None:
+    """Rank 0 writes the checkpoint: the master model and the data position are every rank's, and
+    so is the optimizer state except under FSDP, where every rank sends its own (a collective)."""
+    ranks = parallel.optimizer_states() if parallel else None
+    if main:
+        ckpt.save({"step": step, "curve": result.curve, "eval_curve": result.eval_curve,
+                   "lr_curve": result.lr_curve, "model": model.state_dict(),
+                   "optimizer": optimizer.state_dict(), "position": batches.position,
+                   "layout": parallel.layout if parallel else "full", "rank_optimizers": ranks})
+
+
+def _resume(ckpt, model, optimizer, batches, result, parallel) -> int:
+    """Load the last checkpoint if there is one of this run's layout; the first step to run."""
+    state = ckpt.load(parallel.layout if parallel else "full") if ckpt else None
     if state is None:
         return 0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if parallel:
+        parallel.resume(state)
     batches.position = state["position"]
     result.resumed_at = state["step"]
     result.curve = [tuple(p) for p in state["curve"]]
