@@ -71,7 +71,9 @@ class Resources:
 
 def trial_timeout(longest_run_s: float) -> float:
     """The default --trial-timeout in seconds, given the plan's estimate of the longest run."""
-    return max(TIMEOUT_FLOOR_S, TIMEOUT_FACTOR * longest_run_s) if math.isfinite(longest_run_s) else TIMEOUT_FLOOR_S
+    if not math.isfinite(longest_run_s):
+        return TIMEOUT_FLOOR_S
+    return max(TIMEOUT_FLOOR_S, TIMEOUT_FACTOR * longest_run_s)
 
 
 def connect(address: str) -> dict:

@@ -1,4 +1,5 @@
 """Why a run failed: its numerics (a result) or its environment (an attempt, never a result).
+
 A run that diverges, goes non-finite or whose optimizer raises is a result of its code and its
 spec: it counts as the worst loss, and a change to the code makes it stale like any result. A run
 stopped by where it ran (no such device, out of memory, a missing module, a file or disk error, a
