@@ -2,7 +2,7 @@
 
 A sweep CANNOT FINISH here (docs/DESIGN.md, "The plan at scale") when, before anything starts:
 (a) memory: one trial process's estimated memory (bench.run.memory: parameters, gradients and
-    optimizer state, divided by N under fsdp, and activations at the chosen micro-batch) is more
+    optimizer state, the state split over N under fsdp, and activations at the chosen micro-batch) is more
     than its device's usable memory: 90% of the GPU's on CUDA; on CPU 90% of this machine's
     available RAM shared by the processes that run at once (workers x procs per trial). In a Ray
     cluster the CPU check is skipped: its nodes' memory is not seen one by one.
@@ -211,7 +211,8 @@ def format_gpu_block(plan: GpuPlan, workers: int) -> str:
     gpu, f = plan.gpu, plan.fit
     peak = f"{gpu.bf16_flops / 1e12:,.0f} TFLOP/s dense bf16" if gpu.bf16_flops else "peak unknown"
     source = "visible, memory measured" if gpu.visible else "datasheet"
-    sharing = ("fsdp: parameters, gradients and optimizer state sharded over them" if plan.parallel == "fsdp"
+    sharing = ("fsdp: optimizer state split over them; each keeps the whole fp32 master copy and "
+               "its gradients beside its shard" if plan.parallel == "fsdp"
                and plan.procs > 1 else "ddp: each holds the whole model, gradients and optimizer state"
                if plan.procs > 1 else "it holds the whole model, gradients and optimizer state")
     first = next(iter(f.memory.values()))

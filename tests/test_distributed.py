@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.errors import UserError
-from bench.run.distributed import Rank, _owners, shard_rows, validate
+from bench.run.distributed import Rank, owners, shard_rows, validate
 from bench.run.spec import RunSpec
 from bench.run.train import RunOptions, run
 
@@ -32,7 +33,7 @@ def cache(monkeypatch, results_dir):
 
 @pytest.mark.unit
 def test_owners_balance_parameters_by_size():
-    owner = _owners([100, 10, 60, 50, 1], 2)
+    owner = owners([100, 10, 60, 50, 1], 2)
     load = [sum(s for s, o in zip([100, 10, 60, 50, 1], owner) if o == r) for r in range(2)]
     assert owner[0] != owner[2] and sorted(load) == [110, 111]
 
@@ -136,6 +137,78 @@ def _fails_after_the_checkpoint(spec: RunSpec, options: RunOptions, monkeypatch)
     with monkeypatch.context() as env:
         env.setenv("OPTBENCH_FAULT", "raise@15")
         return run(spec, RunOptions(**{**options.__dict__, "fault": planned(spec.to_dict())}))
+
+
+def _held_bytes(*tensors) -> int:
+    """Bytes of the distinct storages behind `tensors` (a DTensor: its local shard's)."""
+    storages = {}
+    for t in tensors:
+        if t is not None:
+            storage = (t.to_local() if hasattr(t, "to_local") else t).untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _rank_memory(rank: int, port: int, name: str, mode: str, vocab: int, held) -> None:
+    """Two training steps of one rank; what it holds just before its optimizer steps (the master
+    copy, its gradients, FSDP's shards and theirs, the optimizer state), the peak of step 2."""
+    from bench.model.build import build_model
+    from bench.model.llama import head_loss
+    from bench.optimizers.registry import get
+    from bench.run.distributed import build, setup, teardown
+    from bench.run.step import train_step
+
+    torch.set_num_threads(1)
+    setup(rank, 2, "127.0.0.1", port, "cpu")
+    try:
+        spec, where = RunSpec(name, "cpu-xs", RATIO), Rank(rank, 2, mode)
+        torch.manual_seed(0)
+        model = build_model(spec.shape, vocab)
+        definition = get(name)
+        optimizer = definition.build(model.tagged_parameters(), spec.hparams, model)
+        parallel = build(where, model, optimizer, head_loss, name)
+        shards = list(parallel.wrapped.parameters()) if mode == "fsdp" else []
+        before, step = [], parallel.step
+
+        def counted() -> None:
+            state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+            params = [*model.parameters(), *shards]
+            before.append(_held_bytes(*params, *(p.grad for p in params), *state))
+            step()
+
+        parallel.step = counted
+        batch = torch.randint(0, vocab, (spec.hparams["train_batch_size"], spec.shape.seq_len + 1))
+        for i in range(2):
+            train_step(model, optimizer, shard_rows(batch, where), i, parallel=parallel,
+                       curvature=definition.needs_curvature_pass)
+        held.put(before[-1])
+    finally:
+        teardown()
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("name, mode", [("muon", "fsdp"), ("adamw", "fsdp"), ("kron", "fsdp"), ("muon", "ddp")])
+def test_the_plan_s_memory_per_process_is_what_a_real_rank_holds(name, mode):
+    """bench.run.memory's parameters, gradients and optimizer state of one process against the
+    tensors a real rank of a 2-process run holds at its peak (just before the optimizer steps),
+    the larger of the two ranks. FSDP's own transient buffers (the gathered parameters of the
+    forward and backward) are not counted by either."""
+    import torch.multiprocessing as mp
+
+    from bench.model.scales import get_scale
+    from bench.run.distributed import free_port
+    from bench.run.memory import process_memory
+
+    vocab, port, context = 512, free_port(), mp.get_context("spawn")
+    held = context.SimpleQueue()
+    ranks = [context.Process(target=_rank_memory, args=(r, port, name, mode, vocab, held)) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    measured = max(held.get(), held.get())
+    for p in ranks:
+        p.join()
+    planned = process_memory(name, get_scale("cpu-xs"), vocab, 1, procs=2, parallel=mode, device="cpu")
+    assert planned.params + planned.grads + planned.state == pytest.approx(measured, rel=0.01)
 
 
 @pytest.mark.system

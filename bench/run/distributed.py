@@ -249,7 +249,7 @@ class Sharded(Parallel):
         fully_shard(self.wrapped)
         shards = dict(self.wrapped.model.named_parameters())
         self.pairs = [(p, shards[name]) for name, p in model.named_parameters()]
-        self.owner = _owners([p.numel() for p in self.params], rank.world)
+        self.owner = owners([p.numel() for p in self.params], rank.world)
         self.replicated = replicated
         self.forward = self.wrapped
 
@@ -327,11 +327,11 @@ class _LossModule(nn.Module):
 def build(rank: Rank, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
           optimizer_name: str) -> Parallel:
     if rank.mode == "fsdp":
-        return Sharded(rank, model, optimizer, loss_fn, _replicated(optimizer_name))
+        return Sharded(rank, model, optimizer, loss_fn, stepped_everywhere(optimizer_name))
     return Parallel(rank, model, optimizer)
 
 
-def _replicated(name: str) -> bool:
+def stepped_everywhere(name: str) -> bool:
     """Whether every rank steps every parameter: REPLICATED, and optimizers from outside
     bench/optimizers (module:Class, entry points), whose steps may not skip a missing gradient."""
     from bench.optimizers import registry
@@ -355,7 +355,7 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-def _owners(sizes: list[int], world: int) -> list[int]:
+def owners(sizes: list[int], world: int) -> list[int]:
     """Each parameter's owning rank: largest first to the least loaded (ties to the lower rank)."""
     load, owner = [0] * world, [0] * len(sizes)
     for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):

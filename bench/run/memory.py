@@ -4,13 +4,19 @@ Per process (one GPU on CUDA; one CPU process):
 - parameters: fp32 master weights, 4 bytes each (bf16 autocast keeps them fp32), counted on a model
   built on the meta device (exact for every architecture, and it allocates nothing);
 - gradients: fp32, 4 bytes per parameter;
-- optimizer state: bytes per parameter MEASURED from the real optimizer stepped twice over a small
-  model of the run's architecture, per parameter role (its name without the layer index), then
-  applied to the roles of the real model. State proportional to its parameter (AdamW's two moments,
-  Muon's momentum, Lion's) is exact; state that grows as m^2 + n^2 per m x n matrix (SOAP's
-  preconditioners) depends on the aspect ratios, which the small model (cpu-xs, i = 4h) shares with
-  both ladders; a shape of the user's own with other ratios gets an estimate;
-- with fsdp over N processes those three are divided by N (sharded); with ddp each has all of them;
+- optimizer state: bytes per parameter MEASURED from the real optimizer stepped twice over a
+  2-layer model of the run's architecture, per parameter role (its name without the layer index),
+  then applied to the roles of the real model. The 2-layer model has the real width up to
+  MEASURE_HIDDEN (256) and the real vocabulary, so up to that width every optimizer's state is
+  exact. Wider, it is 256 wide with the real MLP ratio: exact for state proportional to its
+  parameter (AdamW's moments, Muon's momentum, Lion's) and for SOAP's and Kron's, whose
+  preconditioners are per block of at most 256 x 256 (their default block_size), where the real
+  sizes are multiples of 256 (every paper scale's); an estimate otherwise;
+- with ddp every process has all three. With fsdp over N processes (bench.run.distributed.Sharded)
+  a process keeps the whole master copy and its whole gradients too (each parameter's owner steps
+  it whole), plus its 1/N shard of both for FSDP's forward and backward; only the optimizer state
+  is split, each parameter's on its owner (all of it on every process for the optimizers stepped
+  on every rank: distributed.REPLICATED and those from outside bench/optimizers);
 - activations saved for the backward at the micro-batch (ACTIVATION_VALUES_PER_LAYER), 2 bytes a
   value in bf16 (CUDA) or 4 in fp32 (CPU), plus the head's logits (LOGIT_BYTES per token).
 Not counted: the CUDA context and the allocator's fragmentation (the plan leaves DEVICE_HEADROOM of
@@ -19,6 +25,7 @@ the device free for them) and the transient buffers of one layer's backward.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 
@@ -28,7 +35,7 @@ from bench.model.build import build_model
 from bench.model.scales import Scale
 
 DEVICE_HEADROOM = 0.10  # of a device's memory kept free: CUDA context, allocator fragmentation
-SMALL_HIDDEN = 32  # cpu-xs's: the model the optimizer state is measured on
+MEASURE_HIDDEN = 256  # the widest model the optimizer state is measured on (module doc)
 FALLBACK_STATE_BYTES = 8.0  # per parameter, for an optimizer that cannot be stepped on the small model
 LOGIT_BYTES = 12  # per token and vocabulary entry: the logits in fp32, their log-softmax, its gradient
 
@@ -64,16 +71,27 @@ def param_count(scale: Scale, vocab: int) -> int:
     return sum(p.numel() for p in _meta_model(scale, vocab).parameters())
 
 
-def optimizer_state_bytes(optimizer: str, scale: Scale, vocab: int) -> int:
-    """The optimizer's state over the whole model, from its measured bytes per parameter role."""
-    # the small model's vocabulary keeps the embedding's aspect ratio (SOAP's state depends on it)
-    small_vocab = max(8, round(vocab * SMALL_HIDDEN / scale.hidden))
+def optimizer_state_bytes(optimizer: str, scale: Scale, vocab: int, procs: int = 1,
+                          parallel: str = "ddp") -> int:
+    """The optimizer's state on one process, from its measured bytes per parameter role: the whole
+    model's, or under fsdp its most loaded owner's share (bench.run.distributed.owners)."""
+    from bench.run.distributed import owners, stepped_everywhere
+
+    numels, state = zip(*_state_by_parameter(optimizer, scale, vocab))
+    if parallel != "fsdp" or procs <= 1 or stepped_everywhere(optimizer):
+        return round(sum(state))
+    owner = owners(list(numels), procs)
+    return round(max(sum(b for b, o in zip(state, owner) if o == r) for r in range(procs)))
+
+
+def _state_by_parameter(optimizer: str, scale: Scale, vocab: int) -> list[tuple[int, float]]:
+    """(elements, state bytes) of every parameter of the model, in the model's order."""
     try:
-        per_role, overall = state_per_parameter(optimizer, scale.arch, _arch_options(scale), small_vocab)
+        per_role, overall = state_per_parameter(optimizer, scale.arch, _measured_shape(scale), vocab)
     except Exception:  # it fails its own runs; the plan counts AdamW's two fp32 moments for it
         per_role, overall = {}, FALLBACK_STATE_BYTES
-    return round(sum(per_role.get(_role(n), overall) * p.numel()
-                     for n, p in _meta_model(scale, vocab).named_parameters()))
+    return [(p.numel(), per_role.get(_role(n), overall) * p.numel())
+            for n, p in _meta_model(scale, vocab).named_parameters()]
 
 
 def activation_bytes(scale: Scale, vocab: int, sequences: int, value_bytes: int) -> int:
@@ -85,12 +103,13 @@ def activation_bytes(scale: Scale, vocab: int, sequences: int, value_bytes: int)
 
 def process_memory(optimizer: str, scale: Scale, vocab: int, sequences: int, procs: int = 1,
                    parallel: str = "ddp", device: str = "cuda") -> Memory:
-    """One process's memory with `sequences` per micro-batch; fsdp shards the model over `procs`."""
-    shards = procs if parallel == "fsdp" else 1
-    params = param_count(scale, vocab)
+    """One process's memory with `sequences` per micro-batch, its run spread over `procs` (module
+    doc: under fsdp the master copy and its gradients stay whole, the state is split)."""
+    params = 4 * param_count(scale, vocab)
+    if parallel == "fsdp" and procs > 1:
+        params += -(-params // procs)  # the process's FSDP shard beside the master copy
     value_bytes = 2 if device == "cuda" else 4  # bf16 autocast on CUDA, fp32 on CPU (RunSpec)
-    return Memory(-(-4 * params // shards), -(-4 * params // shards),
-                  -(-optimizer_state_bytes(optimizer, scale, vocab) // shards),
+    return Memory(params, params, optimizer_state_bytes(optimizer, scale, vocab, procs, parallel),
                   activation_bytes(scale, vocab, sequences, value_bytes))
 
 
@@ -112,9 +131,9 @@ def available_ram() -> int:
 def state_per_parameter(optimizer: str, arch: str, options: tuple = (),
                         vocab: int = 256) -> tuple[dict[str, float], float]:
     """({role: state bytes per parameter}, over all parameters) of `optimizer`, measured: built with
-    its defaults over a 2-layer cpu-xs model of `arch` (SMALL_HIDDEN wide) and `vocab`, stepped twice (some build their state on the
-    first step), its state tensors summed per parameter. State kept under other keys than the
-    parameters is spread over all of them."""
+    its defaults over a 2-layer model of `arch` with the model fields `options` (_measured_shape)
+    and `vocab`, stepped twice (some build their state on the first step), its state tensors
+    summed per parameter. State kept under other keys than the parameters is spread over all."""
     from bench.optimizers.registry import get
     from bench.run.spec import RunSpec
     from bench.run.step import train_step
@@ -144,10 +163,12 @@ def state_per_parameter(optimizer: str, arch: str, options: tuple = (),
 
 
 def _tensor_bytes(obj, seen: set | None = None) -> int:
-    """Bytes of the distinct tensors in obj (nested dicts, lists, tuples)."""
+    """Bytes of the distinct tensors in obj (nested dicts, lists, tuples). A tensor is its own
+    memory (its address and size), not its storage's: Kron keeps its blocks' factors as slices of
+    one stacked tensor, and slices of equal size must count once each, not once together."""
     seen = set() if seen is None else seen
     if isinstance(obj, torch.Tensor):
-        key = (obj.untyped_storage().data_ptr(), obj.nbytes) if obj.device.type != "meta" else id(obj)
+        key = (obj.data_ptr(), obj.nbytes) if obj.device.type != "meta" else id(obj)
         if key in seen:
             return 0
         seen.add(key)
@@ -164,11 +185,15 @@ def _role(name: str) -> str:
     return re.sub(r"\.\d+(?=\.|$)", ".*", name)
 
 
-def _arch_options(scale: Scale) -> tuple:
-    """The options a small model of the architecture keeps: an MoE's expert counts (widths scale)."""
+def _measured_shape(scale: Scale) -> tuple:
+    """The model fields of the 2-layer model the state is measured on (module doc): the width up to
+    MEASURE_HIDDEN with the real MLP ratio, and an MoE's expert counts (its widths follow)."""
+    hidden = min(scale.hidden, MEASURE_HIDDEN)
+    shape = (("hidden", hidden), ("intermediate", max(1, scale.intermediate * hidden // scale.hidden)),
+             ("heads", math.gcd(hidden, scale.heads)))
     if scale.arch == "moe":
-        return (("experts", scale.experts), ("top_k", scale.top_k), ("shared_experts", scale.shared_experts))
-    return ()
+        shape += (("experts", scale.experts), ("top_k", scale.top_k), ("shared_experts", scale.shared_experts))
+    return shape
 
 
 @functools.lru_cache(maxsize=8)
