@@ -3,10 +3,11 @@
 Speedups come from the analysis package (analysis.cells.summarize_cells, then
 analysis.speedups.estimate_speedups) applied to this sweep's runs only, so the table reflects the
 protocol and budget that were run. Where the store holds more runs of a cell (other sweeps), the
-best-config list says what the analysis of the whole store picks, so the two never differ unsaid. Runs of different contexts (data, precision, ...:
-bench.store.record.CONTEXT_COLUMNS) never share a cell: each context gets its own section. The
-study's law L(D) = alpha * D^(-B) + beta has three parameters, so a scale needs AdamW at three or
-more ratios for a speedup; with fewer the analysis says so and the best-loss table stands alone.
+best-config list says what the analysis of the whole store picks, so the two never differ unsaid.
+Runs of different contexts (data, precision, ...: bench.store.record.CONTEXT_COLUMNS) never share a
+cell: each context gets its own section. The study's law L(D) = alpha * D^(-B) + beta has three
+parameters, so a scale needs AdamW at three or more ratios for a speedup; with fewer the analysis
+says so and the best-loss table stands alone.
 """
 from __future__ import annotations
 

@@ -80,7 +80,6 @@ def test_diverged_runs_are_the_worst_and_never_the_best():
     assert sum(math.isinf(v) for v in t.losses.values()) == 1
 
 
-
 def store_frame(runs):
     return to_frame(StoredRun.from_result(r) for r in runs)
 
