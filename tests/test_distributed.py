@@ -1,6 +1,8 @@
 """One trial over N processes (torch.distributed, gloo on CPU): 2 processes x 1 thread end at the
-final loss of 1 process x 1 thread under ddp and fsdp, a sweep's gang runs through real Ray and
-stores procs == 2, and bad input is one line with exit code 2.
+final loss of 1 process x 1 thread under ddp and fsdp, a checkpointed run resumes to the last bit
+under both, the plan's memory per process is what a real rank holds, a sweep's gang runs through
+real Ray and stores procs == 2, a rank that dies or hangs is an attempt, never a result, and bad
+input is one line with exit code 2.
 
 The tolerance is measured, not guessed: at cpu-xs, ratio 0.05 (16 steps), |2x1 - 1x1| was 2e-9
 nats for adamw and kron and 7e-8 for muon, the same under ddp and fsdp (the averaged gradient
@@ -104,8 +106,8 @@ def test_micro_batches_and_the_moe_balancing_loss_work_over_ranks(mode, cache, o
 @pytest.mark.parametrize("name, mode", [("adamw", "ddp"), ("adamw", "fsdp"), ("muon", "fsdp"), ("kron", "fsdp")])
 def test_a_run_over_ranks_resumes_from_its_checkpoint_to_the_last_bit(name, mode, tmp_path, cache, one_thread,
                                                                        monkeypatch):
-    """Under FSDP each rank holds the optimizer state of the parameters it owns (Kron's every rank
-    holds all: distributed.REPLICATED): rank 0 gathers them into the one checkpoint file and every
+    """Under FSDP each rank holds the optimizer state of the parameters it owns (with Kron every
+    rank holds all of it: distributed.REPLICATED): rank 0 gathers them into the one checkpoint file and every
     rank takes its own back, so the resumed run ends bitwise at the uninterrupted one's loss."""
     spec = RunSpec(name, "cpu-xs", RATIO)
     options = RunOptions(threads=1, procs=2, parallel=mode, checkpoint_every=10, checkpoint_dir=str(tmp_path))
