@@ -284,12 +284,17 @@ def _save(ckpt, step, model, optimizer, batches, result, parallel, main) -> None
         ckpt.save({"step": step, "curve": result.curve, "eval_curve": result.eval_curve,
                    "lr_curve": result.lr_curve, "model": model.state_dict(),
                    "optimizer": optimizer.state_dict(), "position": batches.position,
-                   "layout": parallel.layout if parallel else "full", "rank_optimizers": ranks})
+                   "layout": _layout(parallel), "rank_optimizers": ranks})
+
+
+def _layout(parallel: Parallel | None):
+    """Whose optimizer state a checkpoint of this run holds (bench.run.distributed.Parallel.layout)."""
+    return parallel.layout if parallel else "full"
 
 
 def _resume(ckpt, model, optimizer, batches, result, parallel) -> int:
     """Load the last checkpoint if there is one of this run's layout; the first step to run."""
-    state = ckpt.load(parallel.layout if parallel else "full") if ckpt else None
+    state = ckpt.load(_layout(parallel)) if ckpt else None
     if state is None:
         return 0
     model.load_state_dict(state["model"])
