@@ -93,6 +93,25 @@ def agreement(ours: Side, study: Side, level: float = 0.9) -> Agreement:
     return Agreement(_table(names, ours, study, level), tau, mad, level, only)
 
 
+def by_ratio(result: SpeedupResult, scale: str, label: str, study: Side,
+             level: float = 0.9) -> pd.DataFrame:
+    """Agreement with our side read at one ratio at a time: which of our budgets predicts the
+    study best. A ratio where fewer than MIN_OPTIMIZERS optimizers have a speedup is left out."""
+    table = result.speedups
+    ratios = sorted(set(table.loc[(table["scale"] == scale) & table["speedup"].notna(), "ratio"]))
+    rows = []
+    for ratio in ratios:
+        ours = side(result, scale, f"{label} at {ratio:g}x", (ratio,))
+        if sum(n in ours.point for n in study.point) < MIN_OPTIMIZERS:
+            continue
+        agr = agreement(ours, study, level)
+        rows.append({"ratio": ratio, "optimizers": len(agr.table),
+                     "tau": agr.tau[0], "tau_low": agr.tau[1], "tau_high": agr.tau[2],
+                     "mad": agr.mad[0], "mad_low": agr.mad[1], "mad_high": agr.mad[2]})
+    return pd.DataFrame(rows, columns=["ratio", "optimizers", "tau", "tau_low", "tau_high",
+                                       "mad", "mad_low", "mad_high"])
+
+
 def _tau(x: np.ndarray, y: np.ndarray) -> float:
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         return math.nan  # an unbounded speedup has no place in a ranking

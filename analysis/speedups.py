@@ -240,13 +240,13 @@ def interval_method(speedups: pd.DataFrame, level: float) -> str:
     return f"{level:.0%} percentile bootstrap: {'; '.join(parts)}; AdamW's law refitted in every replicate"
 
 
-def parse_ratios(text: str | None) -> tuple[float, ...] | None:
+def parse_ratios(text: str | None, flag: str = "--fit-ratios") -> tuple[float, ...] | None:
     """'1,2,4,8' -> (1.0, 2.0, 4.0, 8.0); None, '' or 'all' -> None (every ratio)."""
     if text is None or text.strip().lower() in ("", "all"):
         return None
     try:
         values = tuple(float(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
-        raise UserError(f"--fit-ratios wants numbers separated by commas or 'all', "
+        raise UserError(f"{flag} wants numbers separated by commas or 'all', "
                         f"got {text!r}") from None
     return values

@@ -95,6 +95,24 @@ def test_cli_on_the_regression_baseline(tmp_path):
     assert "Kendall's tau" in out and (tmp_path / "agr.png").stat().st_size > 0
 
 
+def test_cli_reads_one_ratio_alone(tmp_path):
+    """-by-ratio.csv holds each ratio's agreement alone; --ratios R averages over R only and
+    agrees with that row."""
+    code, _, _ = _run("agreement", "--baseline", str(BASELINE), "--n-boot", "200", "--no-plots",
+                      "--out", str(tmp_path / "all"))
+    with (tmp_path / "all-by-ratio.csv").open() as f:
+        rows = {float(r["ratio"]): r for r in csv.DictReader(f)}
+    assert code == 0 and set(rows) == {0.25, 0.5}  # at 1x fewer than 3 optimizers have a speedup
+    assert all(float(r["tau_low"]) <= float(r["tau"]) <= float(r["tau_high"]) for r in rows.values())
+    code, out, _ = _run("agreement", "--baseline", str(BASELINE), "--n-boot", "200", "--no-plots",
+                        "--ratios", "0.5", "--out", str(tmp_path / "half"))
+    with (tmp_path / "half.csv").open() as f:
+        assert {r["ours_ratios"] for r in csv.DictReader(f)} == {"0.5"}
+    half = rows[0.5]
+    assert code == 0 and f"{float(half['tau']):.2f} [{float(half['tau_low']):.2f}, " in out
+    assert f"{float(half['mad']):.3f} [{float(half['mad_low']):.3f}, " in out
+
+
 def test_figure_draws_the_table(study):
     ours = _mirrored(study, "mirror")
     agr = agreement(ours, study)
@@ -134,6 +152,10 @@ def test_bad_input_is_one_line(tmp_path):
     code, _, err = _run("agreement", "--baseline", str(BASELINE), "--study-scale", "7B", "--out",
                         str(tmp_path / "a"), "--n-boot", "100")
     assert code == 2 and "--study-scale 7B" in err and err.count("\n") == 1
+    for ratios, says in (("3", "speedups are at 0.25, 0.5, 1"), ("1,x", "--ratios wants numbers")):
+        code, _, err = _run("agreement", "--baseline", str(BASELINE), "--ratios", ratios, "--out",
+                            str(tmp_path / "r"), "--n-boot", "100")
+        assert code == 2 and says in err and err.count("\n") == 1
     url = f"sqlite:///{tmp_path / 'two.db'}"
     store = ResultStore(url)
     for precision in ("fp32", "bf16"):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.agreement import Side, agreement, side
+from analysis.agreement import Side, agreement, by_ratio, side
+from analysis.speedups import SpeedupResult
 from bench.cli.analysis import add_context_flags, load_store_runs, only_contexts
 from bench.errors import UserError
 
@@ -31,13 +32,16 @@ def register(subparsers) -> None:
     source.add_argument("--baseline", type=Path, default=None,
                         help="a regression baseline file (optbench regress) instead of a store")
     p.add_argument("--scale", default=None, help="our scale (default: the only one the runs have)")
+    p.add_argument("--ratios", default=None,
+                   help="our ratios to average over, e.g. 1,2 (default: all; AdamW's law is fitted on "
+                        "every ratio either way)")
     add_context_flags(p)
     p.add_argument("--study-scale", default=STUDY_SCALE,
                    help=f"the study's scale to compare with (default: {STUDY_SCALE})")
     p.add_argument("--out", type=Path, default=None,
                    help="file stem (default: results/agreement/<scale>-vs-<study scale>); "
                         ".csv (per optimizer), -cells.csv (our cells: each best config's seeds), "
-                        ".md, .png, .pdf")
+                        "-by-ratio.csv (the agreement of each of our ratios alone), .md, .png, .pdf")
     p.add_argument("--choose", choices=("means", "tuning-seed"), default="means",
                    help="each cell's winner, where a sweep ran --finalists: the best mean over seeds "
                         "(default, as `analyze`) or the best tuning-seed loss, the study's rule")
@@ -58,21 +62,27 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     ours = _our_side(args)
     study = _study_side(args)
     agr = agreement(ours.side, study, args.level)
+    ratios = _shown(by_ratio(ours.result, ours.scale, ours.side.label, study, args.level))
     stem = args.out or results_dir() / "agreement" / f"{ours.scale}-vs-{args.study_scale}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     table = _shown(agr.table)
     table.to_csv(with_ext(stem, "csv"), index=False)
     cells_csv = stem.with_name(f"{stem.name}-cells.csv")
     ours.cells.to_csv(cells_csv, index=False)
+    ratios_csv = stem.with_name(f"{stem.name}-by-ratio.csv")
+    ratios.to_csv(ratios_csv, index=False)
     summary = summary_lines(agr, ours.side.label, study.label) + selection_lines(ours.cells)
-    with_ext(stem, "md").write_text("\n\n".join([f"Context: {ours.context}", format_frame(table), *summary]) + "\n")
+    by_ratio_text = ["Each of our ratios alone against the study:", format_frame(ratios)]
+    with_ext(stem, "md").write_text(
+        "\n\n".join([f"Context: {ours.context}", format_frame(table), *summary, *by_ratio_text]) + "\n")
     print(f"context: {ours.context}")
     print(format_frame(table))
     print("\n".join(summary))
+    print("\n".join(by_ratio_text))
     if agr.only_one_side:
         print("left out (on one side only): "
               + ", ".join(f"{n} ({where})" for n, where in agr.only_one_side.items()))
-    written = [with_ext(stem, "csv"), cells_csv, with_ext(stem, "md")]
+    written = [with_ext(stem, "csv"), cells_csv, ratios_csv, with_ext(stem, "md")]
     if not args.no_plots:
         written += save(agreement_figure(agr, ours.side.label, study.label, ours.context), stem)
     print("wrote " + ", ".join(str(p) for p in written))
@@ -105,14 +115,16 @@ class Ours:
     context: str  # its label
     scale: str
     cells: pd.DataFrame  # the cells behind it, as written to -cells.csv
+    result: SpeedupResult  # every cell's speedup, behind `side`
 
 
 def _our_side(args: argparse.Namespace) -> Ours:
     """Our side in its one context and scale; UserError on several (name one with the context
     flags or --scale)."""
     from analysis.cells import on_tuning_seed, split_by_context, summarize_cells
-    from analysis.speedups import SpeedupOptions, estimate_speedups
+    from analysis.speedups import SpeedupOptions, estimate_speedups, parse_ratios
 
+    ratios = parse_ratios(args.ratios, "--ratios")
     runs = _runs(args)
     runs = only_contexts(runs, args)
     contexts = split_by_context(runs)
@@ -128,7 +140,14 @@ def _our_side(args: argparse.Namespace) -> Ours:
     cells = summarize_cells(runs)
     result = estimate_speedups(cells, SpeedupOptions(n_boot=args.n_boot, level=args.level, seed=(args.seed, 1)))
     source = args.baseline.name if args.baseline else "store"
-    return Ours(side(result, scale, f"{scale} ({source})", None), context, scale, _cells_shown(cells, runs))
+    label = f"{scale} ({source})"
+    if ratios is not None:
+        have = sorted(set(result.speedups.loc[result.speedups["speedup"].notna(), "ratio"]))
+        if not set(ratios) & set(have):
+            raise UserError(f"--ratios {args.ratios}: no speedups there; the speedups are at "
+                            f"{', '.join(f'{r:g}' for r in have) or 'no ratio'}")
+        label = f"{scale} ({source}, {','.join(f'{r:g}' for r in ratios)}x)"
+    return Ours(side(result, scale, label, ratios), context, scale, _cells_shown(cells, runs), result)
 
 
 def _runs(args: argparse.Namespace) -> pd.DataFrame:
