@@ -396,10 +396,11 @@ def tuning_cost_figure(traces, cost, title: str, context: str) -> plt.Figure:
                    "the study's); thick: the median over seeds; shaded: their range. A curve that ends "
                    "early stopped there (coordinate descent converged; its best counts on in the median) "
                    "or its sweep ran no further. C: coordinate descent's trials in the study's key order."
-                   + (f" Its winner's loss varies by {cost.seed_sd:.4f} (sd over training seeds 1+): "
-                      "a band narrower than that is entered partly by luck." if cost.seed_sd > cost.tol else ""),
-                   "Right: each search's winner minus coordinate descent's winner, mean over training "
-                   "seeds 1+ (paired by seed; seed 0 chose the winners); dots: search seeds, bar: "
+                   + (f" Its winner's loss varies by {cost.seed_sd:.4f} (sd over the training seeds that "
+                      "did not choose it): a band narrower than that is entered partly by luck."
+                      if cost.seed_sd > cost.tol else ""),
+                   "Right: each search's winner minus coordinate descent's winner, mean over the training "
+                   "seeds neither was chosen on (paired by seed); dots: search seeds, bar: "
                    "their mean with a 90% t interval.", f"Context: {context}."])
     return fig
 

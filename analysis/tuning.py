@@ -6,8 +6,9 @@ its trial count C is what the study pays per cell. A search meets the goal (a th
 cost) when its best-so-far enters the band within C/3 trials. The rate of success over seeds is
 reported with its one-sided 90% Clopper-Pearson lower bound, the loss gap at the goal's budget with
 a 90% Student-t interval over seeds. Seed-0 losses carry the training seed's luck, so each search's
-winner is also compared with the reference's on the training seeds neither was chosen on, paired
-by seed (docs/TUNING.md).
+winner (its best seed-0 config, or with finalists the best mean over the seeds they all ran) is
+also compared with the reference's on the training seeds neither was chosen on, paired by seed
+(docs/TUNING.md).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Trace:
     run_keys: tuple[str, ...] = ()
     winner: dict[str, Any] | None = None  # its best config (ties: the sweep's choice)
     winner_losses: tuple[float, ...] = ()  # the winner's loss at every stored training seed, 0 first
+    chosen_on: int = 1  # training seeds 0..chosen_on-1 chose the winner (more than 1: finalists' means)
 
     def best_so_far(self) -> np.ndarray:
         return np.minimum.accumulate(np.asarray(self.losses, dtype=float)) if self.losses else np.empty(0)
@@ -88,7 +90,7 @@ def tuning_cost(traces: Sequence[Trace], tol: float = APPROX_BEST_TOL) -> Tuning
     for name in dict.fromkeys(t.protocol for t in traces):
         group = sorted((t for t in traces if t.protocol == name), key=lambda t: t.search_seed)
         protocols.append(_protocol_cost(name, group, best, best + tol, goal, ref))
-    spread = [x for x in (ref.winner_losses[1:] if ref else ()) if math.isfinite(x)]  # not the seed it won on
+    spread = [x for x in (ref.winner_losses[ref.chosen_on:] if ref else ()) if math.isfinite(x)]  # not those it won on
     seed_sd = float(np.std(spread, ddof=1)) if len(spread) >= 2 else math.nan
     return TuningCost(best, tol, reference, goal, tuple(protocols), seed_sd)
 
@@ -114,11 +116,11 @@ def _protocol_cost(name: str, group: list[Trace], best: float, threshold: float,
 
 def winner_gap(trace: Trace, ref: Trace | None) -> float:
     """Mean over the training seeds both winners ran at of (its winner's loss - the reference
-    winner's): pairing by seed cancels what a seed does to every config (init, data order). nan
-    without a seed beyond 0 in common: seed 0 is the one the winners were chosen on."""
+    winner's): pairing by seed cancels what a seed does to every config (init, data order). Only
+    seeds neither winner was chosen on count; nan without one."""
     if ref is None:
         return math.nan
-    pairs = list(zip(trace.winner_losses, ref.winner_losses))[1:]
+    pairs = list(zip(trace.winner_losses, ref.winner_losses))[max(trace.chosen_on, ref.chosen_on):]
     diffs = [a - b for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
     return float(np.mean(diffs)) if diffs else math.nan
 

@@ -80,13 +80,7 @@ class CellTuning:
         return self.configs[ranked[0]] if ranked else None
 
     def _finalists(self) -> list[Config]:
-        """The configs of the `finalists` lowest distinct seed-0 losses (ties: the smaller config
-        id). A loss equal to the last bit means a key that did not change training (epsilon at
-        1e-20 or 1e-25, an unreached clipping norm): re-running such twins would spend the
-        finalists on one config's luck."""
-        finite = sorted((loss, cid) for cid, loss in self.losses.items() if math.isfinite(loss))
-        distinct = {loss: cid for loss, cid in reversed(finite)}  # each loss's smallest config id
-        return [self.configs[distinct[loss]] for loss in sorted(distinct)[:self.finalists]]
+        return [self.configs[cid] for cid in finalists(self.losses, self.finalists)]
 
     def best_loss(self) -> float:
         return min(self.losses.values(), default=math.inf)
@@ -113,3 +107,13 @@ def loss_of(result: RunResult) -> float:
     """The loss a protocol sees: the final loss of a finished run, +inf (the worst) otherwise."""
     ok = result.status == "ok" and result.final_loss is not None and math.isfinite(result.final_loss)
     return float(result.final_loss) if ok else math.inf
+
+
+def finalists(losses: dict[str, float], k: int) -> list[str]:
+    """The config ids of the `k` lowest distinct seed-0 losses (ties: the smaller config id). A
+    loss equal to the last bit means a key that did not change training (epsilon at 1e-20 or
+    1e-25, an unreached clipping norm): re-running such twins would spend the finalists on one
+    config's luck."""
+    finite = sorted((loss, cid) for cid, loss in losses.items() if math.isfinite(loss))
+    distinct = {loss: cid for loss, cid in reversed(finite)}  # each loss's smallest config id
+    return [distinct[loss] for loss in sorted(distinct)[:k]]

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from analysis.cells import config_key
+from analysis.cells import config_key, rank_configs
 from analysis.tuning import Trace
 from bench.store.record import StoredRun
+from sweeps.cell import finalists
 from sweeps.grid import Config
 from sweeps.plan import Cell
 from sweeps.protocols.phases import make_protocol
@@ -23,9 +24,10 @@ from sweeps.protocols.phases import make_protocol
 UNBOUNDED = 100_000  # a budget no sweep reaches: the protocol or the store ends the replay
 
 
-def replay(cell: Cell, stored: Sequence[StoredRun], device: str = "cpu") -> Trace:
+def replay(cell: Cell, stored: Sequence[StoredRun], device: str = "cpu", finalists: int = 1) -> Trace:
     """`cell`'s protocol at its search seed, told the seed-0 losses in `stored` (runs of the
-    cell's context) until it stops or asks for a run the store lacks."""
+    cell's context) until it stops or asks for a run the store lacks. Its winner is chosen as
+    `sweep --finalists` did (_choose)."""
     protocol, _ = make_protocol(cell, UNBOUNDED, stored)
     runs = {r.run_key: r for r in stored}
     known: dict[str, float] = {}
@@ -44,9 +46,9 @@ def replay(cell: Cell, stored: Sequence[StoredRun], device: str = "cpu") -> Trac
         if not finished:
             break
     losses = [known[config_key(c)] for c in configs]
-    winner = _winner(losses, configs)
+    winner, chosen_on = _choose(cell, configs, losses, runs, device, finalists)
     return Trace(cell.protocol, cell.search_seed, protocol.label, tuple(losses), finished, tuple(configs),
-                 tuple(keys), winner, _seed_losses(cell, winner, runs, device))
+                 tuple(keys), winner, _seed_losses(cell, winner, runs, device), chosen_on)
 
 
 def stored_loss(run: StoredRun) -> float:
@@ -55,11 +57,21 @@ def stored_loss(run: StoredRun) -> float:
     return float(run.final_loss) if ok else math.inf
 
 
-def _winner(losses: list[float], configs: list[Config]) -> Config | None:
-    """The best trial's config; ties in loss go to the smaller config id, as the sweep's
-    (sweeps/cell.py) did when it chose whose seeds to run."""
-    finite = [(loss, config_key(c), c) for loss, c in zip(losses, configs) if math.isfinite(loss)]
-    return min(finite, key=lambda x: x[:2])[2] if finite else None
+def _choose(cell: Cell, configs: list[Config], losses: list[float], runs: dict[str, StoredRun],
+            device: str, k: int) -> tuple[Config | None, int]:
+    """The winner and how many training seeds (0 up) chose it: the best seed-0 loss (ties: the
+    smaller config id, as sweeps/cell.py), or the best of the `k` finalists (sweeps.cell.finalists)
+    on the seeds they all ran, as the sweep's rank_configs chose. A seed only the winner ran (a
+    fresh seed, trained later to judge it) never takes part in the choice."""
+    by_id = {config_key(c): c for c in configs}
+    chosen = finalists({config_key(c): loss for c, loss in zip(configs, losses)}, k)
+    seeds = {cid: _seed_losses(cell, by_id[cid], runs, device) for cid in chosen}
+    shared = min((len(v) for v in seeds.values()), default=0)
+    if len(chosen) < 2 or shared < 2:
+        return (by_id[chosen[0]] if chosen else None), 1
+    ranked = rank_configs({cid: {s: x for s, x in enumerate(v[:shared]) if math.isfinite(x)}
+                           for cid, v in seeds.items()})
+    return by_id[ranked[0]], shared
 
 
 def _seed_losses(cell: Cell, config: Config | None, runs: dict[str, StoredRun], device: str) -> tuple[float, ...]:

@@ -59,3 +59,11 @@ def test_winners_are_compared_paired_by_training_seed_and_never_on_the_seed_they
     assert tpe.winner_gap[0] == pytest.approx(0.01)  # seeds 1 and 2 only; each seed's shift cancels
     assert cost.seed_sd == pytest.approx(0.2 / math.sqrt(2))  # over seeds 1 and 2
     assert math.isnan(tuning_cost([ref, trace("gp", 0, [3.2])]).protocols[1].winner_gap[0])
+
+
+def test_winners_chosen_on_finalists_means_are_compared_on_the_seeds_after_those():
+    ref = Trace("coordinate", 0, "", (3.0,), True, winner_losses=(3.0, 3.1, 3.2, 3.5, 3.7), chosen_on=3)
+    other = Trace("tpe", 0, "", (3.1,), True, winner_losses=(3.1, 3.0, 3.0, 3.52, 3.74))
+    cost = tuning_cost([ref, other])
+    assert cost.protocols[1].winner_gap[0] == pytest.approx(0.03)  # seeds 3 and 4: neither chose on them
+    assert cost.seed_sd == pytest.approx(0.2 / math.sqrt(2))

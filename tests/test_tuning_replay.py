@@ -63,6 +63,23 @@ def test_a_replay_asks_for_the_sweeps_trials_in_order_and_the_command_draws_them
     assert list(rows["run_key"]) == STARTED.findall(transfer.stderr) and "warning" not in done.stderr
 
 
+def test_with_finalists_the_replay_picks_the_winner_the_sweep_picked(store_url, tmp_path):
+    journal = tmp_path / "optuna.journal"
+    done = sweep(store_url, journal, "--max-trials", "4", "--seeds", "3", "--finalists", "2", ratio="0.07")
+    line = next(x for x in done.stdout.splitlines() if "(the best mean of 2 finalists)" in x)
+    picked = dict(kv.split("=") for kv in line.split()[2:-6])
+    cost = optbench("tuning-cost", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "0.07",
+                    "--store", store_url, "--optuna-storage", str(journal), "--out", str(tmp_path / "f"),
+                    "--finalists", "2")
+    assert cost.returncode == 0, cost.stderr[-3000:]
+    rows = pd.read_csv(tmp_path / "f.csv")
+    winner = rows[rows["winner"]]
+    assert list(winner["seed"]) == [0, 1, 2] and winner["chose_winner"].all()
+    config = json.loads(winner["config"].iloc[0])
+    assert {k: str(config[k]) for k in picked} == picked
+    assert "finalists' means over seeds 0-2" in cost.stdout
+
+
 def test_without_a_recorded_sweep_it_says_so_in_one_line(store_url, tmp_path):
     done = optbench("tuning-cost", "--optimizer", "adamw", "--scale", "cpu-xs", "--ratio", "1",
                     "--store", store_url, "--optuna-storage", str(tmp_path / "none.journal"))

@@ -22,6 +22,10 @@ def register(subparsers) -> None:
     p.add_argument("--optuna-storage", default=None,
                    help="where the sweeps recorded their studies, which say the protocols and search "
                         "seeds swept (default: results/optuna.journal)")
+    p.add_argument("--finalists", type=int, default=1,
+                   help="choose each search's winner as `sweep --finalists K` did: the best mean, over "
+                        "the training seeds they all ran, of its K best seed-0 configs (default 1: its "
+                        "best seed-0 loss); winners are compared on the seeds that chose neither")
     p.add_argument("--out", type=Path, default=None,
                    help="file stem (default: results/tuning-cost/<optimizer>-<scale>-<ratio>x); "
                         ".png, .pdf and .csv (every trial)")
@@ -41,6 +45,8 @@ def cmd_tuning_cost(args: argparse.Namespace) -> int:
     from sweeps.replay import replay
 
     load_grid(args.optimizer, "cpu")  # an unknown optimizer fails here, in one line
+    if args.finalists < 1:
+        raise UserError(f"--finalists must be at least 1 (got {args.finalists})")
     scale = get_scale(args.scale)
     store = ResultStore(args.store)
     swept = swept_searches(args.optuna_storage, args.optimizer, scale.name, args.ratio)
@@ -50,7 +56,7 @@ def cmd_tuning_cost(args: argparse.Namespace) -> int:
     cells = [Cell(args.optimizer, scale.name, args.ratio, p, search_seed=s) for p, s, _ in swept]
     stored = [r for r in store.runs(optimizer=args.optimizer, scale=ladder_up_to(scale))
               if same_context(r, cells[0])]
-    traces = [replay(c, stored) for c in cells]
+    traces = [replay(c, stored, finalists=args.finalists) for c in cells]
     for line in replay_changes(traces, [ran for _, _, ran in swept]):
         print(line, file=sys.stderr)
     traces = [t for t in traces if t.losses]
@@ -116,6 +122,10 @@ def format_cost(cost, traces, cell: str) -> str:
                      f"{_interval(p.gap_at_goal):28} {_interval(p.winner_gap)}")
     firsts = [next(t for t in traces if t.protocol == p.protocol) for p in cost.protocols]
     lines += [f"  {t.protocol} at search seed {t.search_seed}: {t.label}" for t in firsts]
+    chosen = sorted({t.chosen_on for t in traces if t.winner is not None})
+    lines.append("winners chosen on " + " or ".join(
+        "seed 0" if n == 1 else f"finalists' means over seeds 0-{n - 1}" for n in chosen)
+        + "; compared on the training seeds neither winner was chosen on")
     lines.append("trials: '+' marks a search the store holds no further (its sweep stopped), not one that "
                  "finished; to band: '-' never entered it; intervals are over search seeds.")
     return "\n".join(lines)
@@ -130,7 +140,8 @@ def _interval(stat) -> str:
 
 def trial_frame(traces, optimizer: str, scale: str, ratio: float):
     """Every trial of every replayed search at seed 0 (what the curves are drawn from), then each
-    search's winner at its further training seeds (trial empty, winner true)."""
+    search's winner at its further training seeds (trial empty, winner true; chose_winner: a seed
+    its choice was made on)."""
     import json
 
     import pandas as pd
@@ -139,7 +150,7 @@ def trial_frame(traces, optimizer: str, scale: str, ratio: float):
         return {"optimizer": optimizer, "scale": scale, "ratio": ratio, "protocol": t.protocol,
                 "search_seed": t.search_seed, "trial": trial, "seed": seed, "run_key": key, "loss": loss,
                 "best_so_far": best, "finished": t.finished, "winner": winner,
-                "config": json.dumps(config, sort_keys=True)}
+                "chose_winner": winner and seed < t.chosen_on, "config": json.dumps(config, sort_keys=True)}
 
     rows = [row(t, i + 1, 0, key, loss, best, config, config == t.winner)
             for t in traces
