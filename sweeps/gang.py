@@ -53,7 +53,8 @@ class RankActor:
         return result.to_dict()
 
 
-def gang_task(spec: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+def gang_task(spec: dict[str, Any], options: dict[str, Any],
+              place_timeout_s: float = PLACE_TIMEOUT_S) -> dict[str, Any]:
     """Train one trial over options["procs"] ranks; rank 0's result (RunResult.to_dict())."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
@@ -64,11 +65,11 @@ def gang_task(spec: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
                             name=group_name(spec))
     actors = []
     try:
-        if not group.wait(timeout_seconds=PLACE_TIMEOUT_S):
-            raise GangError(f"could not place {n} processes of {bundle} within {PLACE_TIMEOUT_S:.0f}s "
+        if not group.wait(timeout_seconds=place_timeout_s):
+            raise GangError(f"could not place {n} processes of {bundle} within {place_timeout_s:.0f}s "
                             f"(the cluster has {ray.cluster_resources()})")
         actors = [_actor(group, i, threads, cuda) for i in range(n)]
-        address, port = ray.get(actors[0].address.remote(), timeout=PLACE_TIMEOUT_S)
+        address, port = ray.get(actors[0].address.remote(), timeout=place_timeout_s)
         refs = [a.train.remote(spec, options, i, address, port) for i, a in enumerate(actors)]
         return _rank_zero(refs)
     finally:

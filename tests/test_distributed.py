@@ -239,6 +239,31 @@ def test_a_rank_that_dies_fails_its_gang_as_an_attempt_the_next_sweep_retries(tm
 
 
 @pytest.mark.system
+def test_a_gang_the_cluster_cannot_place_fails_in_time_and_frees_its_reservation():
+    """A busy cluster (another placement group holds every CPU): the gang's coordinator gives up
+    at its placement timeout with a GangError naming what it wanted, and removes its own pending
+    group rather than leave it to grab the CPUs later."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from bench.run.spec import RunSpec
+    from sweeps.gang import PREFIX, gang_task
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        hog = placement_group([{"CPU": 2}])
+        ray.get(hog.ready(), timeout=60)
+        spec = RunSpec("adamw", "cpu-xs", 0.05, {}, 0).to_dict()
+        coordinator = ray.remote(max_retries=0, num_cpus=0)(gang_task)  # as the driver's: no CPU of its own
+        with pytest.raises(ray.exceptions.RayTaskError, match=r"could not place 2 processes of \{'CPU': 1\} within 3s"):
+            ray.get(coordinator.remote(spec, {"threads": 1, "procs": 2}, 3.0), timeout=120)
+        gangs = [g for g in placement_group_table().values() if g["name"].startswith(PREFIX)]
+        assert len(gangs) == 1 and gangs[0]["state"] == "REMOVED"
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.system
 @pytest.mark.parametrize("procs, fault", [("1", "hang@3"), ("2", "hang@3:rank=1")])
 def test_a_hung_trial_is_killed_at_its_deadline_and_stored_as_an_attempt(procs, fault, tmp_path, cache):
     """A trial that never returns (bench/run/faults.py: hang; with two processes, rank 1 wedges
