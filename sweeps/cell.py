@@ -80,7 +80,7 @@ class CellTuning:
         return self.configs[ranked[0]] if ranked else None
 
     def _finalists(self) -> list[Config]:
-        return [self.configs[cid] for cid in finalists(self.losses, self.finalists)]
+        return [self.configs[cid] for cid in finalist_ids(self.losses, self.finalists)]
 
     def best_loss(self) -> float:
         return min(self.losses.values(), default=math.inf)
@@ -109,7 +109,7 @@ def loss_of(result: RunResult) -> float:
     return float(result.final_loss) if ok else math.inf
 
 
-def finalists(losses: dict[str, float], k: int) -> list[str]:
+def finalist_ids(losses: dict[str, float], k: int) -> list[str]:
     """The config ids of the `k` lowest distinct seed-0 losses (ties: the smaller config id). A
     loss equal to the last bit means a key that did not change training (epsilon at 1e-20 or
     1e-25, an unreached clipping norm): re-running such twins would spend the finalists on one

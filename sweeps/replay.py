@@ -16,7 +16,7 @@ from typing import Sequence
 from analysis.cells import config_key, rank_configs
 from analysis.tuning import Trace
 from bench.store.record import StoredRun
-from sweeps.cell import finalists
+from sweeps.cell import finalist_ids
 from sweeps.grid import Config
 from sweeps.plan import Cell
 from sweeps.protocols.phases import make_protocol
@@ -60,11 +60,11 @@ def stored_loss(run: StoredRun) -> float:
 def _choose(cell: Cell, configs: list[Config], losses: list[float], runs: dict[str, StoredRun],
             device: str, k: int) -> tuple[Config | None, int]:
     """The winner and how many training seeds (0 up) chose it: the best seed-0 loss (ties: the
-    smaller config id, as sweeps/cell.py), or the best of the `k` finalists (sweeps.cell.finalists)
+    smaller config id, as sweeps/cell.py), or the best of the `k` finalists (sweeps.cell.finalist_ids)
     on the seeds they all ran, as the sweep's rank_configs chose. A seed only the winner ran (a
     fresh seed, trained later to judge it) never takes part in the choice."""
     by_id = {config_key(c): c for c in configs}
-    chosen = finalists({config_key(c): loss for c, loss in zip(configs, losses)}, k)
+    chosen = finalist_ids({config_key(c): loss for c, loss in zip(configs, losses)}, k)
     seeds = {cid: _seed_losses(cell, by_id[cid], runs, device) for cid in chosen}
     shared = min((len(v) for v in seeds.values()), default=0)
     if len(chosen) < 2 or shared < 2:
