@@ -172,6 +172,13 @@ def test_a_missing_or_corrupt_baseline_exits_2_with_one_line(content, tmp_path, 
     assert err.startswith("optbench: error:") and len(err.splitlines()) == 1 and str(path) in err
 
 
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_bad_run_timeout_exits_2_with_one_line(value, capsys):
+    assert cli.main(["regress", "--run-timeout", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--run-timeout" in err and len(err.splitlines()) == 1
+
+
 def test_the_committed_baseline_covers_the_issue():
     """Six optimizers (AdamW, NAdamW, Muon, Soap, Lion and a newer one) at two or more ratios with
     three or more seeds, every run finished, and where its hyperparameters came from."""

@@ -72,3 +72,18 @@ def test_a_pool_of_workers_gives_the_same_losses_as_this_process():
     here = [r.final_loss for r in train_all(specs, threads=1, workers=1)]
     pool = [r.final_loss for r in train_all(specs, threads=1, workers=2)]
     assert here == pool and here[0] != here[1]
+
+
+@pytest.mark.timeout(300)
+def test_a_hung_run_stops_the_check_at_its_deadline_with_no_verdict(monkeypatch):
+    """A run that never returns (bench/run/faults.py: hang) ends the check with one line naming it,
+    and the pool's workers, the hung one included, are gone."""
+    import multiprocessing
+
+    from bench.errors import UserError
+
+    monkeypatch.setenv("OPTBENCH_FAULT", "hang@3:seed=1")  # spawned workers inherit it
+    specs = [RunSpec("adamw", "cpu-xs", 0.02, {}, seed, eval_tokens=EVAL_TOKENS) for seed in (0, 1)]
+    with pytest.raises(UserError, match=r"^adamw 0.02x seed 1: no result within --run-timeout 20 s"):
+        train_all(specs, threads=1, workers=2, timeout_s=20)
+    assert not multiprocessing.active_children()

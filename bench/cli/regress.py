@@ -32,6 +32,10 @@ ARGUMENTS: list[tuple[str, dict]] = [  # flag, add_argument's keywords
                           "sweep tuned at (default: 1)")),
     ("--optimizers", dict(default=None, help="with --tuned-from: comma-separated names, AdamW "
                           "first (default: adamw,nadamw,muon,soap,lion,normuon)")),
+    ("--run-timeout", dict(type=float, default=None, metavar="SECONDS", help="stop the check, with no "
+                           "verdict, when a run has no result this long after a worker took it (a hung "
+                           "run; default: 10x the baseline's slowest run, at least 10 min; 0: never; "
+                           "--workers 1 trains in this process, without a deadline)")),
     ("--sweep-command", dict(default="", help="with --tuned-from: the sweep's command line, "
                              "recorded as provenance")),
 ]
@@ -71,9 +75,10 @@ def _check(baseline, args, seeds) -> int:
     from sweeps.regress.stats import CheckOptions
 
     workers = _workers(args, baseline.threads)
+    timeout = _run_timeout(args, baseline, workers)
     print(f"optbench regress: {sum(1 for _ in baseline.specs(seeds))} runs at {baseline.scale}, "
-          f"{workers} worker(s) x {baseline.threads} thread(s)", flush=True)
-    runs, seconds = measure(baseline, workers, seeds, print_progress())
+          f"{workers} worker(s) x {baseline.threads} thread(s){timeout[1]}", flush=True)
+    runs, seconds = measure(baseline, workers, seeds, print_progress(), timeout[0])
     outcome = check(baseline, runs, CheckOptions(alpha=args.alpha), seconds)
     print(format_table(outcome.verdicts, outcome.level, outcome.alpha))
     print(reproduction_line(baseline.runs, runs))
@@ -89,7 +94,7 @@ def _update(baseline, args, path, seeds, tuning=None) -> int:
     from sweeps.regress.runs import print_progress
 
     workers = _workers(args, baseline.threads)
-    runs, seconds = measure(baseline, workers, seeds, print_progress())
+    runs, seconds = measure(baseline, workers, seeds, print_progress(), _run_timeout(args, baseline, workers)[0])
     new = updated(baseline, runs, seconds, seeds, tuning)
     files.save(new, path)
     for row in new.summary:
@@ -111,11 +116,23 @@ def _new_baseline(args, path, seeds) -> int:
     return _update(new_baseline(tuned, layout), args, path, seeds, tuning)
 
 
+def _run_timeout(args: argparse.Namespace, baseline, workers: int) -> tuple[float, str]:
+    """A run's deadline in seconds (0: none) and how the header line says it."""
+    from sweeps.regress.check import run_timeout
+
+    seconds = run_timeout(baseline) if args.run_timeout is None else args.run_timeout
+    if workers <= 1 or seconds == 0:
+        return 0.0, ""
+    return seconds, f", a run's deadline {seconds:.0f} s"
+
+
 def _check_args(args: argparse.Namespace) -> None:
     if args.tuned_from and not args.update_baseline:
         raise UserError("--tuned-from makes a new baseline; it needs --update-baseline")
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.run_timeout is not None and not args.run_timeout >= 0:  # NaN too
+        raise UserError(f"--run-timeout must be 0 (never) or a number of seconds, got {args.run_timeout}")
     if not 0 < args.alpha < 1:
         raise UserError(f"--alpha must be in (0, 1), got {args.alpha}")
 

@@ -41,6 +41,7 @@ from sweeps.regress.stats import REGRESSION, CheckOptions, Side, Verdict, change
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY_LEVEL = 0.9  # the level of the intervals written into the baseline for readers
+RUN_TIMEOUT_FLOOR_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,19 @@ class Outcome:
 
 
 def measure(baseline: Baseline, workers: int, seeds: tuple[int, ...] | None = None,
-            report: Report | None = None) -> tuple[list[dict[str, Any]], float]:
-    """Train every run of the baseline's layout afresh; the run records and the seconds it took."""
+            report: Report | None = None, timeout_s: float = 0.0) -> tuple[list[dict[str, Any]], float]:
+    """Train every run of the baseline's layout afresh; the run records and the seconds it took.
+    `timeout_s`: a run's deadline in a pool of workers (runs.train_all)."""
     start = time.perf_counter()
-    results = train_all(list(baseline.specs(seeds)), baseline.threads, workers, report)
+    results = train_all(list(baseline.specs(seeds)), baseline.threads, workers, report, timeout_s)
     return [run_record(r) for r in results], time.perf_counter() - start
+
+
+def run_timeout(baseline: Baseline) -> float:
+    """The default --run-timeout: ten times the baseline's slowest run, at least RUN_TIMEOUT_FLOOR_S
+    (a slower machine than the baseline's must not be taken for a hung run)."""
+    slowest = max((float(r.get("wall_time_s") or 0.0) for r in baseline.runs), default=0.0)
+    return max(RUN_TIMEOUT_FLOOR_S, 10 * slowest)
 
 
 def check(baseline: Baseline, now_runs: list[dict[str, Any]],

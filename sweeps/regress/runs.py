@@ -16,7 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Sequence
 
 import torch
@@ -29,11 +29,14 @@ from bench.run.spec import RunResult, RunSpec
 from sweeps.task import train_task
 
 Report = Callable[[int, int, float, RunResult], None]  # (done, total, share of the tokens done, result)
+POLL_S = 1.0  # how often the pool's deadlines are looked at
 
 
 def train_all(specs: Sequence[RunSpec], threads: int, workers: int,
-              report: Report | None = None) -> list[RunResult]:
-    """Train every spec; results in the order of `specs`. workers <= 1 trains in this process."""
+              report: Report | None = None, timeout_s: float = 0.0) -> list[RunResult]:
+    """Train every spec; results in the order of `specs`. workers <= 1 trains in this process
+    (no deadline there); a pool of workers stops the check with a UserError when a run has no
+    result `timeout_s` after the pool took it (0: never)."""
     report = report or (lambda done, total, share, result: None)
     if specs:
         _prepare_data(max(specs, key=lambda s: s.ratio))
@@ -43,7 +46,7 @@ def train_all(specs: Sequence[RunSpec], threads: int, workers: int,
     if workers <= 1:
         _in_process(specs, order, threads, report, results)
     else:
-        _in_pool(specs, order, threads, workers, report, results)
+        _in_pool(specs, order, threads, workers, report, results, timeout_s)
     stopped = [r for r in results.values() if r.status == ENVIRONMENT_FAILURE]
     if stopped:
         raise UserError(f"{len(stopped)} run(s) could not run on this machine, so no verdict: {stopped[0].reason}")
@@ -79,19 +82,40 @@ def _in_process(specs, order, threads, report, results) -> None:
         torch.set_num_threads(before)  # the caller's thread count is not ours to change
 
 
-def _in_pool(specs, order, threads, workers, report, results) -> None:
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(train_task, specs[i].to_dict(), {"threads": threads}): i for i in order}
-        try:
-            for future in as_completed(futures):
+def _in_pool(specs, order, threads, workers, report, results, timeout_s) -> None:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    futures = {pool.submit(train_task, specs[i].to_dict(), {"threads": threads}): i for i in order}
+    taken: dict = {}  # future -> when the pool took it
+    pending = set(futures)
+    try:
+        while pending:
+            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            for future in done:
                 i = futures[future]
                 results[i] = RunResult.from_dict(future.result())
                 report(len(results), len(specs), i)
-        except BaseException:  # Ctrl-C or a crashed worker: drop what has not started
-            for future in futures:
-                future.cancel()
-            raise
+            _check_deadlines(pending, taken, timeout_s, lambda f: specs[futures[f]])
+    except BaseException:  # Ctrl-C, a crashed worker or a hung run: stop every worker now
+        for process in list(pool._processes.values()):  # a hung worker never ends by itself
+            process.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_deadlines(pending, taken: dict, timeout_s: float, spec_of) -> None:
+    """UserError for the first pending run the pool took more than `timeout_s` ago. The pool takes
+    a run a little before a worker starts it (one queued ahead), so a deadline counts from then."""
+    if timeout_s <= 0:
+        return
+    now = time.monotonic()
+    for future in pending:
+        if future.running():
+            taken.setdefault(future, now)
+            if now - taken[future] > timeout_s:
+                spec = spec_of(future)
+                raise UserError(f"{spec.optimizer} {spec.ratio:g}x seed {spec.seed}: no result within "
+                                f"--run-timeout {timeout_s:g} s (a hung run?), so no verdict")
 
 
 def print_progress(stream=None) -> Report:
