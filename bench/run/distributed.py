@@ -28,7 +28,8 @@ FSDP here shards optimizer state, gradients and the forward's parameters, not th
 Both modes: Sophia's curvature estimates are averaged over ranks (the same probes everywhere make
 that the full batch's estimate); MuonClip's max attention logits are the max over ranks. DDP
 checkpoints are rank 0's (the ranks hold the same state) and every rank resumes from them; FSDP
-rejects checkpoints and --compile as bad input.
+checkpoints hold every owner's optimizer state, gathered to rank 0, and resume only at the same
+number of ranks. FSDP refuses --compile as bad input.
 """
 from __future__ import annotations
 
