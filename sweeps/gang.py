@@ -53,8 +53,8 @@ class RankActor:
         return result.to_dict()
 
 
-def gang_task(spec: dict[str, Any], options: dict[str, Any],
-              place_timeout_s: float = PLACE_TIMEOUT_S) -> dict[str, Any]:
+def gang_task(spec: dict[str, Any], options: dict[str, Any], place_timeout_s: float = PLACE_TIMEOUT_S,
+              grace_s: float = GRACE_S) -> dict[str, Any]:
     """Train one trial over options["procs"] ranks; rank 0's result (RunResult.to_dict())."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
@@ -71,7 +71,7 @@ def gang_task(spec: dict[str, Any], options: dict[str, Any],
         actors = [_actor(group, i, threads, cuda) for i in range(n)]
         address, port = ray.get(actors[0].address.remote(), timeout=place_timeout_s)
         refs = [a.train.remote(spec, options, i, address, port) for i, a in enumerate(actors)]
-        return _rank_zero(refs)
+        return _rank_zero(refs, grace_s)
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -88,14 +88,14 @@ def _actor(group, index: int, threads: int, cuda: bool):
                                          scheduling_strategy=strategy).remote()
 
 
-def _rank_zero(refs: list) -> dict[str, Any]:
+def _rank_zero(refs: list, grace_s: float) -> dict[str, Any]:
     """Rank 0's result once it ends; a rank that dies raises at once; a rank that ends with a
-    failure while rank 0 does not end within GRACE_S gives its own result."""
+    failure while rank 0 does not end within `grace_s` gives its own result."""
     import ray
 
     pending, early = list(refs), None
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=GRACE_S if early else None)
+        ready, pending = ray.wait(pending, num_returns=1, timeout=grace_s if early else None)
         if not ready:  # rank 0 stuck behind a rank that failed: that failure is the trial's
             return early
         ref = ready[0]

@@ -1,8 +1,9 @@
 """One trial over N processes (torch.distributed, gloo on CPU): 2 processes x 1 thread end at the
 final loss of 1 process x 1 thread under ddp and fsdp, a checkpointed run resumes to the last bit
 under both, the plan's memory per process is what a real rank holds, a sweep's gang runs through
-real Ray and stores procs == 2, a rank that dies or hangs is an attempt, never a result, and bad
-input is one line with exit code 2.
+real Ray and stores procs == 2, a rank that dies or hangs is an attempt, never a result, a gang
+that cannot be placed gives up in time, a rank whose own run fails gives the trial its failure, and
+bad input is one line with exit code 2.
 
 The tolerance is measured, not guessed: at cpu-xs, ratio 0.05 (16 steps), |2x1 - 1x1| was 2e-9
 nats for adamw and kron and 7e-8 for muon, the same under ddp and fsdp (the averaged gradient
@@ -19,8 +20,10 @@ from bench.errors import UserError
 from bench.run.distributed import Rank, owners, shard_rows, validate
 from bench.run.spec import RunSpec
 from bench.run.train import RunOptions, run
+from sweeps.gang import PREFIX, gang_task
 
 RATIO = 0.05
+ADAMW = RunSpec("adamw", "cpu-xs", RATIO, {}, 0).to_dict()
 TOLERANCE = 1e-6  # nats; measured differences are below 1e-8 (module docstring)
 SHARED_CACHE = Path(__file__).resolve().parents[1] / "results" / "cache"
 
@@ -238,29 +241,55 @@ def test_a_rank_that_dies_fails_its_gang_as_an_attempt_the_next_sweep_retries(tm
     assert result.status == "ok" and result.run_key == attempt.run_key
 
 
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """A local Ray instance of 2 CPUs for calling gang_task directly (as the driver does, with
+    shorter waits), its workers planted with a fault on rank 1 (OPTBENCH_FAULT, set before
+    ray.init so they inherit it) and the checkout's tokenizer cache."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OPTBENCH_FAULT", "raise@3:rank=1")
+        env.setenv("OPTBENCH_CACHE", str(SHARED_CACHE if SHARED_CACHE.is_dir()
+                                         else tmp_path_factory.mktemp("results") / "cache"))
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield ray.remote(max_retries=0, num_cpus=0)(gang_task)  # as the driver's: no CPU of its own
+        finally:
+            ray.shutdown()
+
+
 @pytest.mark.system
-def test_a_gang_the_cluster_cannot_place_fails_in_time_and_frees_its_reservation():
+def test_a_gang_the_cluster_cannot_place_fails_in_time_and_frees_its_reservation(local_ray):
     """A busy cluster (another placement group holds every CPU): the gang's coordinator gives up
     at its placement timeout with a GangError naming what it wanted, and removes its own pending
     group rather than leave it to grab the CPUs later."""
     import ray
-    from ray.util.placement_group import placement_group, placement_group_table
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
-    from bench.run.spec import RunSpec
-    from sweeps.gang import PREFIX, gang_task
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    hog = placement_group([{"CPU": 2}])
+    ray.get(hog.ready(), timeout=60)
     try:
-        hog = placement_group([{"CPU": 2}])
-        ray.get(hog.ready(), timeout=60)
-        spec = RunSpec("adamw", "cpu-xs", 0.05, {}, 0).to_dict()
-        coordinator = ray.remote(max_retries=0, num_cpus=0)(gang_task)  # as the driver's: no CPU of its own
         with pytest.raises(ray.exceptions.RayTaskError, match=r"could not place 2 processes of \{'CPU': 1\} within 3s"):
-            ray.get(coordinator.remote(spec, {"threads": 1, "procs": 2}, 3.0), timeout=120)
-        gangs = [g for g in placement_group_table().values() if g["name"].startswith(PREFIX)]
-        assert len(gangs) == 1 and gangs[0]["state"] == "REMOVED"
+            ray.get(local_ray.remote(ADAMW, {"threads": 1, "procs": 2}, 3.0), timeout=120)
     finally:
-        ray.shutdown()
+        remove_placement_group(hog)
+    gangs = [g for g in placement_group_table().values() if g["name"].startswith(PREFIX)]
+    assert len(gangs) == 1 and gangs[0]["state"] == "REMOVED"
+
+
+@pytest.mark.system
+def test_a_rank_whose_run_fails_gives_the_trial_its_failure_after_the_grace(local_ray):
+    """Rank 1's optimizer raises (the fixture's fault): rank 1 ends with a failed result while
+    rank 0 waits in the all-reduce; after the grace the gang is killed and rank 1's failure is the
+    trial's, the run's own (a result), not the environment's."""
+    import ray
+
+    from bench.run.failures import environment_failure
+
+    options = {"threads": 1, "procs": 2, "parallel": "ddp"}
+    result = ray.get(local_ray.remote(ADAMW, options, 120.0, 5.0), timeout=300)
+    assert result["status"] == "failed" and not environment_failure(result["reason"]), result["reason"]
 
 
 @pytest.mark.system
