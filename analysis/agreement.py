@@ -93,14 +93,18 @@ def agreement(ours: Side, study: Side, level: float = 0.9) -> Agreement:
     return Agreement(_table(names, ours, study, level), tau, mad, level, only)
 
 
+def speedup_ratios(result: SpeedupResult, scale: str) -> list[float]:
+    """The ratios at `scale` where some optimizer has a speedup, smallest first."""
+    table = result.speedups
+    return sorted(set(table.loc[(table["scale"] == scale) & table["speedup"].notna(), "ratio"]))
+
+
 def by_ratio(result: SpeedupResult, scale: str, label: str, study: Side,
              level: float = 0.9) -> pd.DataFrame:
     """Agreement with our side read at one ratio at a time: which of our budgets predicts the
     study best. A ratio where fewer than MIN_OPTIMIZERS optimizers have a speedup is left out."""
-    table = result.speedups
-    ratios = sorted(set(table.loc[(table["scale"] == scale) & table["speedup"].notna(), "ratio"]))
     rows = []
-    for ratio in ratios:
+    for ratio in speedup_ratios(result, scale):
         ours = side(result, scale, f"{label} at {ratio:g}x", (ratio,))
         if sum(n in ours.point for n in study.point) < MIN_OPTIMIZERS:
             continue

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.agreement import Side, agreement, by_ratio, side
+from analysis.agreement import Side, agreement, by_ratio, side, speedup_ratios
 from analysis.speedups import SpeedupResult
 from bench.cli.analysis import add_context_flags, load_store_runs, only_contexts
 from bench.errors import UserError
@@ -142,7 +142,7 @@ def _our_side(args: argparse.Namespace) -> Ours:
     source = args.baseline.name if args.baseline else "store"
     label = f"{scale} ({source})"
     if ratios is not None:
-        have = sorted(set(result.speedups.loc[result.speedups["speedup"].notna(), "ratio"]))
+        have = speedup_ratios(result, scale)
         if not set(ratios) & set(have):
             raise UserError(f"--ratios {args.ratios}: no speedups there; the speedups are at "
                             f"{', '.join(f'{r:g}' for r in have) or 'no ratio'}")

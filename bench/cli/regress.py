@@ -76,9 +76,10 @@ def _check(baseline, args, seeds) -> int:
 
     workers = _workers(args, baseline.threads)
     timeout = _run_timeout(args, baseline, workers)
+    deadline = f", a run's deadline {timeout:.0f} s" if timeout else ""
     print(f"optbench regress: {sum(1 for _ in baseline.specs(seeds))} runs at {baseline.scale}, "
-          f"{workers} worker(s) x {baseline.threads} thread(s){timeout[1]}", flush=True)
-    runs, seconds = measure(baseline, workers, seeds, print_progress(), timeout[0])
+          f"{workers} worker(s) x {baseline.threads} thread(s){deadline}", flush=True)
+    runs, seconds = measure(baseline, workers, seeds, print_progress(), timeout)
     outcome = check(baseline, runs, CheckOptions(alpha=args.alpha), seconds)
     print(format_table(outcome.verdicts, outcome.level, outcome.alpha))
     print(reproduction_line(baseline.runs, runs))
@@ -94,7 +95,7 @@ def _update(baseline, args, path, seeds, tuning=None) -> int:
     from sweeps.regress.runs import print_progress
 
     workers = _workers(args, baseline.threads)
-    runs, seconds = measure(baseline, workers, seeds, print_progress(), _run_timeout(args, baseline, workers)[0])
+    runs, seconds = measure(baseline, workers, seeds, print_progress(), _run_timeout(args, baseline, workers))
     new = updated(baseline, runs, seconds, seeds, tuning)
     files.save(new, path)
     for row in new.summary:
@@ -116,14 +117,13 @@ def _new_baseline(args, path, seeds) -> int:
     return _update(new_baseline(tuned, layout), args, path, seeds, tuning)
 
 
-def _run_timeout(args: argparse.Namespace, baseline, workers: int) -> tuple[float, str]:
-    """A run's deadline in seconds (0: none) and how the header line says it."""
+def _run_timeout(args: argparse.Namespace, baseline, workers: int) -> float:
+    """A run's deadline in seconds; 0: none (never in this process, where nothing could stop it)."""
     from sweeps.regress.check import run_timeout
 
-    seconds = run_timeout(baseline) if args.run_timeout is None else args.run_timeout
-    if workers <= 1 or seconds == 0:
-        return 0.0, ""
-    return seconds, f", a run's deadline {seconds:.0f} s"
+    if workers <= 1:
+        return 0.0
+    return run_timeout(baseline) if args.run_timeout is None else args.run_timeout
 
 
 def _check_args(args: argparse.Namespace) -> None:
