@@ -83,8 +83,8 @@ def gpu_plan(costs, optimizers, shape, vocab: int, gpu: Gpu, micro_batch: int, p
     usable = int(gpu.memory_bytes * (1 - DEVICE_HEADROOM))
     mfu, source = planned_mfu()
     rate = (mfu * gpu.bf16_flops if gpu.bf16_flops else math.nan) / flops_per_token(shape, vocab)  # tokens/s
-    longest = max(c.tokens_per_run for c in costs)
-    tokens = sum(c.max_runs * c.tokens_per_run for c in costs)
+    longest = max(c.cell.tokens_per_run for c in costs)
+    tokens = sum(c.max_runs * c.cell.tokens_per_run for c in costs)
     return GpuPlan(gpu, procs, parallel, fit(optimizers, shape, vocab, micro_batch, procs, parallel, "cuda", usable),
                    longest / rate / 3600, tokens / rate / 3600, mfu, source)
 

@@ -74,6 +74,10 @@ class Cell:
         return self.spec({}).shape
 
     @property
+    def tokens_per_run(self) -> int:
+        return self.shape.tokens(self.ratio)
+
+    @property
     def grid_ladder(self) -> str:
         """Whose search grid it tunes on: its ladder's, and a shape of the user's own the CPU
         ladder's up to 10M non-embedding parameters, else the paper's."""
@@ -95,9 +99,6 @@ class CellCost:
     max_runs: int  # protocol runs plus extra seeds
     stored: int  # runs of this cell already in the store
 
-    @property
-    def tokens_per_run(self) -> int:
-        return self.cell.shape.tokens(self.cell.ratio)
 
 
 @dataclass(frozen=True)
@@ -114,13 +115,13 @@ def estimate_cost(cells: list[CellCost], workers: int, threads: int, device: str
                   stored: Sequence[StoredRun]) -> Cost:
     """Runs, tokens, FLOPs and wall time of every run the protocols may ask for (an upper bound)."""
     runs = sum(c.max_runs for c in cells)
-    tokens = sum(c.max_runs * c.tokens_per_run for c in cells)
-    flops = sum(c.max_runs * c.tokens_per_run * flops_per_token(c.cell.shape) for c in cells)
+    tokens = sum(c.max_runs * c.cell.tokens_per_run for c in cells)
+    flops = sum(c.max_runs * c.cell.tokens_per_run * flops_per_token(c.cell.shape) for c in cells)
     scale = cells[0].cell.shape
     rates = [r.wall_time_s / r.tokens for r in stored
              if r.scale == scale.name and r.status == "ok" and r.tokens > 0]
     per_token, source = seconds_per_token(scale, threads, device, rates)
-    longest = max(c.tokens_per_run for c in cells) * per_token
+    longest = max(c.cell.tokens_per_run for c in cells) * per_token
     return Cost(runs, tokens, flops, tokens * per_token / max(1, workers), source, longest)
 
 
@@ -139,7 +140,7 @@ def format_plan(cells: list[CellCost], cost: Cost, settings: dict[str, Any]) -> 
              + f"protocol {cell.protocol}, {len(cells)} cells:",
              f"  {'cell':16} {'runs (most)':>11} {'stored':>7} {'tokens/run':>12}  protocol"]
     for c in cells:
-        lines.append(f"  {c.cell.label:16} {c.max_runs:11d} {c.stored:7d} {c.tokens_per_run:12,}  {c.label}")
+        lines.append(f"  {c.cell.label:16} {c.max_runs:11d} {c.stored:7d} {c.cell.tokens_per_run:12,}  {c.label}")
     when = f"about {_duration(cost.seconds)}" if math.isfinite(cost.seconds) else "unknown time"
     stored = sum(c.stored for c in cells)
     lines += [f"Cost (at most): {cost.runs} runs, {cost.tokens:,} tokens, {cost.flops:.3g} FLOPs, "

@@ -85,7 +85,7 @@ class Progress:
 
     def _tokens(self, tuning: CellTuning) -> int:
         """What one run of this cell counts for in the ETA: its tokens, or 1 without a token total."""
-        return tuning.cell.shape.tokens(tuning.cell.ratio) if self.by_tokens else 1
+        return tuning.cell.tokens_per_run if self.by_tokens else 1
 
     def eta_s(self) -> float:
         """Seconds until the most runs the plan may need are done (nan: no total or estimate)."""
