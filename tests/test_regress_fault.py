@@ -2,7 +2,7 @@
 
 The baseline is made by the same code as `optbench regress --update-baseline`, with the committed
 baseline's tuned AdamW and Lion at small budgets of cpu-xs and three seeds; then
-`optbench regress --baseline FILE --workers 1` runs on it in this process, so a fault planted in the
+`optbench regress --baseline FILE --workers 1 --run-timeout 0` runs on it in this process, so a fault planted in the
 optimizer registry is what trains: Lion with its two betas swapped (the issue's example) must fail
 with exit code 1 and be named, while every AdamW run reproduces the baseline (made by two worker
 processes) to the last bit. That an unchanged tree passes is CI's own `make regress`.
@@ -42,8 +42,9 @@ def baseline_path(tmp_path_factory):
     return path
 
 
-def _regress(path, capsys, workers):
-    code = cli.main(["regress", "--baseline", str(path), "--workers", str(workers)])
+def _regress(path, capsys):
+    """One worker with no deadline trains in this process, where the planted fault lives."""
+    code = cli.main(["regress", "--baseline", str(path), "--workers", "1", "--run-timeout", "0"])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -55,7 +56,7 @@ def test_lion_with_swapped_betas_fails_the_check_by_name(baseline_path, capsys, 
         return lion.build(params, {**hp, "beta1": hp["beta2"], "beta2": hp["beta1"]}, model)
 
     monkeypatch.setitem(registry._REGISTRY, "lion", dataclasses.replace(lion, build=swapped))
-    code, out, err = _regress(baseline_path, capsys, workers=1)  # in this process: the planted fault trains
+    code, out, err = _regress(baseline_path, capsys)
     assert code == 1, out
     progress = [line for line in err.splitlines() if "/12 ETA" in line]  # one line per run, with an ETA
     assert len(progress) == 12 and " 12/12 ETA    0 s " in progress[-1], err
@@ -75,9 +76,11 @@ def test_a_pool_of_workers_gives_the_same_losses_as_this_process():
 
 
 @pytest.mark.timeout(300)
-def test_a_hung_run_stops_the_check_at_its_deadline_with_no_verdict(monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_hung_run_stops_the_check_at_its_deadline_with_no_verdict(monkeypatch, workers):
     """A run that never returns (bench/run/faults.py: hang) ends the check with one line naming it,
-    and the pool's workers, the hung one included, are gone."""
+    and the pool's workers, the hung one included, are gone; one worker with a deadline is a pool
+    of one."""
     import multiprocessing
 
     from bench.errors import UserError
@@ -85,5 +88,5 @@ def test_a_hung_run_stops_the_check_at_its_deadline_with_no_verdict(monkeypatch)
     monkeypatch.setenv("OPTBENCH_FAULT", "hang@3:seed=1")  # spawned workers inherit it
     specs = [RunSpec("adamw", "cpu-xs", 0.02, {}, seed, eval_tokens=EVAL_TOKENS) for seed in (0, 1)]
     with pytest.raises(UserError, match=r"^adamw 0.02x seed 1: no result within --run-timeout 20 s"):
-        train_all(specs, threads=1, workers=2, timeout_s=20)
+        train_all(specs, threads=1, workers=workers, timeout_s=20)
     assert not multiprocessing.active_children()

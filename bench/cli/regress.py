@@ -34,8 +34,8 @@ ARGUMENTS: list[tuple[str, dict]] = [  # flag, add_argument's keywords
                           "first (default: adamw,nadamw,muon,soap,lion,normuon)")),
     ("--run-timeout", dict(type=float, default=None, metavar="SECONDS", help="stop the check, with no "
                            "verdict, when a run has no result this long after a worker took it (a hung "
-                           "run; default: 10x the baseline's slowest run, at least 10 min; 0: never; "
-                           "--workers 1 trains in this process, without a deadline)")),
+                           "run; default: 10x the baseline's slowest run, at least 10 min; 0: never, and then "
+                           "--workers 1 trains in this process)")),
     ("--sweep-command", dict(default="", help="with --tuned-from: the sweep's command line, "
                              "recorded as provenance")),
 ]
@@ -75,7 +75,7 @@ def _check(baseline, args, seeds) -> int:
     from sweeps.regress.stats import CheckOptions
 
     workers = _workers(args, baseline.threads)
-    timeout = _run_timeout(args, baseline, workers)
+    timeout = _run_timeout(args, baseline)
     deadline = f", a run's deadline {timeout:.0f} s" if timeout else ""
     print(f"optbench regress: {sum(1 for _ in baseline.specs(seeds))} runs at {baseline.scale}, "
           f"{workers} worker(s) x {baseline.threads} thread(s){deadline}", flush=True)
@@ -95,7 +95,7 @@ def _update(baseline, args, path, seeds, tuning=None) -> int:
     from sweeps.regress.runs import print_progress
 
     workers = _workers(args, baseline.threads)
-    runs, seconds = measure(baseline, workers, seeds, print_progress(), _run_timeout(args, baseline, workers))
+    runs, seconds = measure(baseline, workers, seeds, print_progress(), _run_timeout(args, baseline))
     new = updated(baseline, runs, seconds, seeds, tuning)
     files.save(new, path)
     for row in new.summary:
@@ -117,12 +117,10 @@ def _new_baseline(args, path, seeds) -> int:
     return _update(new_baseline(tuned, layout), args, path, seeds, tuning)
 
 
-def _run_timeout(args: argparse.Namespace, baseline, workers: int) -> float:
-    """A run's deadline in seconds; 0: none (never in this process, where nothing could stop it)."""
+def _run_timeout(args: argparse.Namespace, baseline) -> float:
+    """A run's deadline in seconds; 0: none."""
     from sweeps.regress.check import run_timeout
 
-    if workers <= 1:
-        return 0.0
     return run_timeout(baseline) if args.run_timeout is None else args.run_timeout
 
 

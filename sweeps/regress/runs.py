@@ -34,19 +34,20 @@ POLL_S = 1.0  # how often the pool's deadlines are looked at
 
 def train_all(specs: Sequence[RunSpec], threads: int, workers: int,
               report: Report | None = None, timeout_s: float = 0.0) -> list[RunResult]:
-    """Train every spec; results in the order of `specs`. workers <= 1 trains in this process
-    (no deadline there); a pool of workers stops the check with a UserError when a run has no
-    result `timeout_s` after the pool took it (0: never)."""
+    """Train every spec; results in the order of `specs`. A pool of worker processes stops the
+    check with a UserError when a run has no result `timeout_s` after the pool took it; one
+    worker without a deadline (`timeout_s` 0) trains in this process instead, where nothing could
+    stop a hung run."""
     report = report or (lambda done, total, share, result: None)
     if specs:
         _prepare_data(max(specs, key=lambda s: s.ratio))
     order = sorted(range(len(specs)), key=lambda i: -specs[i].ratio)
     results: dict[int, RunResult] = {}
     report = _by_tokens(specs, results, report)
-    if workers <= 1:
+    if workers <= 1 and timeout_s <= 0:
         _in_process(specs, order, threads, report, results)
     else:
-        _in_pool(specs, order, threads, workers, report, results, timeout_s)
+        _in_pool(specs, order, threads, max(1, workers), report, results, timeout_s)
     stopped = [r for r in results.values() if r.status == ENVIRONMENT_FAILURE]
     if stopped:
         raise UserError(f"{len(stopped)} run(s) could not run on this machine, so no verdict: {stopped[0].reason}")
