@@ -100,7 +100,6 @@ class CellCost:
     stored: int  # runs of this cell already in the store
 
 
-
 @dataclass(frozen=True)
 class Cost:
     runs: int

@@ -1,8 +1,8 @@
 """The regression check bites: real training runs, a tiny baseline made here, a planted fault.
 
 The baseline is made by the same code as `optbench regress --update-baseline`, with the committed
-baseline's tuned AdamW and Lion at small budgets of cpu-xs and three seeds; then
-`optbench regress --baseline FILE --workers 1 --run-timeout 0` runs on it in this process, so a fault planted in the
+baseline's tuned AdamW and Lion at small budgets of cpu-xs and three seeds; then `optbench regress
+--baseline FILE --workers 1 --run-timeout 0` runs on it in this process, so a fault planted in the
 optimizer registry is what trains: Lion with its two betas swapped (the issue's example) must fail
 with exit code 1 and be named, while every AdamW run reproduces the baseline (made by two worker
 processes) to the last bit. That an unchanged tree passes is CI's own `make regress`.
