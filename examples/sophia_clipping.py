@@ -68,6 +68,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--plot", help="also draw the shares by step into this PNG")
     parser.add_argument("--title", help="the figure's second title line (default: the run's arguments)")
     args, run_args = split_args(parser, argv)
+    if args.every < 1:
+        parser.error(f"--every: {args.every} is not a positive number of steps")
     recorder = Recorder(args.every)
     update_group = SophiaH.update_group
 

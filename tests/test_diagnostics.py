@@ -66,11 +66,14 @@ def test_only_hutchinson_leaves_matrix_curvature_non_positive(clipping, tmp_path
         assert all(share > 0.1 for share in refreshed)
 
 
-def test_a_store_of_its_own_is_refused(clipping, tmp_path, capsys):
+@pytest.mark.parametrize("bad, named", [(["--every", "0"], "--every"),
+                                        (["--", *RUN, "--store", "sqlite:///x.db"], "--store")])
+def test_bad_options_are_refused(clipping, tmp_path, capsys, bad, named):
     with pytest.raises(SystemExit) as exit_:
-        clipping(["--out", str(tmp_path / "clip.csv"), "--", *RUN, "--store", f"sqlite:///{tmp_path}/x.db"])
+        clipping(["--out", str(tmp_path / "clip.csv"), *bad])
     assert exit_.value.code == 2
-    assert "--store" in capsys.readouterr().err
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "clip.csv").exists()
 
 
 def test_adam_mini_blocks_leave_an_unpatched_run_bitwise_equal(blocks, tmp_path, capsys):
