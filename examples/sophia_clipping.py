@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -34,38 +35,36 @@ LABELS = ("clipped, all entries", "clipped, hidden matrices and head", "h <= 0, 
 class Recorder:
     def __init__(self, every: int):
         self.every, self.rows = every, []
-        self.counts: dict[str, float] = {}
+        self.hits: Counter[str] = Counter()
+        self.sizes: Counter[str] = Counter()
 
     @torch.no_grad()
     def after_group(self, opt: SophiaH, params: list[torch.Tensor], group: dict) -> None:
         step = opt.state[params[0]]["step"]
         if step % self.every:
             return
-        beta1, matrices = group["betas"][0], group is opt.param_groups[0]  # decay_groups' first
+        beta1 = group["betas"][0]
+        parts = ("all", "matrices") if group is opt.param_groups[0] else ("all",)  # decay_groups' first
         for p in params:
             state = opt.state[p]
             m_hat = state["exp_avg"] / (1.0 - beta1**step)
             denom = (group["gamma"] * state["hessian"]).clamp_min(group["eps"])
-            self._add("clipped", (m_hat.abs() >= denom).sum().item(), p.numel(), matrices)
-            self._add("h_nonpositive", (state["hessian"] <= 0).sum().item(), p.numel(), matrices)
+            for part in parts:
+                self.hits[f"clipped_{part}"] += (m_hat.abs() >= denom).sum().item()
+                self.hits[f"h_nonpositive_{part}"] += (state["hessian"] <= 0).sum().item()
+                self.sizes[f"clipped_{part}"] += p.numel()
+                self.sizes[f"h_nonpositive_{part}"] += p.numel()
         if group is opt.param_groups[-1]:
-            self.rows.append({"step": step, **self._shares()})
-            self.counts = {}
-
-    def _add(self, name: str, hits: float, total: int, matrices: bool) -> None:
-        for part in ("all", "matrices") if matrices else ("all",):
-            self.counts[f"{name}_{part}"] = self.counts.get(f"{name}_{part}", 0) + hits
-            self.counts[f"{name}_{part}_n"] = self.counts.get(f"{name}_{part}_n", 0) + total
-
-    def _shares(self) -> dict[str, float]:
-        return {k: self.counts[k] / self.counts[f"{k}_n"] for k in FIELDS[1:] if f"{k}_n" in self.counts}
+            self.rows.append({"step": step, **{k: self.hits[k] / self.sizes[k] for k in self.sizes}})
+            self.hits.clear()
+            self.sizes.clear()
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="CSV of the shares by step")
     parser.add_argument("--every", type=int, default=10, help="record every N steps")
-    parser.add_argument("--plot", help="also draw the shares by step into this PNG")
+    parser.add_argument("--plot", metavar="STEM", help="also draw the shares by step (STEM.png, STEM.pdf)")
     parser.add_argument("--title", help="the figure's second title line (default: the run's arguments)")
     args, run_args = split_args(parser, argv)
     if args.every < 1:
@@ -92,10 +91,8 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(rows: list[dict[str, float]], stem: Path, title: str) -> None:
+    from analysis.plots import plt, save
 
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r["step"] for r in rows]
@@ -105,9 +102,7 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     ax.set(xlabel="step", ylabel="share of entries", ylim=(0, 1.02))
     ax.set_title(f"Sophia: clipped steps and h <= 0\n{title}", fontsize=8)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, stem)
 
 
 if __name__ == "__main__":

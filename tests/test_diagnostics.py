@@ -42,7 +42,8 @@ def _rows(path: Path) -> list[dict[str, float]]:
 
 def test_recording_leaves_the_run_bitwise_equal(clipping, tmp_path, capsys):
     update_group = SophiaH.update_group
-    assert clipping(["--out", str(tmp_path / "clip.csv"), "--every", "10", "--", *RUN]) == 0
+    assert clipping(["--out", str(tmp_path / "clip.csv"), "--every", "10", "--plot", str(tmp_path / "clip"),
+                     "--", *RUN]) == 0
     recorded = _loss(capsys)
     assert SophiaH.update_group is update_group  # the recording is undone
     assert main(["run", "--optimizer", "sophia", "--store", f"sqlite:///{tmp_path}/plain.db", *RUN]) == 0
@@ -50,6 +51,7 @@ def test_recording_leaves_the_run_bitwise_equal(clipping, tmp_path, capsys):
     rows = _rows(tmp_path / "clip.csv")
     assert [r["step"] for r in rows] == [10, 20, 30]
     assert all(0.0 <= r[k] <= 1.0 for r in rows for k in r if k != "step")
+    assert (tmp_path / "clip.png").stat().st_size > 0 and (tmp_path / "clip.pdf").stat().st_size > 0
 
 
 @pytest.mark.parametrize("estimator", ["hutchinson", "gnb"])
