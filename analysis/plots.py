@@ -476,7 +476,7 @@ def agreement_figure(agr, ours: str, study: str, context: str) -> plt.Figure:
                     arrowprops={"arrowstyle": "-", "color": style["color"], "lw": 0.5, "alpha": 0.5})
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ticks = _spaced([t for t in SPEEDUP_TICKS if low <= t <= high], math.log(high / low) / 22)
+    ticks = _spaced([t for t in SPEEDUP_TICKS if low <= t <= high], math.log(high / low) / 16)
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(FixedLocator(ticks))
         axis.set_major_formatter(_PLAIN)
