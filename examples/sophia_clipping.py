@@ -36,7 +36,7 @@ class Recorder:
     def __init__(self, every: int):
         self.every, self.rows = every, []
         self.hits: Counter[str] = Counter()
-        self.sizes: Counter[str] = Counter()
+        self.sizes: Counter[str] = Counter()  # entries per part: "all", "matrices"
 
     @torch.no_grad()
     def after_group(self, opt: SophiaH, params: list[torch.Tensor], group: dict) -> None:
@@ -49,13 +49,15 @@ class Recorder:
             state = opt.state[p]
             m_hat = state["exp_avg"] / (1.0 - beta1**step)
             denom = (group["gamma"] * state["hessian"]).clamp_min(group["eps"])
+            clipped = (m_hat.abs() >= denom).sum().item()
+            nonpositive = (state["hessian"] <= 0).sum().item()
             for part in parts:
-                self.hits[f"clipped_{part}"] += (m_hat.abs() >= denom).sum().item()
-                self.hits[f"h_nonpositive_{part}"] += (state["hessian"] <= 0).sum().item()
-                self.sizes[f"clipped_{part}"] += p.numel()
-                self.sizes[f"h_nonpositive_{part}"] += p.numel()
+                self.hits[f"clipped_{part}"] += clipped
+                self.hits[f"h_nonpositive_{part}"] += nonpositive
+                self.sizes[part] += p.numel()
         if group is opt.param_groups[-1]:
-            self.rows.append({"step": step, **{k: self.hits[k] / self.sizes[k] for k in self.sizes}})
+            shares = {k: self.hits[k] / self.sizes[k.rsplit("_", 1)[1]] for k in self.hits}
+            self.rows.append({"step": step, **shares})
             self.hits.clear()
             self.sizes.clear()
 
