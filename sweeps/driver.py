@@ -20,17 +20,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass
 from itertools import chain, zip_longest
 from typing import Callable
 
-from bench.run.failures import ENVIRONMENT_FAILURE, task_failure, timed_out
+from bench.run.failures import ENVIRONMENT_FAILURE, not_started, task_failure, timed_out
 from bench.run.identity import current
 from bench.run.spec import RunResult
 from bench.store.database import ResultStore
 from bench.track import send
 from sweeps.cell import CellTuning, Request
+from sweeps.deadlines import Deadlines, start_log
 from sweeps.progress import Progress
 from sweeps.record import StudyRecorder
 from sweeps.task import train_task
@@ -40,8 +40,9 @@ FORWARDED_ENV = ("OPTBENCH_", "HF_")  # settings a worker on another machine nee
 DRIVER_LOCAL_ENV = ("OPTBENCH_RESULTS", "OPTBENCH_CACHE", "OPTBENCH_STORE")
 DRIVER_LOCAL_SUFFIXES = ("_HOME", "_CACHE", "_DIR", "_PATH")  # HF_HOME, HF_DATASETS_CACHE, HF_TOKEN_PATH...
 # A trial with no result by its deadline is wedged (a hung device, collective or worker): killed
-# and stored as an attempt. The deadline is generous, since a false kill would repeat on every
-# rerun: TIMEOUT_FACTOR times the plan's estimate of the longest run, never under TIMEOUT_FLOOR_S.
+# and stored as an attempt. It counts from the trial's start (sweeps/deadlines.py) and is generous,
+# since a false kill would repeat on every rerun: TIMEOUT_FACTOR times the plan's estimate of the
+# longest run, never under TIMEOUT_FLOOR_S.
 TIMEOUT_FACTOR = 10.0
 TIMEOUT_FLOOR_S = 1800.0
 TIMEOUT_RULE = (f"{TIMEOUT_FACTOR:g}x the plan's estimate of the longest run, at least "
@@ -128,7 +129,8 @@ class Driver:
         # sweep run again reads everything back from the store and never starts it)
         self._task = None
         self.pending: dict = {}  # Ray object ref -> (tuning, request)
-        self._deadlines: dict = {}  # Ray object ref -> time.monotonic() by which it must end
+        self._deadlines = Deadlines(trial_timeout_s)  # counted from each trial's start (StartLog)
+        self._starts = None  # the StartLog actor, with Ray, when trials have a deadline
         self._absent: set[str] = set()  # run keys looked up and not in the store
 
     def run(self) -> None:
@@ -144,8 +146,7 @@ class Driver:
                 ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
                 for ref in ready:
                     self._collect(ref)
-                for ref in [r for r, t in self._deadlines.items() if time.monotonic() > t]:
-                    self._expire(ref)
+                self._check_deadlines()
                 self.progress.refresh()
         finally:
             for ref, (_, request) in self.pending.items():  # interrupted: stop what is still running
@@ -198,10 +199,10 @@ class Driver:
                    "name": f"optbench {tuning.cell.label} {request.key}"}
         if self.resources.procs > 1:  # a gang's coordinator: its ranks reserve the CPUs and GPUs
             options.update(num_cpus=0, num_gpus=0)
-        ref = self._remote().options(**options).remote(request.spec.to_dict(), self.resources.run_options())
+        ref = self._remote().options(**options).remote(request.spec.to_dict(), self.resources.run_options(),
+                                                       starts=self._starts)
         self.pending[ref] = (tuning, request)
-        if self.trial_timeout_s > 0:
-            self._deadlines[ref] = time.monotonic() + self.trial_timeout_s
+        self._deadlines.submitted(ref)
         self.progress.started(tuning, request)
 
     def _remote(self):
@@ -209,6 +210,8 @@ class Driver:
             import ray
 
             self._start()
+            if self.trial_timeout_s > 0:
+                self._starts = start_log()
             if self.resources.procs > 1:
                 from sweeps.gang import gang_task
 
@@ -222,7 +225,7 @@ class Driver:
         import ray
 
         tuning, request = self.pending.pop(ref)
-        self._deadlines.pop(ref, None)
+        self._deadlines.ended(ref)
         try:
             result = RunResult.from_dict(ray.get(ref))
         except ray.exceptions.RayError as e:
@@ -230,12 +233,27 @@ class Driver:
             result = self._attempt(request, task_failure(type(e).__name__, message))
         self._settle(tuning, request, result)
 
-    def _expire(self, ref) -> None:
+    def _check_deadlines(self) -> None:
+        import ray
+
+        if self._starts is not None:
+            try:
+                starts = ray.get(self._starts.starts.remote(), timeout=30)
+            except ray.exceptions.RayError:  # the log lost (its node gone): the clocks run on as they are
+                starts = {}
+            for ref, (_, request) in self.pending.items():
+                self._deadlines.saw(ref, starts.get(request.key, 0))
+        overdue, started = self._deadlines.overdue()
+        for ref in overdue:
+            self._expire(ref, started)
+
+    def _expire(self, ref, started: bool) -> None:
         """A trial past its deadline: killed, and an attempt the next invocation retries."""
         tuning, request = self.pending.pop(ref)
-        del self._deadlines[ref]
+        self._deadlines.ended(ref)
         self._kill(ref, request)
-        self._settle(tuning, request, self._attempt(request, timed_out(self.trial_timeout_s)))
+        reason = (timed_out if started else not_started)(self.trial_timeout_s)
+        self._settle(tuning, request, self._attempt(request, reason))
 
     def _attempt(self, request: Request, reason: str) -> RunResult:
         return RunResult(request.key, request.spec.to_dict(), ENVIRONMENT_FAILURE, None, reason=reason,

@@ -54,10 +54,14 @@ class RankActor:
 
 
 def gang_task(spec: dict[str, Any], options: dict[str, Any], place_timeout_s: float = PLACE_TIMEOUT_S,
-              grace_s: float = GRACE_S) -> dict[str, Any]:
-    """Train one trial over options["procs"] ranks; rank 0's result (RunResult.to_dict())."""
+              grace_s: float = GRACE_S, starts=None) -> dict[str, Any]:
+    """Train one trial over options["procs"] ranks; rank 0's result (RunResult.to_dict()). `starts`:
+    the sweep's StartLog, told once the gang is placed (its deadline counts from then), or None."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
+
+    from bench.run.spec import RunSpec
+    from sweeps.deadlines import report_start
 
     n, threads, cuda = options["procs"], options["threads"], spec.get("device") == "cuda"
     bundle = {"CPU": threads, **({"GPU": 1} if cuda else {})}
@@ -68,6 +72,7 @@ def gang_task(spec: dict[str, Any], options: dict[str, Any], place_timeout_s: fl
         if not group.wait(timeout_seconds=place_timeout_s):
             raise GangError(f"could not place {n} processes of {bundle} within {place_timeout_s:.0f}s "
                             f"(the cluster has {ray.cluster_resources()})")
+        report_start(starts, RunSpec.from_dict(spec).key)
         actors = [_actor(group, i, threads, cuda) for i in range(n)]
         address, port = ray.get(actors[0].address.remote(), timeout=place_timeout_s)
         refs = [a.train.remote(spec, options, i, address, port) for i, a in enumerate(actors)]

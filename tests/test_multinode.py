@@ -113,11 +113,12 @@ class Cluster:
             time.sleep(0.5)
         return new.pop()
 
-    def sweep(self, tmp_path: Path, *args: str) -> subprocess.Popen:
-        """`optbench sweep` joining this cluster, with a cache and results folder of its own."""
+    def sweep(self, tmp_path: Path, *args: str, fault: str = "") -> subprocess.Popen:
+        """`optbench sweep` joining this cluster, with a cache and results folder of its own; `fault`:
+        its OPTBENCH_FAULT, which reaches every trial (sweeps.driver.forwarded_env)."""
         env = {**{k: v for k, v in os.environ.items() if k != "OPTBENCH_FAULT"}, **NO_AUTH,
                "RAY_ADDRESS": self.address, "OPTBENCH_CACHE": str(tmp_path / "driver-cache"),
-               "OPTBENCH_RESULTS": str(tmp_path / "driver-results")}
+               "OPTBENCH_RESULTS": str(tmp_path / "driver-results"), **({"OPTBENCH_FAULT": fault} if fault else {})}
         command = [sys.executable, "-m", "bench.cli", "sweep", "--scale", "cpu-xs", "--ratios", "0.05",
                    "--optimizers", "adamw,muon", "--threads", "1", "--store", _store_url(tmp_path),
                    "--optuna-storage", str(tmp_path / "optuna.journal"), "--yes", *args]
@@ -193,6 +194,25 @@ def test_a_killed_node_s_trial_resumes_on_the_head_from_its_checkpoint(cluster, 
     assert retried.final_loss == straight.final_loss
     assert retried.curve == straight.curve and retried.eval_curve == straight.eval_curve
     assert not list(checkpoints.glob("*"))  # every one removed once its run finished
+
+
+def test_a_trial_queued_behind_a_hung_one_gets_a_whole_timeout_from_its_own_start(cluster, tmp_path):
+    """The head alone (1 CPU) and --workers 2: muon waits while adamw hangs (bench/run/faults.py)
+    until adamw is killed at --trial-timeout. Muon's deadline counts from its own start, so it then
+    trains to the end; counted from its submission it would have been killed with adamw."""
+    sweep = cluster.sweep(tmp_path, "--max-trials", "1", "--workers", "2", "--trial-timeout", "30",
+                          fault="hang@3:optimizer=adamw")
+    try:
+        assert sweep.wait(timeout=300) == 1, _logs(tmp_path, cluster)  # 1: adamw's cell has an attempt
+    finally:
+        sweep.kill()  # only if a timeout left it running
+    history = ResultStore(_store_url(tmp_path)).history()
+    ((_, attempt, killed),) = [h for h in history if h[0] == "attempt"]
+    ((_, muon, stored),) = [h for h in history if h[0] != "attempt"]
+    assert attempt.spec["optimizer"] == "adamw" and "no result within --trial-timeout 30 s" in attempt.reason
+    assert muon.spec["optimizer"] == "muon" and muon.status == "ok"
+    assert killed < stored, (killed, stored)  # muon ran after the kill: it had waited in the queue
+    print(f"adamw killed at {killed}, muon stored at {stored}")
 
 
 def _checkpointed_trial(worker: Node, checkpoints: Path, tmp_path: Path, sweep: subprocess.Popen) -> str:

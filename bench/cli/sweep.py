@@ -67,9 +67,10 @@ def register(subparsers) -> None:
                    help="torch.compile the transformer blocks and the loss head")
     add_execution_flags(p, "results/checkpoints")
     p.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
-                   help="kill a trial with no result by then (a hung device, collective or worker) "
-                        "and store it as an attempt a rerun retries (default: a multiple of the plan's "
-                        "estimate of the longest run, printed at the start; 0: never)")
+                   help="kill a trial with no result this long after its start (a hung device, "
+                        "collective or worker) and store it as an attempt a rerun retries (default: a "
+                        "multiple of the plan's estimate of the longest run, printed at the start; "
+                        "0: never)")
     p.add_argument("--store", default=None, help="results store URL (default: sqlite under results/)")
     p.add_argument("--optuna-storage", default=None,
                    help="Optuna storage: a Journal file path or an RDB URL (default: results/optuna.journal)")

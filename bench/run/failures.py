@@ -70,6 +70,13 @@ def timed_out(seconds: float) -> str:
             "collective or worker); killed")
 
 
+def not_started(seconds: float) -> str:
+    """The reason of a trial the sweep killed before it started: nothing started or ended for a
+    whole --trial-timeout (sweeps/deadlines.py), so the cluster has no room left for it."""
+    return (f"{_PREFIX} (timed out): not started, and no other trial started or ended, within "
+            f"--trial-timeout {seconds:.0f} s (no room on the cluster for it); killed")
+
+
 def environment_failure(reason: str) -> bool:
     """Whether a stored reason is an environment's (also for stores from before the split, whose
     failures all read "failed": their reason says what raised)."""
