@@ -95,8 +95,17 @@ def _rotate_back(x: Tensor, ql: Tensor | None, qr: Tensor | None) -> Tensor:
 
 def eigenbasis(gram: Tensor) -> Tensor:
     """Eigenvectors of symmetric `gram` (batched) as columns, largest eigenvalue first (computed in
-    float64, returned in gram's dtype)."""
-    return torch.linalg.eigh(gram.double()).eigenvectors.flip(-1).to(gram.dtype)
+    float64, returned in gram's dtype). Where LAPACK does not converge (MKL on Intel CPUs, for a
+    Gram matrix of mostly zero rows: an embedding block whose tokens a small batch lacks), again
+    with 1e-30 I added, as the authors' get_orthogonal_matrix always adds: in float64 that moves
+    only diagonal entries below about 1e-14, so a matrix that converged is never touched."""
+    gram64 = gram.double()
+    try:
+        vectors = torch.linalg.eigh(gram64).eigenvectors
+    except torch.linalg.LinAlgError:
+        eye = torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device)
+        vectors = torch.linalg.eigh(gram64 + 1e-30 * eye).eigenvectors
+    return vectors.flip(-1).to(gram.dtype)
 
 
 def power_qr(gram: Tensor, q: Tensor, v: Tensor, dim: int) -> tuple[Tensor, Tensor]:
