@@ -19,11 +19,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from bench.model.flops import DEFAULT_VOCAB, flops_per_token
+from bench.run.comms import bus_bytes, link_bytes_s, link_name
 from bench.run.estimate import planned_mfu
 from bench.run.gpus import GIB, Gpu
-from bench.run.memory import DEVICE_HEADROOM, Memory, available_ram, process_memory
+from bench.run.memory import (
+    DEVICE_HEADROOM,
+    Memory,
+    available_ram,
+    block_param_count,
+    param_count,
+    process_memory,
+)
 
 MOST_GPUS_PER_TRIAL = 64  # the largest fsdp group a plan suggests when one GPU is too small
 
@@ -57,6 +66,9 @@ class GpuPlan:
     mfu: float
     mfu_source: str
     measured: str = ""  # the peak of a real step on the visible GPU, when there is one
+    compute_s: float = 0.0  # one optimizer step's compute, on the trial's GPUs together
+    comm_s: float = 0.0  # its communication between them (bench.run.comms), never overlapped
+    comm_micro_batch: int = 0  # the micro-batch comm_s is for: the chosen one, or the largest that fits
 
 
 def per_process_batch(shape, procs: int) -> int:
@@ -83,10 +95,27 @@ def gpu_plan(costs, optimizers, shape, vocab: int, gpu: Gpu, micro_batch: int, p
     usable = int(gpu.memory_bytes * (1 - DEVICE_HEADROOM))
     mfu, source = planned_mfu()
     rate = (mfu * gpu.bf16_flops if gpu.bf16_flops else math.nan) / flops_per_token(shape, vocab)  # tokens/s
+    memory = fit(optimizers, shape, vocab, micro_batch, procs, parallel, "cuda", usable)
+    step_tokens = shape.default_batch * shape.seq_len
+    compute_s = step_tokens / rate / procs
+    runs_at = memory.micro_batch if memory.fits else memory.fitting or memory.micro_batch  # what can run
+    comm_s = step_comm_seconds(shape, vocab, gpu, procs, parallel, runs_at)
+    gpu_s_per_token = (compute_s + comm_s) * procs / step_tokens  # what the GPUs of a trial spend
     longest = max(c.cell.tokens_per_run for c in costs)
     tokens = sum(c.max_runs * c.cell.tokens_per_run for c in costs)
-    return GpuPlan(gpu, procs, parallel, fit(optimizers, shape, vocab, micro_batch, procs, parallel, "cuda", usable),
-                   longest / rate / 3600, tokens / rate / 3600, mfu, source)
+    return GpuPlan(gpu, procs, parallel, memory, longest * gpu_s_per_token / 3600,
+                   tokens * gpu_s_per_token / 3600, mfu, source, compute_s=compute_s, comm_s=comm_s,
+                   comm_micro_batch=runs_at)
+
+
+def step_comm_seconds(shape, vocab: int, gpu: Gpu, procs: int, parallel: str, micro_batch: int) -> float:
+    """One optimizer step's communication between a trial's GPUs (bench.run.comms: the worst
+    case over optimizers, an owner's broadcast included)."""
+    if procs <= 1:
+        return 0.0
+    micro_batches = -(-per_process_batch(shape, procs) // micro_batch)
+    volume = bus_bytes(param_count(shape, vocab), block_param_count(shape, vocab), procs, parallel, micro_batches)
+    return volume / link_bytes_s(gpu.link_bytes_s, procs)
 
 
 def measure(plan: GpuPlan, optimizers, shape, vocab: int) -> GpuPlan:
@@ -177,13 +206,15 @@ def refusal(why: list[str], needs: str) -> str:
     return f"this sweep cannot finish here: {'; '.join(why)}. It needs {needs}; --force starts it anyway"
 
 
-def needs(runs: int, memory: Fit | None, plan: GpuPlan, needed: tuple[int, str, int], max_hours: float,
-          why: list[str]) -> str:
+def needs(runs: int, memory: Fit | None, plan_for: Callable[[int, str, int], GpuPlan],
+          needed: tuple[int, str, int], max_hours: float, why: list[str]) -> str:
     """What it would need: a smaller micro-batch when memory alone is the matter, else GPUs (how
-    many, their GPU-hours) or a cluster. `needed`: gpus_that_fit's (GPUs per trial, parallel)."""
+    many, their GPU-hours) or a cluster. `needed`: gpus_that_fit's (GPUs per trial, parallel,
+    micro-batch); `plan_for(GPUs per trial, parallel, micro-batch)`: the sweep's plan on them."""
     if len(why) == 1 and memory is not None and not memory.fits and memory.fitting:
         return f"--micro-batch {memory.fitting} (fits)"
     per_trial, parallel, micro_batch = needed
+    plan = plan_for(max(1, per_trial), parallel, micro_batch)
     if not per_trial:
         return (f"more than {MOST_GPUS_PER_TRIAL} {plan.gpu.name} GPUs per trial even at micro-batch 1, "
                 "or a cluster through RAY_ADDRESS")
@@ -192,7 +223,7 @@ def needs(runs: int, memory: Fit | None, plan: GpuPlan, needed: tuple[int, str, 
     else:
         trials = max(1, math.ceil(plan.gpu_hours / max_hours / per_trial))
         total = per_trial * min(trials, max(1, runs))
-        hours = (f"about {plan.gpu_hours:,.0f} GPU-hours, {_duration(wall_hours(_with(plan, per_trial), total))} "
+        hours = (f"about {plan.gpu_hours:,.0f} GPU-hours, {_duration(wall_hours(plan, total))} "
                  f"on them at {plan.mfu:.0%} MFU")
     flags = f"--device cuda --procs-per-trial {per_trial}" + (" --parallel fsdp" if parallel == "fsdp" else "")
     flags += f" --micro-batch {micro_batch}" if micro_batch else ""
@@ -200,10 +231,14 @@ def needs(runs: int, memory: Fit | None, plan: GpuPlan, needed: tuple[int, str, 
             "or a cluster through RAY_ADDRESS")
 
 
-def _with(plan: GpuPlan, procs: int) -> GpuPlan:
-    from dataclasses import replace
-
-    return replace(plan, procs=procs)
+def _comm_line(plan: GpuPlan) -> str:
+    link = link_bytes_s(plan.gpu.link_bytes_s, plan.procs)
+    if not math.isfinite(link):
+        return "    communication between GPUs not counted (no link bandwidth known for this GPU)"
+    return (f"    with communication: {plan.parallel} over {plan.procs} GPUs {link_name(plan.procs)} at "
+            f"{link / 1e9:,.0f} GB/s each way, micro-batch {plan.comm_micro_batch}: {plan.comm_s:,.2f} s "
+            f"per step beside {plan.compute_s:,.2f} s of compute (+{plan.comm_s / plan.compute_s:.0%}, "
+            "not overlapped)")
 
 
 def format_gpu_block(plan: GpuPlan, workers: int) -> str:
@@ -228,6 +263,8 @@ def format_gpu_block(plan: GpuPlan, workers: int) -> str:
              f"    = at most {gib(f.most)} of {gib(f.usable)} usable ({1 - DEVICE_HEADROOM:.0%}): {verdict}",
              f"  GPU-hours: {hours}",
              f"    at {plan.mfu:.0%} MFU, from {plan.mfu_source}"]
+    if plan.procs > 1:
+        lines.append(_comm_line(plan))
     if plan.measured:
         lines.insert(4, f"    {plan.measured}")
     if math.isfinite(plan.gpu_hours):

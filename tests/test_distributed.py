@@ -1,9 +1,9 @@
 """One trial over N processes (torch.distributed, gloo on CPU): 2 processes x 1 thread end at the
 final loss of 1 process x 1 thread under ddp and fsdp, a checkpointed run resumes to the last bit
-under both, the plan's memory per process is what a real rank holds, a sweep's gang runs through
-real Ray and stores procs == 2, a rank that dies or hangs is an attempt, never a result, a gang
-that cannot be placed gives up in time, a rank whose own run fails gives the trial its failure, and
-bad input is one line with exit code 2.
+under both, the plan's memory per process is what a real rank holds and its communication per
+step what real ranks send, a sweep's gang runs through real Ray and stores procs == 2, a rank that
+dies or hangs is an attempt, never a result, a gang that cannot be placed gives up in time, a rank
+whose own run fails gives the trial its failure, and bad input is one line with exit code 2.
 
 The tolerance is measured, not guessed: at cpu-xs, ratio 0.05 (16 steps), |2x1 - 1x1| was 2e-9
 nats for adamw and kron and 7e-8 for muon, the same under ddp and fsdp (the averaged gradient
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.errors import UserError
 from bench.run.distributed import Rank, owners, shard_rows, validate
@@ -214,6 +215,84 @@ def test_the_plan_s_memory_per_process_is_what_a_real_rank_holds(name, mode):
         p.join()
     planned = process_memory(name, get_scale("cpu-xs"), vocab, 1, procs=2, parallel=mode, device="cpu")
     assert planned.params + planned.grads + planned.state == pytest.approx(measured, rel=0.01)
+
+
+class _Sent(TorchDispatchMode):
+    """What the collectives run under it carry, in NCCL's bus-bandwidth terms for 2 ranks
+    (bench/run/comms.py): an all-reduce 2(N-1)/N of its tensor, an all-gather (N-1)/N of its output,
+    a reduce-scatter (N-1)/N of its input, a broadcast its tensor. Seen through torch's dispatcher,
+    so FSDP2's own gathers count as much as bench.run.distributed's explicit calls."""
+
+    CARRIED = {"c10d.allreduce_": lambda a: sum(_size(t) for t in a[0]),
+               "c10d.broadcast_": lambda a: sum(_size(t) for t in a[0]),
+               "c10d._allgather_base_": lambda a: _size(a[0]) / 2,
+               "c10d._reduce_scatter_base_": lambda a: _size(a[1]) / 2,
+               "_c10d_functional.all_gather_into_tensor": lambda a: _size(a[0]) * a[1] / 2}
+    bytes = 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        carried = self.CARRIED.get(str(func.overloadpacket))
+        self.bytes += carried(args) if carried else 0
+        return func(*args, **(kwargs or {}))
+
+
+def _size(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _rank_sends(rank: int, port: int, name: str, mode: str, micro_batch: int, sent) -> None:
+    """The bytes one training step of one rank carries (its second: the first sets FSDP up)."""
+    from bench.model.build import build_model
+    from bench.model.llama import head_loss
+    from bench.optimizers.registry import get
+    from bench.run.distributed import build, setup, teardown
+    from bench.run.step import train_step
+
+    torch.set_num_threads(1)
+    setup(rank, 2, "127.0.0.1", port, "cpu")
+    try:
+        spec, where = RunSpec(name, "cpu-xs", RATIO), Rank(rank, 2, mode)
+        torch.manual_seed(0)
+        model = build_model(spec.shape, 512)
+        optimizer = get(name).build(model.tagged_parameters(), spec.hparams, model)
+        parallel = build(where, model, optimizer, head_loss, name)
+        batch = shard_rows(torch.randint(0, 512, (spec.hparams["train_batch_size"], spec.shape.seq_len + 1)), where)
+        train_step(model, optimizer, batch, 0, parallel=parallel, micro_batch=micro_batch)
+        with _Sent() as counter:
+            train_step(model, optimizer, batch, 1, parallel=parallel, micro_batch=micro_batch)
+        sent.put(counter.bytes)
+    finally:
+        teardown()
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("name, mode", [("adamw", "ddp"), ("adamw", "fsdp"), ("kron", "fsdp")])
+def test_the_plan_s_communication_per_step_is_what_real_ranks_send(name, mode):
+    """bench.run.comms against the collectives of one real step of a 2-process run, 8 micro-batches
+    per process (kron: stepped on every rank, so no owner broadcasts). Measured: equal to the byte
+    under fsdp; under ddp the ranks send 156 bytes more, the presence flags (4 bytes per parameter
+    tensor) the plan leaves out; the 0.1% allows those."""
+    import torch.multiprocessing as mp
+
+    from bench.model.scales import get_scale
+    from bench.run.comms import bus_bytes
+    from bench.run.distributed import free_port, stepped_everywhere
+    from bench.run.memory import block_param_count, param_count
+
+    port, context, micro_batch = free_port(), mp.get_context("spawn"), 2
+    sent = context.SimpleQueue()
+    ranks = [context.Process(target=_rank_sends, args=(r, port, name, mode, micro_batch, sent)) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    measured = [sent.get(), sent.get()]
+    for p in ranks:
+        p.join()
+    shape = get_scale("cpu-xs")
+    micro_batches = RunSpec(name, "cpu-xs", RATIO).hparams["train_batch_size"] // 2 // micro_batch
+    planned = bus_bytes(param_count(shape, 512), block_param_count(shape, 512), 2, mode, micro_batches,
+                        stepped_everywhere(name))
+    print(f"{name} {mode}: planned {planned:,.0f} bytes per step, ranks sent {measured}")
+    assert max(measured) == pytest.approx(planned, rel=1e-3)
 
 
 @pytest.mark.system

@@ -1,6 +1,8 @@
 """The plan tells the truth at every scale (issue #18): a CUDA plan from a machine without a GPU,
 the refusal of a sweep that cannot finish on what it sees, and the memory arithmetic against real
 models and optimizers (bench.run.memory, sweeps.capacity)."""
+import re
+
 import pytest
 import torch
 
@@ -51,7 +53,21 @@ def test_1_2b_cuda_dry_run_without_a_gpu_prints_the_gpu_block(extra, per_trial, 
     params = process_memory("adamw", get_scale("1.2B"), 512, 1, per_trial, parallel).params
     assert f"Memory per GPU at micro-batch {256 // per_trial}: parameters {params / 2**30:,.1f} GiB" in out
     assert "GPU-hours: " in out and "for the sweep" in out and "at 40% MFU, from a default of 40%" in out
+    assert (f"with communication: {parallel} over 8 GPUs within a node at 450 GB/s" in out) == (per_trial > 1)
     assert _nothing_stored(store_url, results)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="plans for a GPU this machine does not have")
+def test_gpu_hours_grow_with_the_communication_of_a_spread_trial(results, store_url, capsys):
+    """Perfect scaling would give every spread the same GPU-hours: the links' time (bench.run.comms)
+    makes 8 GPUs in a node cost more than 1, and 16 over InfiniBand more again."""
+    hours = []
+    for extra in ([], ["--procs-per-trial", "8", "--parallel", "fsdp"], ["--procs-per-trial", "16", "--parallel", "fsdp"]):
+        assert main([*PLAN_1_2B, *extra, "--store", store_url]) == 0
+        out = capsys.readouterr().out
+        hours.append(float(re.search(r"GPU-hours: ([\d,.]+) per trial", out)[1].replace(",", "")))
+    assert hours[0] < hours[1] < hours[2], hours
+    assert "fsdp over 16 GPUs InfiniBand across nodes at 50 GB/s" in out
 
 
 def test_gpu_hours_follow_the_flops_and_the_planned_gpu(results, store_url, capsys):

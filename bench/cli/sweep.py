@@ -311,26 +311,25 @@ def _check_capacity(tunings, costs, cost, args, resources) -> None:
     shape, vocab = cell.shape, vocab_size(cell.context.tokenizer)
     optimizers = list(dict.fromkeys(t.cell.optimizer for t in tunings))
     gpu = planned_gpu(args.gpu)
-    make_plan = lambda: gpu_plan(costs, optimizers, shape, vocab, gpu, resources.micro_batch,  # noqa: E731
-                                 resources.procs, resources.parallel)
+    plan_for = lambda procs, parallel, micro_batch: gpu_plan(  # noqa: E731  (micro-batch 0: the chosen one)
+        costs, optimizers, shape, vocab, gpu, micro_batch or resources.micro_batch, procs, parallel)
     if resources.device == "cuda":
-        plan = make_plan()
+        plan = plan_for(resources.procs, resources.parallel, resources.micro_batch)
         if args.dry_run:  # a real step on the visible GPU: only when asked for the plan alone
             plan = measure(plan, optimizers, shape, vocab)
         print(format_gpu_block(plan, resources.workers), flush=True)
         memory, hours = plan.fit, wall_hours(plan, resources.workers * resources.procs)
     else:
-        plan, memory, hours = None, cpu_fit(optimizers, shape, vocab, resources), cost.seconds / 3600
+        memory, hours = cpu_fit(optimizers, shape, vocab, resources), cost.seconds / 3600
         if memory is not None and not memory.fits:
             print(f"Memory per process on CPU at micro-batch {memory.micro_batch}: {memory.most / 2**30:,.1f} "
                   f"GiB of {memory.usable / 2**30:,.1f} GiB usable: does not fit", flush=True)
     why = reasons(resources, memory, hours, args.max_hours, gpu.name)
     if not why:
         return
-    plan = plan or make_plan()
     needed = gpus_that_fit(optimizers, shape, vocab, gpu, resources.procs, resources.parallel,
                            resources.micro_batch)
-    line = refusal(why, needs(cost.runs, memory, plan, needed, args.max_hours, why))
+    line = refusal(why, needs(cost.runs, memory, plan_for, needed, args.max_hours, why))
     if args.force:
         print(f"Forced (--force): {line}", flush=True)
     elif args.dry_run:

@@ -20,20 +20,23 @@ class Gpu:
     memory_bytes: int
     bf16_flops: float | None  # dense peak; None for a visible card this table does not know
     visible: bool = False  # read from a device of this machine
+    link_bytes_s: float | None = None  # to the other GPUs of its node, each way (bench.run.comms)
 
 
-# name -> (memory in GiB, dense bf16 FLOP/s). Sources, NVIDIA datasheets:
-# H100 Tensor Core GPU (SXM 80 GB HBM3: BF16 1,979 TFLOPS with sparsity, so 989 dense; PCIe 80 GB:
-# 1,513 with sparsity, 756 dense); H200 Tensor Core GPU (141 GB HBM3e, BF16 1,979 with sparsity);
-# A100 Tensor Core GPU (40 or 80 GB, BF16 312 TFLOPS dense, 624 with sparsity); L40S (48 GB GDDR6,
-# BF16 362.05 TFLOPS dense, 733 with sparsity).
-KNOWN: dict[str, tuple[float, float]] = {
-    "H100": (80, 989e12),
-    "H100-PCIe": (80, 756e12),
-    "H200": (141, 989e12),
-    "A100-80GB": (80, 312e12),
-    "A100-40GB": (40, 312e12),
-    "L40S": (48, 362e12),
+# name -> (memory in GiB, dense bf16 FLOP/s, link to the node's other GPUs in bytes/s each way).
+# Sources, NVIDIA datasheets: H100 Tensor Core GPU (SXM 80 GB HBM3: BF16 1,979 TFLOPS with sparsity,
+# so 989 dense, NVLink 900 GB/s; PCIe 80 GB: 1,513 with sparsity, 756 dense, PCIe Gen5 128 GB/s);
+# H200 Tensor Core GPU (141 GB HBM3e, BF16 1,979 with sparsity, NVLink 900 GB/s); A100 Tensor Core
+# GPU (40 or 80 GB, BF16 312 TFLOPS dense, 624 with sparsity, SXM NVLink 600 GB/s); L40S (48 GB
+# GDDR6, BF16 362.05 TFLOPS dense, 733 with sparsity, PCIe Gen4 x16 64 GB/s). Link figures are both
+# ways together: half each way. The PCIe H100 is planned without its optional NVLink bridge.
+KNOWN: dict[str, tuple[float, float, float]] = {
+    "H100": (80, 989e12, 450e9),
+    "H100-PCIe": (80, 756e12, 64e9),
+    "H200": (141, 989e12, 450e9),
+    "A100-80GB": (80, 312e12, 300e9),
+    "A100-40GB": (40, 312e12, 300e9),
+    "L40S": (48, 362e12, 32e9),
 }
 # a visible device's name (torch.cuda.get_device_name) -> its entry: the first substring wins, so
 # the PCIe H100 and the 40 GB A100 come before their siblings
@@ -47,8 +50,8 @@ def known_gpu(name: str) -> Gpu:
     key = next((k for k in KNOWN if k.lower() == name.strip().lower()), None)
     if key is None:
         raise UserError(f"unknown GPU {name!r}; known: {', '.join(KNOWN)}")
-    memory, peak = KNOWN[key]
-    return Gpu(key, int(memory * GIB), peak)
+    memory, peak, link = KNOWN[key]
+    return Gpu(key, int(memory * GIB), peak, link_bytes_s=link)
 
 
 def planned_gpu(name: str | None) -> Gpu:
@@ -62,5 +65,6 @@ def planned_gpu(name: str | None) -> Gpu:
         return known_gpu(DEFAULT_GPU)
     device = torch.cuda.get_device_name(0)
     key = next((k for sub, k in _BY_DEVICE_NAME if sub in device), None)
-    return Gpu(device, torch.cuda.get_device_properties(0).total_memory,
-               KNOWN[key][1] if key else None, visible=True)
+    peak, link = KNOWN[key][1:] if key else (None, None)
+    return Gpu(device, torch.cuda.get_device_properties(0).total_memory, peak, visible=True,
+               link_bytes_s=link)

@@ -71,6 +71,11 @@ def param_count(scale: Scale, vocab: int) -> int:
     return sum(p.numel() for p in _meta_model(scale, vocab).parameters())
 
 
+def block_param_count(scale: Scale, vocab: int) -> int:
+    """The parameters inside the transformer blocks (the rest: embeddings, head, final norm)."""
+    return sum(p.numel() for p in _meta_model(scale, vocab).layers.parameters())
+
+
 def optimizer_state_bytes(optimizer: str, scale: Scale, vocab: int, procs: int = 1,
                           parallel: str = "ddp") -> int:
     """The optimizer's state on one process, from its measured bytes per parameter role: the whole
