@@ -29,7 +29,8 @@ Both modes: Sophia's curvature estimates are averaged over ranks (the same probe
 that the full batch's estimate); MuonClip's max attention logits are the max over ranks. DDP
 checkpoints are rank 0's (the ranks hold the same state) and every rank resumes from them; FSDP
 checkpoints hold every owner's optimizer state, gathered to rank 0, and resume only at the same
-number of ranks. FSDP refuses --compile as bad input.
+number of ranks. Under --compile FSDP compiles the sharded copy's blocks after fully_shard: the
+copy is a deep copy, which drops the master's compiled code.
 """
 from __future__ import annotations
 
@@ -97,13 +98,6 @@ def validate(spec: RunSpec, options: RunOptions, cpus: int | None = None, gpus: 
         if n * (options.threads or 1) > have:
             raise UserError(f"--procs-per-trial {n} x --threads {options.threads or 1} needs "
                             f"{n * (options.threads or 1)} CPUs, {have} available")
-    if mode == "fsdp":
-        _validate_fsdp(spec, options)
-
-
-def _validate_fsdp(spec: RunSpec, options: RunOptions) -> None:
-    if options.compile:
-        raise UserError("--compile is not supported with --parallel fsdp (use ddp)")
 
 
 def setup(rank: int, world: int, address: str, port: int, device: str) -> None:
@@ -240,13 +234,15 @@ class Sharded(Parallel):
     """FSDP2 forward/backward on a sharded copy, ZeRO-style owners stepping the master copy."""
 
     def __init__(self, rank: Rank, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_fn: Callable, replicated: bool):
+                 loss_fn: Callable, replicated: bool, compiled: bool = False):
         super().__init__(rank, model, optimizer)
         from torch.distributed.fsdp import fully_shard
 
         self.wrapped = _LossModule(_copy(model), loss_fn)
         for block in self.wrapped.model.layers:
             fully_shard(block)
+            if compiled:
+                block.compile()
         fully_shard(self.wrapped)
         shards = dict(self.wrapped.model.named_parameters())
         self.pairs = [(p, shards[name]) for name, p in model.named_parameters()]
@@ -326,9 +322,9 @@ class _LossModule(nn.Module):
 
 
 def build(rank: Rank, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
-          optimizer_name: str) -> Parallel:
+          optimizer_name: str, compiled: bool = False) -> Parallel:
     if rank.mode == "fsdp":
-        return Sharded(rank, model, optimizer, loss_fn, stepped_everywhere(optimizer_name))
+        return Sharded(rank, model, optimizer, loss_fn, stepped_everywhere(optimizer_name), compiled)
     return Parallel(rank, model, optimizer)
 
 

@@ -161,7 +161,7 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     # did) says so; clipping the raw gradient as well would clip twice.
     clip = 0.0 if opt_def.clips_gradients else hp["max_grad_norm"]
     peak_lrs = [g["lr"] for g in optimizer.param_groups]
-    parallel = _parallel(rank, model, optimizer, loss_fn, spec.optimizer)
+    parallel = _parallel(rank, model, optimizer, loss_fn, spec.optimizer, options.compile)
     main = rank is None or rank.main
 
     batch_size = hp["train_batch_size"]
@@ -216,12 +216,12 @@ def _train(spec: RunSpec, data: TokenData, options: RunOptions, result: RunResul
     return _Trained(model, autocast, ckpt)
 
 
-def _parallel(rank: Rank | None, model, optimizer, loss_fn, name: str) -> Parallel | None:
+def _parallel(rank: Rank | None, model, optimizer, loss_fn, name: str, compiled: bool) -> Parallel | None:
     if rank is None:
         return None
     from bench.run import distributed
 
-    return distributed.build(rank, model, optimizer, loss_fn, name)
+    return distributed.build(rank, model, optimizer, loss_fn, name, compiled)
 
 
 def _rows(batch: torch.Tensor, rank: Rank | None) -> torch.Tensor:
