@@ -7,8 +7,8 @@ would repeat on every rerun. So each trial says when it starts (StartLog, a Ray 
 once they hold their CPUs), and its deadline is that start plus the timeout, again from each retry.
 
 A trial that never starts is wedged too (a cluster with no room left for it, say every worker node
-gone): it is overdue once nothing has started or ended for a whole timeout, so a queue that moves
-never kills it.
+gone): it is overdue once no trial has been submitted, started or ended for a whole timeout, so a
+queue that moves never kills it.
 """
 from __future__ import annotations
 
@@ -50,10 +50,11 @@ class Deadlines:
         self.timeout_s, self._clock = timeout_s, clock
         self._starts: dict = {}  # handle -> starts seen so far (0: queued)
         self._since: dict = {}  # handle -> when its latest start was seen
-        self._moved = clock()  # when a trial last started or ended
+        self._moved = clock()  # when a trial was last submitted, started or ended
 
     def submitted(self, handle) -> None:
         self._starts[handle] = 0
+        self._moved = self._clock()
 
     def saw(self, handle, starts: int) -> None:
         """`starts`: how many times the trial has started by now (StartLog); a new one restarts the clock."""

@@ -61,8 +61,11 @@ def test_a_queue_that_moves_never_expires_its_waiting_trials():
 def test_a_queue_where_nothing_moves_for_a_timeout_expires_its_waiting_trials():
     clock = Clock()
     deadlines = Deadlines(100.0, clock)
+    clock.now = 500.0  # a sweep that read stored results for a while: its first trial still gets a timeout
     deadlines.submitted("waiting")
-    clock.now = 100.5
+    clock.now = 550.0
+    assert deadlines.overdue() == ([], True)
+    clock.now = 600.5
     assert deadlines.overdue() == (["waiting"], False)
 
 

@@ -71,10 +71,10 @@ def timed_out(seconds: float) -> str:
 
 
 def not_started(seconds: float) -> str:
-    """The reason of a trial the sweep killed before it started: nothing started or ended for a
-    whole --trial-timeout (sweeps/deadlines.py), so the cluster has no room left for it."""
-    return (f"{_PREFIX} (timed out): not started, and no other trial started or ended, within "
-            f"--trial-timeout {seconds:.0f} s (no room on the cluster for it); killed")
+    """The reason of a trial the sweep killed before it started: no trial was submitted, started
+    or ended for a whole --trial-timeout (sweeps/deadlines.py), so the cluster has no room for it."""
+    return (f"{_PREFIX} (timed out): not started, and no trial moved, within --trial-timeout "
+            f"{seconds:.0f} s (no room on the cluster for it); killed")
 
 
 def environment_failure(reason: str) -> bool:
