@@ -13,7 +13,8 @@ Then `optbench sweep` refuses with one line saying what it would need (a smaller
 GPUs: how many and their GPU-hours, or a cluster through RAY_ADDRESS), unless --force.
 
 GPU-hours come from the plan's FLOPs (bench.model.flops) at the planned GPU's datasheet peak times
-an MFU: the best one measured in results/bench-gpu.json, else bench.run.estimate.DEFAULT_MFU.
+an MFU (the best one measured in results/bench-gpu.json, else bench.run.estimate.DEFAULT_MFU), plus
+a spread trial's communication between its GPUs (bench.run.comms), which stalls all of them.
 """
 from __future__ import annotations
 
