@@ -107,30 +107,52 @@ def test_fsdp_with_compile_ends_at_the_compiled_single_process_loss(cache, one_t
 def test_fsdp_compiles_the_blocks_it_runs(one_thread):
     """The sharded copy is a deep copy, which drops the master's compiled code: its own blocks
     must be compiled after fully_shard, or --compile would compile only the loss head."""
-    from bench.model.build import build_model
     from bench.model.llama import compile_model
-    from bench.optimizers.registry import get
     from bench.run.distributed import build, free_port, setup, teardown
 
     setup(0, 1, "127.0.0.1", free_port(), "cpu")
     try:
-        spec = RunSpec("adamw", "cpu-xs", RATIO)
-        model = build_model(spec.shape, 512)
+        _, model, optimizer = _built("adamw")
         loss_fn = compile_model(model)
-        optimizer = get("adamw").build(model.tagged_parameters(), spec.hparams, model)
         sharded = build(Rank(0, 1, "fsdp"), model, optimizer, loss_fn, "adamw", compiled=True)
         assert all(block._compiled_call_impl is not None for block in sharded.wrapped.model.layers)
     finally:
         teardown()
 
 
+def _built(name: str, vocab: int = 512, model: dict | None = None) -> tuple:
+    """A cpu-xs run's spec, its model (seed 0) and optimizer, as every rank (and one process) builds them."""
+    from bench.model.build import build_model
+    from bench.optimizers.registry import get
+
+    spec = RunSpec(name, "cpu-xs", RATIO, model=model or {})
+    torch.manual_seed(0)
+    net = build_model(spec.shape, vocab)
+    return spec, net, get(name).build(net.tagged_parameters(), spec.hparams, net)
+
+
+def _two_ranks(target, *args) -> list:
+    """target(rank, port, *args, out) in 2 spawned processes of one group: what each put on `out`."""
+    import torch.multiprocessing as mp
+
+    from bench.run.distributed import free_port
+
+    context, port = mp.get_context("spawn"), free_port()
+    out = context.SimpleQueue()
+    ranks = [context.Process(target=target, args=(r, port, *args, out)) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    values = [out.get(), out.get()]
+    for p in ranks:
+        p.join()
+    return values
+
+
 def _moe_gradient(rank: int | None, port: int = 0, mode: str = "", out=None):
     """One batch's gradient of a cpu-xs MoE in micro-batches of 4 rows, flattened: averaged over 2
     ranks (each with its half of the rows) and put on `out`, or returned from one process (`rank`
     None)."""
-    from bench.model.build import build_model
     from bench.model.llama import head_loss
-    from bench.optimizers.registry import get
     from bench.run.distributed import build, setup, teardown
     from bench.run.step import gradients
 
@@ -138,14 +160,11 @@ def _moe_gradient(rank: int | None, port: int = 0, mode: str = "", out=None):
     if rank is not None:
         setup(rank, 2, "127.0.0.1", port, "cpu")
     try:
-        spec = RunSpec("adamw", "cpu-xs", RATIO, model={"arch": "moe"})
-        torch.manual_seed(0)
-        model = build_model(spec.shape, 512)
+        spec, model, optimizer = _built("adamw", model={"arch": "moe"})
         batch = torch.randint(0, 512, (spec.hparams["train_batch_size"], spec.shape.seq_len + 1),
                               generator=torch.Generator().manual_seed(1))
         parallel = None
         if rank is not None:
-            optimizer = get("adamw").build(model.tagged_parameters(), spec.hparams, model)
             parallel = build(Rank(rank, 2, mode), model, optimizer, head_loss, "adamw")
             batch = shard_rows(batch, Rank(rank, 2, mode))
         gradients(model, head_loss, batch[:, :-1], batch[:, 1:], micro_batch=4,
@@ -171,18 +190,7 @@ def test_micro_batches_and_the_moe_balancing_loss_work_over_ranks(mode, one_thre
     an Intel Xeon: a routing change at step 11 left ddp 3.1e-6 nats from one process at step 16,
     fsdp 6e-9; 9e-9 for both on an AMD EPYC). One step's gradients differ by 0.92 fp32 ulps of the
     largest (4.7e-10 of 4.2e-3) under both; 4 ulps allow the three sums in another order."""
-    import torch.multiprocessing as mp
-
-    from bench.run.distributed import free_port
-
-    port, context = free_port(), mp.get_context("spawn")
-    out = context.SimpleQueue()
-    ranks = [context.Process(target=_moe_gradient, args=(r, port, mode, out)) for r in (0, 1)]
-    for p in ranks:
-        p.start()
-    spread = [torch.from_numpy(out.get()), torch.from_numpy(out.get())]
-    for p in ranks:
-        p.join()
+    spread = [torch.from_numpy(g) for g in _two_ranks(_moe_gradient, mode)]
     one = _moe_gradient(None)
     assert torch.equal(spread[0], spread[1])  # every rank holds the same averaged gradient
     print(f"{mode}: max |difference| {(spread[0] - one).abs().max():.2e}, max |gradient| {one.abs().max():.2e}")
@@ -242,7 +250,6 @@ def _held_bytes(*tensors) -> int:
 def _rank_memory(rank: int, port: int, name: str, mode: str, vocab: int, held) -> None:
     """Two training steps of one rank; what it holds just before its optimizer steps (the master
     copy, its gradients, FSDP's shards and theirs, the optimizer state), the peak of step 2."""
-    from bench.model.build import build_model
     from bench.model.llama import head_loss
     from bench.optimizers.registry import get
     from bench.run.distributed import build, setup, teardown
@@ -251,11 +258,8 @@ def _rank_memory(rank: int, port: int, name: str, mode: str, vocab: int, held) -
     torch.set_num_threads(1)
     setup(rank, 2, "127.0.0.1", port, "cpu")
     try:
-        spec, where = RunSpec(name, "cpu-xs", RATIO), Rank(rank, 2, mode)
-        torch.manual_seed(0)
-        model = build_model(spec.shape, vocab)
-        definition = get(name)
-        optimizer = definition.build(model.tagged_parameters(), spec.hparams, model)
+        where, definition = Rank(rank, 2, mode), get(name)
+        spec, model, optimizer = _built(name, vocab)
         parallel = build(where, model, optimizer, head_loss, name)
         shards = list(parallel.wrapped.parameters()) if mode == "fsdp" else []
         before, step = [], parallel.step
@@ -283,20 +287,11 @@ def test_the_plan_s_memory_per_process_is_what_a_real_rank_holds(name, mode):
     tensors a real rank of a 2-process run holds at its peak (just before the optimizer steps),
     the larger of the two ranks. FSDP's own transient buffers (the gathered parameters of the
     forward and backward) are not counted by either."""
-    import torch.multiprocessing as mp
-
     from bench.model.scales import get_scale
-    from bench.run.distributed import free_port
     from bench.run.memory import process_memory
 
-    vocab, port, context = 512, free_port(), mp.get_context("spawn")
-    held = context.SimpleQueue()
-    ranks = [context.Process(target=_rank_memory, args=(r, port, name, mode, vocab, held)) for r in (0, 1)]
-    for p in ranks:
-        p.start()
-    measured = max(held.get(), held.get())
-    for p in ranks:
-        p.join()
+    vocab = 512
+    measured = max(_two_ranks(_rank_memory, name, mode, vocab))
     planned = process_memory(name, get_scale("cpu-xs"), vocab, 1, procs=2, parallel=mode, device="cpu")
     assert planned.params + planned.grads + planned.state == pytest.approx(measured, rel=0.01)
 
@@ -326,19 +321,15 @@ def _size(t: torch.Tensor) -> int:
 
 def _rank_sends(rank: int, port: int, name: str, mode: str, micro_batch: int, sent) -> None:
     """The bytes one training step of one rank carries (its second: the first sets FSDP up)."""
-    from bench.model.build import build_model
     from bench.model.llama import head_loss
-    from bench.optimizers.registry import get
     from bench.run.distributed import build, setup, teardown
     from bench.run.step import train_step
 
     torch.set_num_threads(1)
     setup(rank, 2, "127.0.0.1", port, "cpu")
     try:
-        spec, where = RunSpec(name, "cpu-xs", RATIO), Rank(rank, 2, mode)
-        torch.manual_seed(0)
-        model = build_model(spec.shape, 512)
-        optimizer = get(name).build(model.tagged_parameters(), spec.hparams, model)
+        where = Rank(rank, 2, mode)
+        spec, model, optimizer = _built(name)
         parallel = build(where, model, optimizer, head_loss, name)
         batch = shard_rows(torch.randint(0, 512, (spec.hparams["train_batch_size"], spec.shape.seq_len + 1)), where)
         train_step(model, optimizer, batch, 0, parallel=parallel, micro_batch=micro_batch)
@@ -356,21 +347,13 @@ def test_the_plan_s_communication_per_step_is_what_real_ranks_send(name, mode):
     per process (kron: stepped on every rank, so no owner broadcasts). Measured: equal to the byte
     under fsdp; under ddp the ranks send 156 bytes more, the presence flags (4 bytes per parameter
     tensor) the plan leaves out; the 0.1% allows those."""
-    import torch.multiprocessing as mp
-
     from bench.model.scales import get_scale
     from bench.run.comms import bus_bytes
-    from bench.run.distributed import free_port, stepped_everywhere
+    from bench.run.distributed import stepped_everywhere
     from bench.run.memory import block_param_count, param_count
 
-    port, context, micro_batch = free_port(), mp.get_context("spawn"), 2
-    sent = context.SimpleQueue()
-    ranks = [context.Process(target=_rank_sends, args=(r, port, name, mode, micro_batch, sent)) for r in (0, 1)]
-    for p in ranks:
-        p.start()
-    measured = [sent.get(), sent.get()]
-    for p in ranks:
-        p.join()
+    micro_batch = 2
+    measured = _two_ranks(_rank_sends, name, mode, micro_batch)
     shape = get_scale("cpu-xs")
     micro_batches = RunSpec(name, "cpu-xs", RATIO).hparams["train_batch_size"] // 2 // micro_batch
     planned = bus_bytes(param_count(shape, 512), block_param_count(shape, 512), 2, mode, micro_batches,
