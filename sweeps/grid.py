@@ -6,6 +6,8 @@ default when the config becomes a RunSpec.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any, Mapping
 
@@ -15,18 +17,37 @@ from bench.optimizers import registry
 from bench.run.spec import resolve_hparams
 
 Config = dict[str, Any]
+AMENDMENT_KEYS = ("cpu", "paper", "start", "source")
+# shipped optimizer -> its --space amendment in this process: grid keys by ladder, "start", "label"
+_AMENDED: dict[str, dict[str, Any]] = {}
 
 
 def load_grid(optimizer: str, ladder: str) -> dict[str, list]:
-    """The grid of `optimizer` for `ladder` ("cpu" or "paper"), from <name>.json beside its optimizer module."""
+    """The grid of `optimizer` for `ladder` ("cpu" or "paper"), from <name>.json beside its optimizer
+    module, with the keys a --space amendment names replaced."""
     grid = {key: list(values) for key, values in registry.get(optimizer).space(ladder).items()}
+    grid.update(_AMENDED.get(optimizer, {}).get(ladder, {}))
     use_space(optimizer)  # a space of the user's own: its values checked before any trial
     return grid
 
 
+def start_point(optimizer: str, hparams: Mapping[str, Any], grid: Mapping[str, list]) -> Config:
+    """Where a search of `optimizer` begins: `hparams` (its defaults), with an amendment's "start"
+    values over them, snapped onto `grid`."""
+    return snap_config({**hparams, **_AMENDED.get(optimizer, {}).get("start", {})}, grid)
+
+
+def space_label(optimizer: str) -> str:
+    """A short digest of `optimizer`'s grid amendment ("" for none): its searches' Optuna studies
+    carry it, so a search on another grid never resumes this one's."""
+    return _AMENDED.get(optimizer, {}).get("label", "")
+
+
 def use_spaces(spaces: list[str], optimizers: list[str]) -> None:
     """`--space [NAME=]FILE`s of a sweep over `optimizers`: a FILE without NAME is for the one
-    optimizer among them from outside bench/optimizers/."""
+    optimizer among them from outside bench/optimizers/; NAME=FILE for a shipped optimizer amends
+    its grid (amend_grid)."""
+    _AMENDED.clear()
     for item in spaces:
         name, sep, path = item.partition("=")
         if not sep:
@@ -35,7 +56,69 @@ def use_spaces(spaces: list[str], optimizers: list[str]) -> None:
                 raise UserError(f"--space {item}: name its optimizer, NAME=FILE (your own optimizers "
                                 f"here: {', '.join(own) or 'none'})")
             name, path = own[0], item
-        use_space(name, path)
+        if registry.get(name).module:
+            use_space(name, path)
+        else:
+            amend_grid(name, path)
+
+
+def amend_grid(optimizer: str, path: str) -> None:
+    """Amend shipped `optimizer`'s grids for this process from the file at `path`: {"cpu": {key:
+    [values]}, "paper": {...}, "start": {key: value}, "source": notes}. A key it lists replaces that
+    key's values (or adds the key); "start" moves where a search begins. Its runs keep the
+    optimizer's own defaults for every key not in a config, so they stay what their keys say."""
+    data = _read_json(path)
+    where = f"--space {optimizer}={path}"
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a JSON object with keys among {', '.join(AMENDMENT_KEYS)}")
+    if unknown := sorted(set(data) - set(AMENDMENT_KEYS)):
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(AMENDMENT_KEYS)}")
+    opt = registry.get(optimizer)
+    for ladder in ("cpu", "paper"):
+        grid = data.get(ladder, {})
+        if not (isinstance(grid, dict) and all(isinstance(v, list) and v for v in grid.values())):
+            raise UserError(f"{where}: {ladder!r} must map hyperparameters to non-empty lists of values")
+        for key, values in grid.items():
+            for value in values:
+                _checked(opt, {_known(opt, key, where): value}, f"{where} ({ladder} grid)")
+    start = data.get("start", {})
+    if not isinstance(start, dict):
+        raise UserError(f"{where}: 'start' must map hyperparameters to values")
+    _checked(opt, {_known(opt, k, where): v for k, v in start.items()}, f"{where} (start)")
+    on_grid = {k for ladder in ("cpu", "paper") for k in (*opt.space(ladder), *data.get(ladder, {}))}
+    if off := sorted(set(start) - on_grid):
+        raise UserError(f"{where}: start {off[0]!r} is on none of {optimizer}'s grids (a search sets grid keys only)")
+    kept = {k: data[k] for k in ("cpu", "paper", "start") if k in data}
+    digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
+    _AMENDED[optimizer] = {**kept, "label": digest, "path": path}
+
+
+def amendments() -> list[str]:
+    """One line per amended grid in this process, for a sweep's plan."""
+    lines = []
+    for name, amended in _AMENDED.items():
+        keys = sorted({k for ladder in ("cpu", "paper") for k in amended.get(ladder, {})})
+        start = ", ".join(f"{k}={v}" for k, v in amended.get("start", {}).items())
+        lines.append(f"{name}: grid amended by {amended['path']} ({', '.join(keys) or 'no keys'}"
+                     f"{'; start ' + start if start else ''}); Optuna studies .../space-{amended['label']}")
+    return lines
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise UserError(f"--space file {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"--space file {path} is not valid JSON: {e}") from None
+
+
+def _known(opt: registry.OptimizerDef, key: str, where: str) -> str:
+    if key not in opt.defaults:
+        raise UserError(f"{where}: unknown hyperparameter {key!r} for {opt.name}; "
+                        f"known: {', '.join(sorted(opt.defaults))}")
+    return key
 
 
 def use_space(optimizer: str, path: str | None = None) -> None:

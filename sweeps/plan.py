@@ -55,14 +55,16 @@ class Cell:
     protocol: str  # coordinate | tpe | gp | predict
     context: SweepContext = field(default_factory=SweepContext)
     search_seed: int = 0  # TPE/GP's sampler seed, coordinate descent's key order (0: the study's)
+    space: str = ""  # the digest of a --space amendment of a shipped optimizer's grid (sweeps.grid)
 
     @property
     def study_name(self) -> str:
         """The Optuna study's name, grouped by path in optuna-dashboard; a context other than the
-        default, and a search seed other than 0, get studies of their own."""
+        default, a search seed other than 0 and an amended grid get studies of their own."""
         label = self.context.label(self.scale)
         return (f"optbench/{self.scale}/{self.ratio:g}x/{self.optimizer}/{self.protocol}"
                 + (f"/seed{self.search_seed}" if self.search_seed else "")
+                + (f"/space-{self.space}" if self.space else "")
                 + (f"/{label}" if label else ""))
 
     @property

@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     p.add_argument("--level", type=float, default=0.9, help="interval level (default: 0.9)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default: 0)")
     p.add_argument("--no-plots", action="store_true", help="write tables only")
+    p.add_argument("--space", dest="spaces", action="append", default=[], metavar="NAME=FILE",
+                   help="a grid amendment the sweep ran with (repeatable): the at_grid_end column "
+                        "reads the amended grid")
     p.set_defaults(func=cmd_agreement)
 
 
@@ -56,7 +59,9 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     from analysis.plots import agreement_figure, save, with_ext
     from analysis.tables import format_frame
     from bench.paths import results_dir
+    from sweeps.grid import use_spaces
 
+    use_spaces(args.spaces, [])
     if args.n_boot < 100 or not 0.5 <= args.level < 1.0:
         raise UserError(f"--n-boot must be at least 100 and --level in [0.5, 1) (got {args.n_boot}, {args.level})")
     ours = _our_side(args)

@@ -36,7 +36,9 @@ def register(subparsers) -> None:
                    help="comma-separated names (module:Class too), or 'all' (default: adamw,muon)")
     p.add_argument("--space", dest="spaces", action="append", default=[], metavar="[NAME=]FILE",
                    help="search space file of your own optimizer (repeatable; NAME needed when "
-                        "there are several)")
+                        "there are several), or NAME=FILE amending a shipped optimizer's grid: the "
+                        "keys FILE lists replace its values, 'start' where the search begins "
+                        "(docs/TUNING.md)")
     p.add_argument("--protocol", default="coordinate",
                    choices=("coordinate", "tpe", "gp", "transfer", "predict"),
                    help="coordinate: the study's Phase I (Phase II where a smaller scale is tuned); "
@@ -98,7 +100,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from bench.store.database import ResultStore
     from bench.track import require
     from sweeps import gang
-    from sweeps.grid import use_spaces
+    from sweeps.grid import space_label, use_spaces
     from sweeps.plan import Cell
 
     for name in ("max_trials", "seeds", "finalists", "workers", "threads"):
@@ -125,7 +127,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     address = os.environ.get("RAY_ADDRESS") or None
     cluster = _cluster(address)
     resources = resolve_resources(args, cluster)
-    cells = [Cell(o, scale.name, r, args.protocol, context[1], args.search_seed)
+    cells = [Cell(o, scale.name, r, args.protocol, context[1], args.search_seed, space_label(o))
              for r in ratios for o in optimizers]
     gang.check(cells, resources, _planned_cluster(cluster, resources))  # --procs-per-trial: batches split, a gang fits
     if args.reuse_stale and not store.count_stale(optimizer=optimizers, scale=scale.name):
@@ -268,12 +270,15 @@ def _tunings(cells, args, device: str, stored):
 
 def _plan(tunings, args, resources, store, stored):
     """Print the plan and its cost (sweeps.plan.Cost); ask unless --yes. None if the user said no."""
+    from sweeps.grid import amendments
     from sweeps.plan import CellCost, estimate_cost, format_plan, stored_runs
     from sweeps.record import default_target
 
     costs = [CellCost(t.cell, t.protocol.label, t.protocol.max_runs + args.finalists * (args.seeds - 1),
                       stored_runs(stored, t.cell)) for t in tunings]
     cost = estimate_cost(costs, resources.workers, resources.threads, resources.device, stored)
+    for line in amendments():
+        print(line)
     print(format_plan(costs, cost, {"workers": resources.workers, "threads": resources.threads,
                                     "device": resources.device, "store": store.url,
                                     "optuna": args.optuna_storage or default_target()}), flush=True)

@@ -142,7 +142,7 @@ def with_space(name: str, path: str) -> OptimizerDef:
 
     if get(name).module == "":
         raise UserError(f"--space is for your own optimizers (module:Class or entry points); {name!r} "
-                        f"keeps bench/optimizers/{name}.json")
+                        f"keeps bench/optimizers/{name}.json (a sweep amends its grid: --space {name}=FILE)")
     return external.load(name, path)
 
 

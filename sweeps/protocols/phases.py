@@ -33,7 +33,7 @@ from analysis.paper.ingest import DEFAULT_DATA_DIR, OPTIMIZER_NAMES
 from bench.errors import UserError
 from bench.model.scales import Scale, get_scale
 from bench.store.record import StoredRun
-from sweeps.grid import Config, importance_order, load_grid, snap_config
+from sweeps.grid import Config, importance_order, load_grid, snap_config, start_point
 from sweeps.plan import Cell
 from sweeps.protocols.base import FixedConfig, TuningProtocol
 from sweeps.protocols.coordinate import CoordinateDescent
@@ -58,7 +58,7 @@ def make_protocol(cell: Cell, budget: int,
                   stored: Sequence[StoredRun]) -> tuple[TuningProtocol, dict]:
     """The cell's protocol and its grid, given the runs in the store."""
     grid = load_grid(cell.optimizer, cell.grid_ladder)
-    start = snap_config(cell.spec({}).hparams, grid)  # its defaults (batch: the shape's)
+    start = start_point(cell.optimizer, cell.spec({}).hparams, grid)  # defaults (batch: the shape's)
     if cell.protocol in SAMPLERS:
         return SamplerSearch(cell.protocol, grid, start, budget, cell.search_seed), grid
     smaller = tuned_cells(stored, cell.optimizer, cell.shape)
