@@ -93,6 +93,10 @@ def amend_grid(optimizer: str, path: str) -> None:
     _AMENDED[optimizer] = {**kept, "label": digest, "path": path}
 
 
+def amended_optimizers() -> list[str]:
+    return sorted(_AMENDED)
+
+
 def amendments() -> list[str]:
     """One line per amended grid in this process, for a sweep's plan."""
     lines = []

@@ -4,6 +4,7 @@ search gets an Optuna study of its own, and bad files are one line with exit cod
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -13,6 +14,7 @@ from bench.store.database import ResultStore
 from sweeps.grid import load_grid, space_label, start_point, use_spaces
 from sweeps.record import open_storage
 
+ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = load_grid("adamw", "cpu")
 SHIPPED_PAPER = load_grid("adamw", "paper")
 
@@ -100,3 +102,16 @@ def test_agreement_reads_a_winner_at_the_end_of_the_amended_grid(tmp_path):
     assert _grid_ends("adamw", {"warmup": 500}, {"warmup"}, "cpu") == ""  # off the shipped grid
     use_spaces([f"adamw={_file(tmp_path, cpu={'warmup': [62, 125, 250, 500]})}"], [])
     assert _grid_ends("adamw", {"warmup": 500}, {"warmup"}, "cpu") == "warmup=500 (highest)"
+
+
+@pytest.mark.integration
+def test_agreement_names_the_amended_grids_in_its_context(tmp_path, capsys):
+    baseline = str(ROOT / "results" / "baselines" / "regress-cpu-xs.json")
+    space = _file(tmp_path, cpu={"warmup": [62, 125]})
+    out = tmp_path / "agreement"
+    assert main(["agreement", "--baseline", baseline, "--no-plots", "--n-boot", "100", "--out", str(out)]) == 0
+    assert "grids amended" not in capsys.readouterr().out
+    assert main(["agreement", "--baseline", baseline, "--no-plots", "--n-boot", "100", "--out", str(out),
+                 "--space", f"adamw={space}", "--space", f"lion={space}"]) == 0
+    assert "; grids amended (--space): adamw, lion" in capsys.readouterr().out
+    assert "grids amended (--space): adamw, lion" in (tmp_path / "agreement.md").read_text()

@@ -59,12 +59,14 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     from analysis.plots import agreement_figure, save, with_ext
     from analysis.tables import format_frame
     from bench.paths import results_dir
-    from sweeps.grid import use_spaces
+    from sweeps.grid import amended_optimizers, use_spaces
 
     use_spaces(args.spaces, [])
     if args.n_boot < 100 or not 0.5 <= args.level < 1.0:
         raise UserError(f"--n-boot must be at least 100 and --level in [0.5, 1) (got {args.n_boot}, {args.level})")
     ours = _our_side(args)
+    if amended := amended_optimizers():
+        ours = replace(ours, context=f"{ours.context}; grids amended (--space): {', '.join(amended)}")
     study = _study_side(args)
     agr = agreement(ours.side, study, args.level)
     ratios = _shown(by_ratio(ours.result, ours.scale, ours.side.label, study, args.level))
