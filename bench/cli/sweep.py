@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                    help="search space file of your own optimizer (repeatable; NAME needed when "
                         "there are several), or NAME=FILE amending a shipped optimizer's grid: the "
                         "keys FILE lists replace its values, 'start' where the search begins "
-                        "(docs/TUNING.md)")
+                        "(README: Benchmark your optimizer)")
     p.add_argument("--protocol", default="coordinate",
                    choices=("coordinate", "tpe", "gp", "transfer", "predict"),
                    help="coordinate: the study's Phase I (Phase II where a smaller scale is tuned); "
