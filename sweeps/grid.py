@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from analysis.cells import config_key
 from bench.errors import UserError
 from bench.optimizers import registry
+from bench.optimizers.external import read_grids
 from bench.run.spec import resolve_hparams
 
 Config = dict[str, Any]
@@ -67,18 +68,11 @@ def amend_grid(optimizer: str, path: str) -> None:
     [values]}, "paper": {...}, "start": {key: value}, "source": notes}. A key it lists replaces that
     key's values (or adds the key); "start" moves where a search begins. Its runs keep the
     optimizer's own defaults for every key not in a config, so they stay what their keys say."""
-    data = _read_json(path)
+    data = read_grids(path, AMENDMENT_KEYS)
     where = f"--space {optimizer}={path}"
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a JSON object with keys among {', '.join(AMENDMENT_KEYS)}")
-    if unknown := sorted(set(data) - set(AMENDMENT_KEYS)):
-        raise UserError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(AMENDMENT_KEYS)}")
     opt = registry.get(optimizer)
     for ladder in ("cpu", "paper"):
-        grid = data.get(ladder, {})
-        if not (isinstance(grid, dict) and all(isinstance(v, list) and v for v in grid.values())):
-            raise UserError(f"{where}: {ladder!r} must map hyperparameters to non-empty lists of values")
-        for key, values in grid.items():
+        for key, values in data.get(ladder, {}).items():
             for value in values:
                 _checked(opt, {_known(opt, key, where): value}, f"{where} ({ladder} grid)")
     start = data.get("start", {})
@@ -106,16 +100,6 @@ def amendments() -> list[str]:
         lines.append(f"{name}: grid amended by {amended['path']} ({', '.join(keys) or 'no keys'}"
                      f"{'; start ' + start if start else ''}); Optuna studies .../space-{amended['label']}")
     return lines
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except OSError as e:
-        raise UserError(f"--space file {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"--space file {path} is not valid JSON: {e}") from None
 
 
 def _known(opt: registry.OptimizerDef, key: str, where: str) -> str:

@@ -175,21 +175,7 @@ def _roles_said(cls: type, roles: str) -> dict[Role, str]:
 def read_space(path: str | Path) -> dict[str, Any]:
     """A space file, checked for its shape: {"cpu": grid, "paper": grid, "defaults": {...},
     "roles": [...], "optimizer"/"source": notes}, each grid {hyperparameter: [values]}."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise UserError(f"space file {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"space file {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"space file {path}: expected a JSON object with keys among {', '.join(SPACE_KEYS)}")
-    if unknown := sorted(set(data) - set(SPACE_KEYS)):
-        raise UserError(f"space file {path}: unknown key {unknown[0]!r}; known: {', '.join(SPACE_KEYS)}")
-    for ladder in ("cpu", "paper"):
-        grid = data.get(ladder, {})
-        if not (isinstance(grid, dict) and all(isinstance(v, list) and v for v in grid.values())):
-            raise UserError(f"space file {path}: {ladder!r} must map hyperparameters to non-empty lists of values")
+    data = read_grids(path, SPACE_KEYS)
     if not isinstance(data.get("defaults", {}), dict):
         raise UserError(f"space file {path}: 'defaults' must map hyperparameters to values")
     roles = data.get("roles", [r.value for r in Role])
@@ -199,6 +185,27 @@ def read_space(path: str | Path) -> dict[str, Any]:
     if bad := [r for r in roles if r not in known]:
         raise UserError(f"space file {path}: unknown role {bad[0]!r}; roles: {', '.join(known)}")
     return {**data, "path": str(path), "roles": ",".join(r for r in known if r in roles)}
+
+
+def read_grids(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON object in the file at `path`, its keys among `keys` and its "cpu" and "paper" grids
+    each {hyperparameter: [values]} (a space file, or a sweep's amendment of a shipped grid)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"space file {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"space file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"space file {path}: expected a JSON object with keys among {', '.join(keys)}")
+    if unknown := sorted(set(data) - set(keys)):
+        raise UserError(f"space file {path}: unknown key {unknown[0]!r}; known: {', '.join(keys)}")
+    for ladder in ("cpu", "paper"):
+        grid = data.get(ladder, {})
+        if not (isinstance(grid, dict) and all(isinstance(v, list) and v for v in grid.values())):
+            raise UserError(f"space file {path}: {ladder!r} must map hyperparameters to non-empty lists of values")
+    return data
 
 
 def _with_space(opt: OptimizerDef, space: Mapping[str, Any], cls: type | None = None) -> OptimizerDef:
