@@ -5,7 +5,8 @@ as a sweep tuned them on 2026-12-04 (the committed baseline's configs then), at 
 cpu-xs and three seeds; then `optbench regress --baseline FILE --workers 1 --run-timeout 0` runs
 on it in this process, so a fault planted in the optimizer registry is what trains: Lion with its
 two betas swapped (the issue's example) must fail with exit code 1 and be named, while every
-AdamW run reproduces the baseline (made by two worker processes) to the last bit. That an unchanged tree passes is CI's own `make regress`.
+AdamW run reproduces the baseline (made by two worker processes) to the last bit. That an
+unchanged tree passes is CI's own `make regress`.
 
 Budgets: AdamW at 0.1, 0.2 and 0.4x (its law), Lion at 0.4x, where its loss (3.79-4.03 over the
 seeds) lies inside AdamW's range and the fault costs 0.3-0.5 nats (4.10-4.54). At smaller budgets
