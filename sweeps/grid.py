@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from analysis.cells import config_key
 from bench.errors import UserError
 from bench.optimizers import registry
-from bench.optimizers.external import read_grids
+from bench.optimizers.registry import read_grids
 from bench.run.spec import resolve_hparams
 
 Config = dict[str, Any]

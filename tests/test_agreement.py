@@ -5,6 +5,7 @@ import csv
 import io
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from bench.store.database import ResultStore
 from sweeps.regress.baseline import DEFAULT_PATH as BASELINE
 
 pytestmark = pytest.mark.integration
+WIDE = Path(__file__).resolve().parents[1] / "examples" / "warmup_wide.json"
 
 @pytest.fixture(scope="module")
 def study():
@@ -174,3 +176,21 @@ def test_replicates_pair_column_by_column(study):
     a, b = agreement(shuffled, study), agreement(study, study)
     assert a.table[["ours_low", "ours_high"]].equals(b.table[["ours_low", "ours_high"]])
     assert a.tau[0] == b.tau[0] == 1.0 and a.tau[1] < 1.0  # paired apart, the noise shows
+
+
+def test_winners_off_the_searched_grid_are_named(tmp_path):
+    """The baseline's AdamW and NAdamW were tuned on a warmup grid widened to 0.8 (its sweep's
+    --space): read against the shipped grid their winners are named as off it, in the output and
+    in -cells.csv; given the grids the sweep searched, nothing is."""
+    code, out, _ = _run("agreement", "--baseline", str(BASELINE), "--n-boot", "100", "--no-plots",
+                        "--out", str(tmp_path / "shipped"))
+    warning = next(line for line in out.splitlines() if line.startswith("warning:"))
+    assert code == 0 and "adamw 0.25x (warmup=0.8)" in warning and "nadamw 0.5x (warmup=0.8)" in warning
+    with (tmp_path / "shipped-cells.csv").open() as f:
+        off = {(c["optimizer"], c["ratio"]): c["off_grid"] for c in csv.DictReader(f)}
+    assert off[("adamw", "1.0")] == "warmup=0.8" and off[("muon", "0.5")] == ""
+    spaces = [arg for name in ("adamw", "nadamw", "soap", "lion")
+              for arg in ("--space", f"{name}={WIDE}")]
+    code, out, _ = _run("agreement", "--baseline", str(BASELINE), "--n-boot", "100", "--no-plots",
+                        "--out", str(tmp_path / "widened"), *spaces)
+    assert code == 0 and "warning:" not in out

@@ -127,13 +127,14 @@ def test_store_urls_open_or_fail_with_a_user_error(url, tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("content", ["", "{", "[]", '{"cpu": 3}', '{"paper": {}}'])
+@pytest.mark.parametrize("content", ["", "{", "[]", '{"cpu": 3}', '{"paper": {}}', '{"cpu": {"warmup": []}}',
+                                     '{"cpu": {"warmup": [0.1]}, "start": {"warmup": 0.1}}'])
 def test_corrupt_search_space_files_are_user_errors(content, tmp_path, monkeypatch):
     import bench.optimizers.registry as registry
 
     monkeypatch.setattr(registry, "SPACES_DIR", tmp_path)
     (tmp_path / "adamw.json").write_text(content)
-    with pytest.raises(UserError, match="search space"):
+    with pytest.raises(UserError, match="space file"):
         get("adamw").space("cpu")
     (tmp_path / "adamw.json").unlink()
     with pytest.raises(UserError, match="no search space file"):

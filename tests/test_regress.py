@@ -70,6 +70,9 @@ def test_the_report_counts_the_runs_that_reproduce_the_baseline_to_the_last_bit(
     now[5]["final_loss"] += 0.01
     line = reproduction_line(baseline.runs, now)
     assert f"{len(now) - 2} of {len(now)} runs equal" in line and "2 moved, by at most 1.00e-02" in line
+    other_seeds = [dict(r, seed=r["seed"] + 10) for r in baseline.runs]
+    assert reproduction_line(baseline.runs, other_seeds) == (
+        "losses: other seeds than the baseline's, so none to compare to the last bit")
 
 
 def test_a_check_on_another_cpu_than_the_baselines_says_so_naming_both():

@@ -78,7 +78,8 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     ours.cells.to_csv(cells_csv, index=False)
     ratios_csv = stem.with_name(f"{stem.name}-by-ratio.csv")
     ratios.to_csv(ratios_csv, index=False)
-    summary = summary_lines(agr, ours.side.label, study.label) + selection_lines(ours.cells)
+    summary = (summary_lines(agr, ours.side.label, study.label) + selection_lines(ours.cells)
+               + off_grid_lines(ours.cells))
     by_ratio_text = ["Each of our ratios alone against the study:", format_frame(ratios)]
     with_ext(stem, "md").write_text(
         "\n\n".join([f"Context: {ours.context}", format_frame(table), *summary, *by_ratio_text]) + "\n")
@@ -204,6 +205,7 @@ def _cells_shown(cells: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     varied = _varied(runs)
     out["at_grid_end"] = [_grid_ends(o, h, varied.get((o, float(r)), set()), ladder)
                           for o, r, h in zip(out["optimizer"], out["ratio"], out["hparams"])]
+    out["off_grid"] = [_off_grid(o, h, ladder) for o, h in zip(out["optimizer"], out["hparams"])]
     out["hparams"] = out["hparams"].map(lambda h: json.dumps(h, sort_keys=True))
     return out
 
@@ -229,6 +231,28 @@ def _grid_ends(optimizer: str, hparams: dict, varied: set[str], ladder: str) -> 
         if key in varied and len(numbers) > 2 and hparams.get(key) in (numbers[0], numbers[-1]):
             ends.append(f"{key}={hparams[key]:g} ({'lowest' if hparams[key] == numbers[0] else 'highest'})")
     return "; ".join(ends)
+
+
+def _off_grid(optimizer: str, hparams: dict, ladder: str) -> str:
+    """The winner's values that its grid does not hold: a run from another search (a copied store,
+    a hand-run config), which a reader of one search's ranking should know about."""
+    from sweeps.grid import load_grid
+
+    if ladder not in ("cpu", "paper"):
+        return ""
+    grid = load_grid(optimizer, ladder)
+    return "; ".join(f"{k}={hparams[k]!r}" for k, values in grid.items()
+                     if k in hparams and hparams[k] not in values)
+
+
+def off_grid_lines(cells: pd.DataFrame) -> list[str]:
+    """A warning naming each cell whose winner lies off the searched grid."""
+    off = cells[cells["off_grid"] != ""]
+    if off.empty:
+        return []
+    named = "; ".join(f"{o} {r:g}x ({v})" for o, r, v in zip(off["optimizer"], off["ratio"], off["off_grid"]))
+    return [f"warning: {len(off)} winners lie off the grids searched (pass a sweep's --space files, or "
+            f"read a store holding only that search): {named}"]
 
 
 def _shown(table: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import os
 import sys
 from dataclasses import replace
@@ -34,7 +33,7 @@ import torch
 from bench.errors import UserError
 from bench.optimizers.common import TRAIN_DEFAULTS, decay_groups, make_adamw
 from bench.optimizers.hybrid import HybridOptimizer
-from bench.optimizers.registry import TRAIN_KEYS, OptimizerDef
+from bench.optimizers.registry import TRAIN_KEYS, OptimizerDef, read_grids
 from bench.roles import Role, TaggedParam, split_by_role
 
 ENTRY_POINT_GROUP = "optbench.optimizers"
@@ -185,27 +184,6 @@ def read_space(path: str | Path) -> dict[str, Any]:
     if bad := [r for r in roles if r not in known]:
         raise UserError(f"space file {path}: unknown role {bad[0]!r}; roles: {', '.join(known)}")
     return {**data, "path": str(path), "roles": ",".join(r for r in known if r in roles)}
-
-
-def read_grids(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The JSON object in the file at `path`, its keys among `keys` and its "cpu" and "paper" grids
-    each {hyperparameter: [values]} (a space file, or a sweep's amendment of a shipped grid)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise UserError(f"space file {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"space file {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"space file {path}: expected a JSON object with keys among {', '.join(keys)}")
-    if unknown := sorted(set(data) - set(keys)):
-        raise UserError(f"space file {path}: unknown key {unknown[0]!r}; known: {', '.join(keys)}")
-    for ladder in ("cpu", "paper"):
-        grid = data.get(ladder, {})
-        if not (isinstance(grid, dict) and all(isinstance(v, list) and v for v in grid.values())):
-            raise UserError(f"space file {path}: {ladder!r} must map hyperparameters to non-empty lists of values")
-    return data
 
 
 def _with_space(opt: OptimizerDef, space: Mapping[str, Any], cls: type | None = None) -> OptimizerDef:

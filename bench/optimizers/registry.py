@@ -23,6 +23,7 @@ TRAIN_KEYS = ("learning_rate", "warmup", "lr_schedule", "decay", "min_lr_ratio",
               "train_batch_size")
 
 SPACES_DIR = Path(__file__).resolve().parent  # <name>.json beside <name>.py
+SHIPPED_KEYS = ("cpu", "paper", "optimizer", "source")  # what a shipped <name>.json may hold
 
 # The values of the `variant` hyperparameter of an optimizer whose two sources differ: the study's
 # (Levanter) semantics, the default, or its authors' published code (docs/DESIGN.md, "Variants").
@@ -91,14 +92,31 @@ class OptimizerDef:
         path = SPACES_DIR / f"{self.name}.json"
         if not path.exists():
             raise UserError(f"no search space file for optimizer {self.name!r}: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"search space file {path} is not valid JSON: {e}") from None
-        grid = data.get(ladder) if isinstance(data, dict) else None
-        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-            raise UserError(f"search space file {path} has no {ladder!r} grid of non-empty value lists")
+        grid = read_grids(path, SHIPPED_KEYS).get(ladder)
+        if not grid:
+            raise UserError(f"search space file {path} has no {ladder!r} grid")
         return grid
+
+
+def read_grids(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON object in the file at `path`, its keys among `keys` and its "cpu" and "paper" grids
+    each {hyperparameter: [values]} (a space file, or a sweep's amendment of a shipped grid)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"space file {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"space file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"space file {path}: expected a JSON object with keys among {', '.join(keys)}")
+    if unknown := sorted(set(data) - set(keys)):
+        raise UserError(f"space file {path}: unknown key {unknown[0]!r}; known: {', '.join(keys)}")
+    for ladder in ("cpu", "paper"):
+        grid = data.get(ladder, {})
+        if not (isinstance(grid, dict) and all(isinstance(v, list) and v for v in grid.values())):
+            raise UserError(f"space file {path}: {ladder!r} must map hyperparameters to non-empty lists of values")
+    return data
 
 
 _REGISTRY: dict[str, OptimizerDef] = {}

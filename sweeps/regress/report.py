@@ -40,6 +40,8 @@ def reproduction_line(base_runs: list[dict], now_runs: list[dict]) -> str:
 
     base = {key(r): r["final_loss"] for r in base_runs}
     pairs = [(base[key(r)], r["final_loss"]) for r in now_runs if key(r) in base]
+    if not pairs:
+        return "losses: other seeds than the baseline's, so none to compare to the last bit"
     same = sum(b == n for b, n in pairs)
     moved = [abs(n - b) for b, n in pairs if b is not None and n is not None and b != n]
     line = f"losses: {same} of {len(pairs)} runs equal the baseline's to the last bit"
