@@ -97,11 +97,14 @@ def test_an_amended_sweep_runs_on_its_grid_from_its_start_in_a_study_of_its_own(
 
 @pytest.mark.unit
 def test_agreement_reads_a_winner_at_the_end_of_the_amended_grid(tmp_path):
-    from bench.cli.agreement import _grid_ends
+    from bench.cli.agreement import _grid_ends, _grids, _off_grid
 
-    assert _grid_ends("adamw", {"warmup": 500}, {"warmup"}, "cpu") == ""  # off the shipped grid
+    winner = {"warmup": 500}
+    shipped = _grids(["adamw"], "cpu")["adamw"]
+    assert _grid_ends(shipped, winner, {"warmup"}) == "" and _off_grid(shipped, winner) == "warmup=500"
     use_spaces([f"adamw={_file(tmp_path, cpu={'warmup': [62, 125, 250, 500]})}"], [])
-    assert _grid_ends("adamw", {"warmup": 500}, {"warmup"}, "cpu") == "warmup=500 (highest)"
+    amended = _grids(["adamw"], "cpu")["adamw"]
+    assert _grid_ends(amended, winner, {"warmup"}) == "warmup=500 (highest)" and _off_grid(amended, winner) == ""
 
 
 @pytest.mark.integration

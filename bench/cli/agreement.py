@@ -201,11 +201,11 @@ def _cells_shown(cells: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
                  "hparams"]].copy()
     out.insert(6, "selection_gap", cells["loss"] - cells["tuning_loss"])
     out["losses"] = out["losses"].map(lambda losses: " ".join(f"{x:.6f}" for x in losses))
-    ladder = runs["ladder"].iloc[0]
+    grids = _grids(out["optimizer"], runs["ladder"].iloc[0])
     varied = _varied(runs)
-    out["at_grid_end"] = [_grid_ends(o, h, varied.get((o, float(r)), set()), ladder)
+    out["at_grid_end"] = [_grid_ends(grids[o], h, varied.get((o, float(r)), set()))
                           for o, r, h in zip(out["optimizer"], out["ratio"], out["hparams"])]
-    out["off_grid"] = [_off_grid(o, h, ladder) for o, h in zip(out["optimizer"], out["hparams"])]
+    out["off_grid"] = [_off_grid(grids[o], h) for o, h in zip(out["optimizer"], out["hparams"])]
     out["hparams"] = out["hparams"].map(lambda h: json.dumps(h, sort_keys=True))
     return out
 
@@ -220,27 +220,27 @@ def _varied(runs: pd.DataFrame) -> dict[tuple[str, float], set[str]]:
     return out
 
 
-def _grid_ends(optimizer: str, hparams: dict, varied: set[str], ladder: str) -> str:
+def _grids(optimizers: pd.Series, ladder: str) -> dict[str, dict[str, list]]:
+    """Each optimizer's search grid on `ladder` (with this process's --space amendments); none for
+    a shape of the user's own, which has no grid of ours."""
     from sweeps.grid import load_grid
 
-    if ladder not in ("cpu", "paper"):
-        return ""  # a shape of the user's own: no grid of ours to be at the end of
+    known = ladder in ("cpu", "paper")
+    return {o: load_grid(o, ladder) if known else {} for o in set(optimizers)}
+
+
+def _grid_ends(grid: dict[str, list], hparams: dict, varied: set[str]) -> str:
     ends = []
-    for key, values in load_grid(optimizer, ladder).items():
+    for key, values in grid.items():
         numbers = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
         if key in varied and len(numbers) > 2 and hparams.get(key) in (numbers[0], numbers[-1]):
             ends.append(f"{key}={hparams[key]:g} ({'lowest' if hparams[key] == numbers[0] else 'highest'})")
     return "; ".join(ends)
 
 
-def _off_grid(optimizer: str, hparams: dict, ladder: str) -> str:
+def _off_grid(grid: dict[str, list], hparams: dict) -> str:
     """The winner's values that its grid does not hold: a run from another search (a copied store,
     a hand-run config), which a reader of one search's ranking should know about."""
-    from sweeps.grid import load_grid
-
-    if ladder not in ("cpu", "paper"):
-        return ""
-    grid = load_grid(optimizer, ladder)
     return "; ".join(f"{k}={hparams[k]!r}" for k, values in grid.items()
                      if k in hparams and hparams[k] not in values)
 
