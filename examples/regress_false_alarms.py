@@ -2,10 +2,11 @@
 splits of one tuning's runs over many seeds, one split as the baseline and one as the new
 measurement (results/baselines/README.md, "How a change is judged").
 
-    python examples/regress_false_alarms.py RUNS.csv [--splits 200] [--seeds-per-side 5]
+    python examples/regress_false_alarms.py RUNS.csv [--baseline FILE] [--splits 200] [--seeds-per-side 5]
 
-RUNS.csv: optimizer, ratio, seed, final_loss for the committed baseline's configs at every seed
-(its own seeds from the baseline file, more from `optbench regress --seeds ...`).
+RUNS.csv: optimizer, ratio, seed, final_loss for one baseline's configs at every seed (its own
+seeds from the baseline file, more from `optbench regress --seeds ...`). FILE is that baseline
+(default: the committed one); an older one comes back with `git show REV:results/baselines/...`.
 """
 import argparse
 import dataclasses
@@ -24,16 +25,22 @@ from sweeps.regress.stats import REGRESSION
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs")
+    p.add_argument("--baseline", default=str(DEFAULT_PATH))
     p.add_argument("--splits", type=int, default=200)
     p.add_argument("--seeds-per-side", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    baseline = load(DEFAULT_PATH)
+    for path in (args.runs, args.baseline):
+        if not Path(path).is_file():
+            print(f"error: no file {path}", file=sys.stderr)
+            return 2
+    baseline = load(args.baseline)
     steps = {(r["optimizer"], r["ratio"]): r["steps"] for r in baseline.runs}
-    if not Path(args.runs).is_file():
-        print(f"error: no runs file {args.runs}", file=sys.stderr)
-        return 2
     runs = pd.read_csv(args.runs)
+    if not _holds(runs, baseline):
+        print(f"error: {args.runs} does not hold {args.baseline}'s own runs (pass the baseline it was measured on)",
+              file=sys.stderr)
+        return 2
     seeds = sorted(set(runs["seed"]))
     if len(seeds) < 2 * args.seeds_per_side:
         print(f"error: {len(seeds)} seeds cannot make two disjoint sides of {args.seeds_per_side}", file=sys.stderr)
@@ -59,6 +66,14 @@ def main() -> int:
     print(f"{any_alarm} of {args.splits} splits alarmed ({any_alarm / args.splits:.1%}); per optimizer: "
           + ", ".join(f"{n} {k}" for n, k in alarms.items()))
     return 0
+
+
+def _holds(runs: pd.DataFrame, baseline) -> bool:
+    """Whether the runs file has the baseline's own losses at its seeds (losses from progress
+    lines carry 4 decimals, hence the tolerance)."""
+    loss = {(r.optimizer, float(r.ratio), int(r.seed)): r.final_loss for r in runs.itertuples()}
+    return all(abs(loss.get((r["optimizer"], float(r["ratio"]), int(r["seed"])), np.inf) - r["final_loss"]) < 1e-4
+               for r in baseline.runs)
 
 
 if __name__ == "__main__":

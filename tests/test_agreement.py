@@ -179,16 +179,17 @@ def test_replicates_pair_column_by_column(study):
 
 
 def test_winners_off_the_searched_grid_are_named(tmp_path):
-    """The baseline's AdamW and NAdamW were tuned on a warmup grid widened to 0.8 (its sweep's
-    --space): read against the shipped grid their winners are named as off it, in the output and
-    in -cells.csv; given the grids the sweep searched, nothing is."""
+    """The baseline's AdamW, Lion and SOAP were tuned on a warmup grid widened to 0.8 (its sweep's
+    --space) and won at warmup 0.8, 0.8 and 0.4: read against the shipped grid (up to 0.2) those
+    winners are named as off it, in the output and in -cells.csv; given the grids the sweep
+    searched, nothing is."""
     code, out, _ = _run("agreement", "--baseline", str(BASELINE), "--n-boot", "100", "--no-plots",
                         "--out", str(tmp_path / "shipped"))
     warning = next(line for line in out.splitlines() if line.startswith("warning:"))
-    assert code == 0 and "adamw 0.25x (warmup=0.8)" in warning and "nadamw 0.5x (warmup=0.8)" in warning
+    assert code == 0 and "adamw 0.25x (warmup=0.8)" in warning and "soap 0.5x (warmup=0.4)" in warning
     with (tmp_path / "shipped-cells.csv").open() as f:
         off = {(c["optimizer"], c["ratio"]): c["off_grid"] for c in csv.DictReader(f)}
-    assert off[("adamw", "1.0")] == "warmup=0.8" and off[("muon", "0.5")] == ""
+    assert off[("lion", "1.0")] == "warmup=0.8" and off[("muon", "0.5")] == ""
     spaces = [arg for name in ("adamw", "nadamw", "soap", "lion")
               for arg in ("--space", f"{name}={WIDE}")]
     code, out, _ = _run("agreement", "--baseline", str(BASELINE), "--n-boot", "100", "--no-plots",

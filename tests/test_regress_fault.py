@@ -12,9 +12,9 @@ Budgets: AdamW at 0.1, 0.2 and 0.4x (its law), Lion at 0.4x, where its loss (3.7
 seeds) lies inside AdamW's range and the fault costs 0.3-0.5 nats (4.10-4.54). At smaller budgets
 Lion is still in its early plateau and Muon without momentum or with swapped AdamW betas trains
 about as well as Muon, so neither would test the mechanism. The configs are pinned here because
-the test is of the check, not of a tuning: the committed baseline's Lion since 2026-12-05 (learning
-rate 0.008) spreads too widely over seeds at 0.4x for three seeds to resolve the fault (-43%
-[-69%, +5%]). What the committed baseline itself catches is in results/baselines/README.md.
+the test is of the check, not of a tuning: the Lion of the 12-trial tuning of 2026-12-05 (learning
+rate 0.008, batch 32) spread too widely over seeds at 0.4x for three seeds to resolve the fault
+(-43% [-69%, +5%]). What the committed baseline itself catches is in results/baselines/README.md.
 """
 import dataclasses
 
