@@ -4,9 +4,10 @@ measurement (results/baselines/README.md, "How a change is judged").
 
     python examples/regress_false_alarms.py RUNS.csv [--baseline FILE] [--splits 200] [--seeds-per-side 5]
 
-RUNS.csv: optimizer, ratio, seed, final_loss for one baseline's configs at every seed (its own
-seeds from the baseline file, more from `optbench regress --seeds ...`). FILE is that baseline
-(default: the committed one); an older one comes back with `git show REV:results/baselines/...`.
+RUNS.csv: optimizer, ratio, seed, final_loss for one baseline's configs at every seed, its own
+seeds included: `optbench regress --seeds 0,1,...,19 --runs-out RUNS.csv` writes them (on the
+baseline's CPU its own seeds reproduce it to the last bit). FILE is that baseline (default: the
+committed one); an older one comes back with `git show REV:results/baselines/...`.
 """
 import argparse
 import dataclasses

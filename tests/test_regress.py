@@ -182,6 +182,14 @@ def test_a_bad_run_timeout_exits_2_with_one_line(value, capsys):
     assert "--run-timeout" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("extra, words", [(["--update-baseline"], "the baseline file keeps them"),
+                                          ([], "a file, got the directory")])
+def test_a_runs_out_that_cannot_hold_a_checks_runs_exits_2_with_one_line(extra, words, tmp_path, capsys):
+    assert cli.main(["regress", "--runs-out", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+
+
 def test_the_committed_baseline_covers_the_issue():
     """Six optimizers (AdamW, NAdamW, Muon, Soap, Lion and a newer one) at two or more ratios with
     three or more seeds, every run finished, and where its hyperparameters came from."""

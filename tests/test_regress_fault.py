@@ -18,6 +18,7 @@ rate 0.008, batch 32) spread too widely over seeds at 0.4x for three seeds to re
 """
 import dataclasses
 
+import pandas as pd
 import pytest
 
 from bench import cli
@@ -50,21 +51,22 @@ def baseline_path(tmp_path_factory):
     return path
 
 
-def _regress(path, capsys):
+def _regress(path, capsys, *extra):
     """One worker with no deadline trains in this process, where the planted fault lives."""
-    code = cli.main(["regress", "--baseline", str(path), "--workers", "1", "--run-timeout", "0"])
+    code = cli.main(["regress", "--baseline", str(path), "--workers", "1", "--run-timeout", "0", *extra])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
-def test_lion_with_swapped_betas_fails_the_check_by_name(baseline_path, capsys, monkeypatch):
+def test_lion_with_swapped_betas_fails_the_check_by_name(baseline_path, capsys, monkeypatch, tmp_path):
     lion = registry.get("lion")
 
     def swapped(params, hp, model):
         return lion.build(params, {**hp, "beta1": hp["beta2"], "beta2": hp["beta1"]}, model)
 
     monkeypatch.setitem(registry._REGISTRY, "lion", dataclasses.replace(lion, build=swapped))
-    code, out, err = _regress(baseline_path, capsys)
+    runs_out = tmp_path / "runs" / "check.csv"
+    code, out, err = _regress(baseline_path, capsys, "--runs-out", str(runs_out))
     assert code == 1, out
     progress = [line for line in err.splitlines() if "/12 ETA" in line]  # one line per run, with an ETA
     assert len(progress) == 12 and " 12/12 ETA    0 s " in progress[-1], err
@@ -74,6 +76,12 @@ def test_lion_with_swapped_betas_fails_the_check_by_name(baseline_path, capsys, 
     # bit, made on this CPU by a pool of workers
     assert rows["adamw"].endswith("ok") and "\ncpu: " not in out
     assert "losses: 9 of 12 runs equal the baseline's to the last bit; 3 moved" in out
+    # --runs-out holds the runs just trained, their losses to the last bit: AdamW's the baseline's
+    written = pd.read_csv(runs_out, float_precision="round_trip")
+    base = {(r["optimizer"], r["ratio"], r["seed"]): r["final_loss"] for r in files.load(baseline_path).runs}
+    same = [base[(r.optimizer, r.ratio, r.seed)] == r.final_loss for r in written.itertuples()]
+    assert len(written) == 12 and (written["status"] == "ok").all()
+    assert same == list(written["optimizer"] == "adamw")
 
 
 def test_a_pool_of_workers_gives_the_same_losses_as_this_process():

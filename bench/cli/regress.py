@@ -24,6 +24,9 @@ ARGUMENTS: list[tuple[str, dict]] = [  # flag, add_argument's keywords
                      "optimizers checked (default: 0.05)")),
     ("--seeds", dict(default=None, help="run these seeds instead of the baseline's, e.g. 3,4,5 "
                      "(to measure the check's false-alarm rate against seed noise)")),
+    ("--runs-out", dict(type=Path, default=None, metavar="FILE", help="also write every run this "
+                        "check trained to FILE (CSV: optimizer, ratio, seed, status, final_loss to the "
+                        "last bit, steps, wall_time_s), e.g. for examples/regress_false_alarms.py")),
     ("--update-baseline", dict(action="store_true", help="re-measure and rewrite the baseline "
                                "(hyperparameters kept) instead of checking")),
     ("--tuned-from", dict(default=None, metavar="STORE", help="with --update-baseline: take each "
@@ -70,7 +73,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 def _check(baseline, args, seeds) -> int:
     from bench.run.hardware import cpu_model
     from sweeps.regress.check import check, measure
-    from sweeps.regress.report import cpu_line, format_table, reproduction_line, summary_line
+    from sweeps.regress.report import cpu_line, format_table, reproduction_line, summary_line, write_runs
     from sweeps.regress.runs import print_progress
     from sweeps.regress.stats import CheckOptions
 
@@ -80,6 +83,8 @@ def _check(baseline, args, seeds) -> int:
     print(f"optbench regress: {sum(1 for _ in baseline.specs(seeds))} runs at {baseline.scale}, "
           f"{workers} worker(s) x {baseline.threads} thread(s){deadline}", flush=True)
     runs, seconds = measure(baseline, workers, seeds, print_progress(), timeout)
+    if args.runs_out:
+        write_runs(runs, args.runs_out)
     outcome = check(baseline, runs, CheckOptions(alpha=args.alpha), seconds)
     print(format_table(outcome.verdicts, outcome.level, outcome.alpha))
     print(reproduction_line(baseline.runs, runs))
@@ -131,6 +136,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.run_timeout is not None and not args.run_timeout >= 0:  # NaN too
         raise UserError(f"--run-timeout must be 0 (never) or a number of seconds, got {args.run_timeout}")
+    if args.runs_out and args.update_baseline:
+        raise UserError("--runs-out writes a check's runs; with --update-baseline the baseline file keeps them")
+    if args.runs_out and args.runs_out.is_dir():
+        raise UserError(f"--runs-out wants a file, got the directory {args.runs_out}")
     if not 0 < args.alpha < 1:
         raise UserError(f"--alpha must be in (0, 1), got {args.alpha}")
 

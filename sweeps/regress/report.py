@@ -7,7 +7,9 @@ and now show 90% intervals, for reading the numbers themselves.
 """
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 from sweeps.regress.stats import REGRESSION, SIDE_LEVEL, Verdict
 
@@ -60,6 +62,18 @@ def cpu_line(baseline_cpu: str | None, cpu: str) -> str | None:
     was = baseline_cpu or "a CPU it does not name"
     return (f"cpu: the baseline was measured on {was}, this check on {cpu}; losses to the last bit "
             "are expected only on the baseline's CPU, the verdicts' intervals allow for the difference")
+
+
+RUN_COLUMNS = ("optimizer", "ratio", "seed", "status", "final_loss", "steps", "wall_time_s")
+
+
+def write_runs(runs: list[dict], path: Path) -> None:
+    """The check's run records as CSV; a float's text is its repr, so losses read back bit for bit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, RUN_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(runs)
 
 
 def _row(v: Verdict) -> list[str]:
