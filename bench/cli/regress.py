@@ -138,10 +138,19 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--run-timeout must be 0 (never) or a number of seconds, got {args.run_timeout}")
     if args.runs_out and args.update_baseline:
         raise UserError("--runs-out writes a check's runs; with --update-baseline the baseline file keeps them")
-    if args.runs_out and args.runs_out.is_dir():
-        raise UserError(f"--runs-out wants a file, got the directory {args.runs_out}")
+    if args.runs_out:
+        _writable(args.runs_out)
     if not 0 < args.alpha < 1:
         raise UserError(f"--alpha must be in (0, 1), got {args.alpha}")
+
+
+def _writable(path: Path) -> None:
+    """Fail before any run trains, not after, if the runs file cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.open("a").close()
+    except OSError as e:
+        raise UserError(f"--runs-out cannot write {path}: {e.strerror}") from None
 
 
 def _parse_seeds(text: str | None) -> tuple[int, ...] | None:

@@ -69,7 +69,6 @@ RUN_COLUMNS = ("optimizer", "ratio", "seed", "status", "final_loss", "steps", "w
 
 def write_runs(runs: list[dict], path: Path) -> None:
     """The check's run records as CSV; a float's text is its repr, so losses read back bit for bit."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, RUN_COLUMNS, extrasaction="ignore")
         writer.writeheader()
