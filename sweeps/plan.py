@@ -138,7 +138,7 @@ def format_plan(cells: list[CellCost], cost: Cost, settings: dict[str, Any]) -> 
     scale, context = cell.shape, cell.context.label(cell.scale)
     lines = [f"Sweep at {scale.name} ({_params(scale)}), "
              + (f"context {context}, " if context else "")
-             + f"protocol {cell.protocol}, {len(cells)} cells:",
+             + f"protocol {cell.protocol}, {len(cells)} cell{'s' if len(cells) != 1 else ''}:",
              f"  {'cell':16} {'runs (most)':>11} {'stored':>7} {'tokens/run':>12}  protocol"]
     for c in cells:
         lines.append(f"  {c.cell.label:16} {c.max_runs:11d} {c.stored:7d} {c.cell.tokens_per_run:12,}  {c.label}")
