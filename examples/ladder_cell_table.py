@@ -1,0 +1,126 @@
+"""The tuned cpu-s cell's table (docs/LADDER.md, "A tuned cpu-s cell"): per optimizer, its winner at
+cpu-s (the best config at seed 0, as a sweep without finalists chooses), that winner's mean over
+seeds and its loss minus AdamW's paired by seed (90% t), the same at cpu-xs, and the study's 0.1B
+loss at the ratio minus AdamW's fitted law there; then Kendall's tau and the mean |ours - the
+study's| over the optimizers, with 90% bootstraps over seeds.
+
+    python examples/ladder_cell_table.py [--by-mean] OUT.csv RUNS.csv [RUNS.csv ...]
+
+RUNS.csv: rows like docs/data/ladder-cpu-s-b16-phase2-runs.csv (optimizer, scale, ratio, seed,
+final_loss, hparams as JSON). A run found in two files must have the same loss in both.
+"""
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis.paper.reproduce import reproduce, study_options
+from analysis.tuning import mean_interval
+
+LEVEL, N_BOOT, RATIO = 0.9, 2000, 1.0
+
+
+def read_runs(paths: list[str]) -> pd.DataFrame:
+    runs = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    runs = runs[runs.ratio == RATIO].copy()
+    runs["config"] = runs.hparams.map(lambda h: json.dumps(json.loads(h), sort_keys=True))
+    key = ["optimizer", "scale", "config", "seed"]
+    clash = runs.groupby(key).final_loss.nunique() > 1
+    if clash.any():
+        sys.exit(f"runs that differ between files: {list(clash[clash].index)[:3]}")
+    return runs.drop_duplicates(key)
+
+
+def winners(runs: pd.DataFrame, scale: str, by_mean: bool = False) -> dict[str, pd.Series]:
+    """Optimizer -> its winner's final loss by seed at `scale`, the Series named by the winner's
+    config. The winner is the best config at seed 0, or with `by_mean` the best mean among the
+    configs run at as many seeds as its most-seeded one (finalists' reading)."""
+    out = {}
+    for name, sub in runs[runs.scale == scale].groupby("optimizer"):
+        if by_mean:
+            stats_ = sub.groupby("config", sort=False).final_loss.agg(["size", "mean"])
+            best = stats_[stats_["size"] == stats_["size"].max()]["mean"].idxmin()
+        else:
+            best = sub[sub.seed == 0].sort_values("final_loss", kind="stable").config.iloc[0]
+        out[name] = sub[sub.config == best].set_index("seed").final_loss.sort_index().rename(best)
+    return out
+
+
+def changes(small: pd.Series, large: pd.Series) -> str:
+    """The keys whose value differs between two winners' configs, 'key a->b; ...'."""
+    a, b = json.loads(small.name), json.loads(large.name)
+    return "; ".join(f"{k} {a.get(k)}->{b.get(k)}" for k in sorted(b) if a.get(k) != b.get(k))
+
+
+def study_gaps() -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as d:
+        r = reproduce(pathlib.Path(d), options=study_options(n_boot=10, plots=False))
+    s = r.outputs.result.speedups
+    s = s[(s.scale == "0.1B") & (s.ratio == RATIO)]
+    return dict(zip(s.optimizer, s.loss - s.adamw_fit_loss))
+
+
+def gap_columns(win: dict[str, pd.Series], prefix: str) -> pd.DataFrame:
+    ref = win["adamw"]
+    rows = {}
+    for name, losses in win.items():
+        paired = losses.index.intersection(ref.index)
+        gap, lo, hi = ((0.0, np.nan, np.nan) if name == "adamw"
+                       else mean_interval(losses[paired] - ref[paired], LEVEL))
+        rows[name] = {f"{prefix}_seeds": len(losses), f"{prefix}_mean": losses.mean(),
+                      f"{prefix}_gap": gap, f"{prefix}_lo": lo, f"{prefix}_hi": hi,
+                      f"{prefix}_paired": len(paired)}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def agreement(win: dict[str, pd.Series], study: dict[str, float], rng) -> dict[str, tuple]:
+    """Tau (AdamW in, at 0) and mean |gap - study's| (AdamW out), each with a bootstrap that
+    resamples every optimizer's seeds; AdamW's mean is the reference of every gap."""
+    names = [n for n in win if n in study]
+    target = np.array([study[n] for n in names])
+    others = np.array([n != "adamw" for n in names])
+
+    def stats_of(means: np.ndarray) -> tuple[float, float]:
+        gaps = means - means[names.index("adamw")]
+        return (stats.kendalltau(gaps, target).statistic,
+                float(np.mean(np.abs(gaps - target)[others])))
+
+    point = stats_of(np.array([win[n].mean() for n in names]))
+    reps = np.array([stats_of(np.array([rng.choice(win[n].to_numpy(), len(win[n])).mean()
+                                        for n in names])) for _ in range(N_BOOT)])
+    q = [(1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100]
+    return {label: (point[i], *np.nanpercentile(reps[:, i], q))
+            for i, label in enumerate(("tau", "mad"))}
+
+
+def main(out: str, paths: list[str], by_mean: bool) -> None:
+    runs = read_runs(paths)
+    study = study_gaps()
+    s, xs = winners(runs, "cpu-s", by_mean), winners(runs, "cpu-xs", by_mean)
+    table = gap_columns(s, "cpu_s").join(gap_columns(xs, "cpu_xs"), how="left")
+    configs = runs[(runs.scale == "cpu-s") & (runs.seed == 0)].groupby("optimizer").config.nunique()
+    table.insert(0, "cpu_s_configs", configs)
+    table.insert(0, "cpu_xs_to_s", pd.Series({n: changes(xs[n], s[n]) for n in s if n in xs}))
+    table["study_gap"] = pd.Series(study)
+    table = table.loc[sorted(table.index, key=lambda n: (n != "adamw", table.cpu_s_gap[n]))]
+    table.rename_axis("optimizer").to_csv(out, float_format="%.4f")
+    rng = np.random.default_rng(0)
+    for scale, win in (("cpu-s", s), ("cpu-xs", {n: xs[n] for n in s if n in xs})):
+        a = agreement(win, study, rng)
+        print(f"{scale} over {', '.join(win)}: Kendall's tau {a['tau'][0]:.2f} "
+              f"[{a['tau'][1]:.2f}, {a['tau'][2]:.2f}], mean |gap - study's| {a['mad'][0]:.3f} "
+              f"[{a['mad'][1]:.3f}, {a['mad'][2]:.3f}] ({LEVEL:.0%} bootstrap over seeds)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out")
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--by-mean", action="store_true", help="choose winners by their mean over seeds")
+    args = parser.parse_args()
+    main(args.out, args.runs, args.by_mean)
