@@ -32,7 +32,9 @@ def read_runs(paths: list[str]) -> pd.DataFrame:
     key = ["optimizer", "scale", "config", "seed"]
     clash = runs.groupby(key).final_loss.nunique() > 1
     if clash.any():
-        sys.exit(f"runs that differ between files: {list(clash[clash].index)[:3]}")
+        print(f"ladder_cell_table: runs that differ between files: {list(clash[clash].index)[:3]}",
+              file=sys.stderr)
+        sys.exit(2)
     return runs.drop_duplicates(key)
 
 

@@ -1,0 +1,48 @@
+"""examples/ladder_cell_table.py, behind docs/LADDER.md's cpu-s tables: which config is each
+optimizer's winner, and that a run found in two files must agree with itself."""
+import json
+
+import pandas as pd
+import pytest
+
+from examples import ladder_cell_table as lct
+
+pytestmark = pytest.mark.unit
+
+
+def _runs(rows):
+    return pd.DataFrame([{"optimizer": o, "scale": "cpu-s", "ratio": 1.0, "seed": seed,
+                          "final_loss": loss, "hparams": json.dumps({"learning_rate": lr})}
+                         for o, lr, seed, loss in rows])
+
+
+def _write(tmp_path, name, rows):
+    path = tmp_path / name
+    _runs(rows).to_csv(path, index=False)
+    return str(path)
+
+
+LUCKY = [("adamw", 0.01, 0, 2.60), ("adamw", 0.01, 1, 2.80), ("adamw", 0.01, 2, 2.80),
+         ("adamw", 0.02, 0, 2.65), ("adamw", 0.02, 1, 2.66), ("adamw", 0.02, 2, 2.67),
+         ("adamw", 0.04, 0, 2.62), ("adamw", 0.04, 1, 2.40)]  # best mean, but on fewer seeds
+
+
+def test_seed_zero_and_mean_choose_different_winners(tmp_path):
+    runs = lct.read_runs([_write(tmp_path, "a.csv", LUCKY)])
+    lr = {by_mean: json.loads(lct.winners(runs, "cpu-s", by_mean)["adamw"].name)["learning_rate"]
+          for by_mean in (False, True)}
+    assert lr == {False: 0.01, True: 0.02}
+    assert list(lct.winners(runs, "cpu-s", True)["adamw"].index) == [0, 1, 2]
+
+
+def test_a_run_in_two_files_is_counted_once(tmp_path):
+    runs = lct.read_runs([_write(tmp_path, "a.csv", LUCKY), _write(tmp_path, "b.csv", LUCKY[:3])])
+    assert len(runs) == len(LUCKY)
+
+
+def test_a_run_that_differs_between_files_stops_the_table(tmp_path, capsys):
+    changed = [("adamw", 0.01, 0, 2.61)]
+    with pytest.raises(SystemExit) as stop:
+        lct.read_runs([_write(tmp_path, "a.csv", LUCKY), _write(tmp_path, "b.csv", changed)])
+    assert stop.value.code == 2
+    assert "differ between files" in capsys.readouterr().err
