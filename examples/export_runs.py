@@ -4,10 +4,9 @@ bit for bit), wall_time_s, hparams (JSON).
 
     python examples/export_runs.py STORE_URL OUT.csv
 """
-import json
 import sys
 
-from analysis.cells import ok_mask
+from analysis.cells import config_key, ok_mask
 from bench.store.database import ResultStore
 
 COLUMNS = ["optimizer", "scale", "ratio", "learning_rate", "seed", "final_loss", "wall_time_s", "hparams"]
@@ -17,7 +16,7 @@ def main(url: str, out: str) -> None:
     runs = ResultStore(url).frame()
     runs = runs[ok_mask(runs)].sort_values(["scale", "optimizer", "created_at"], kind="stable")
     runs["learning_rate"] = runs.hparams.map(lambda h: h.get("learning_rate"))
-    runs["hparams"] = runs.hparams.map(lambda h: json.dumps(h, sort_keys=True))
+    runs["hparams"] = runs.hparams.map(config_key)
     runs["final_loss"] = runs.final_loss.map(repr)
     runs[COLUMNS].to_csv(out, index=False)
 

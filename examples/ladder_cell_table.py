@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.bootstrap import percentile_interval
+from analysis.cells import config_key
 from analysis.paper.reproduce import reproduce, study_options
 from analysis.tuning import mean_interval
 
@@ -28,7 +30,7 @@ LEVEL, N_BOOT, RATIO = 0.9, 2000, 1.0
 def read_runs(paths: list[str]) -> pd.DataFrame:
     runs = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     runs = runs[runs.ratio == RATIO].copy()
-    runs["config"] = runs.hparams.map(lambda h: json.dumps(json.loads(h), sort_keys=True))
+    runs["config"] = runs.hparams.map(lambda h: config_key(json.loads(h)))
     key = ["optimizer", "scale", "config", "seed"]
     clash = runs.groupby(key).final_loss.nunique() > 1
     if clash.any():
@@ -95,8 +97,7 @@ def agreement(win: dict[str, pd.Series], study: dict[str, float], rng) -> dict[s
     point = stats_of(np.array([win[n].mean() for n in names]))
     reps = np.array([stats_of(np.array([rng.choice(win[n].to_numpy(), len(win[n])).mean()
                                         for n in names])) for _ in range(N_BOOT)])
-    q = [(1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100]
-    return {label: (point[i], *np.nanpercentile(reps[:, i], q))
+    return {label: (point[i], *percentile_interval(reps[:, i], LEVEL))
             for i, label in enumerate(("tau", "mad"))}
 
 

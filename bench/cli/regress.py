@@ -138,10 +138,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--run-timeout must be 0 (never) or a number of seconds, got {args.run_timeout}")
     if args.runs_out and args.update_baseline:
         raise UserError("--runs-out writes a check's runs; with --update-baseline the baseline file keeps them")
-    if args.runs_out:
-        _writable(args.runs_out)
     if not 0 < args.alpha < 1:
         raise UserError(f"--alpha must be in (0, 1), got {args.alpha}")
+    if args.runs_out:  # last: it creates the file's folder
+        _writable(args.runs_out)
 
 
 def _writable(path: Path) -> None:
