@@ -4,7 +4,10 @@ seeds and its loss minus AdamW's paired by seed (90% t), the same at cpu-xs, and
 loss at the ratio minus AdamW's fitted law there; then Kendall's tau and the mean |ours - the
 study's| over the optimizers, with 90% bootstraps over seeds.
 
-    python examples/ladder_cell_table.py [--by-mean] OUT.csv RUNS.csv [RUNS.csv ...]
+    python examples/ladder_cell_table.py [--by-mean] [--batch N] [--optimizers A,B] OUT.csv RUNS.csv [RUNS.csv ...]
+
+--batch keeps the cpu-s runs at that train batch size (the cpu-xs ones are all at 16);
+--optimizers keeps those optimizers (AdamW, the reference, always).
 
 RUNS.csv: rows like docs/data/ladder-cpu-s-b16-phase2-runs.csv (optimizer, scale, ratio, seed,
 final_loss, hparams as JSON). A run found in two files must have the same loss in both.
@@ -27,9 +30,15 @@ from analysis.tuning import mean_interval
 LEVEL, N_BOOT, RATIO = 0.9, 2000, 1.0
 
 
-def read_runs(paths: list[str]) -> pd.DataFrame:
+def read_runs(paths: list[str], batch: int | None = None,
+              optimizers: list[str] | None = None) -> pd.DataFrame:
     runs = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     runs = runs[runs.ratio == RATIO].copy()
+    if batch is not None:
+        size = runs.hparams.map(lambda h: json.loads(h)["train_batch_size"])
+        runs = runs[(runs.scale != "cpu-s") | (size == batch)]
+    if optimizers is not None:
+        runs = runs[runs.optimizer.isin(["adamw", *optimizers])]
     runs["config"] = runs.hparams.map(lambda h: config_key(json.loads(h)))
     key = ["optimizer", "scale", "config", "seed"]
     clash = runs.groupby(key).final_loss.nunique() > 1
@@ -101,8 +110,9 @@ def agreement(win: dict[str, pd.Series], study: dict[str, float], rng) -> dict[s
             for i, label in enumerate(("tau", "mad"))}
 
 
-def main(out: str, paths: list[str], by_mean: bool) -> None:
-    runs = read_runs(paths)
+def main(out: str, paths: list[str], by_mean: bool, batch: int | None,
+         optimizers: list[str] | None) -> None:
+    runs = read_runs(paths, batch, optimizers)
     study = study_gaps()
     s, xs = winners(runs, "cpu-s", by_mean), winners(runs, "cpu-xs", by_mean)
     table = gap_columns(s, "cpu_s").join(gap_columns(xs, "cpu_xs"), how="left")
@@ -125,5 +135,7 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--by-mean", action="store_true", help="choose winners by their mean over seeds")
+    parser.add_argument("--batch", type=int, help="only the cpu-s runs at this train batch size")
+    parser.add_argument("--optimizers", type=lambda v: v.split(","), help="only these (and AdamW)")
     args = parser.parse_args()
-    main(args.out, args.runs, args.by_mean)
+    main(args.out, args.runs, args.by_mean, args.batch, args.optimizers)

@@ -46,3 +46,15 @@ def test_a_run_that_differs_between_files_stops_the_table(tmp_path, capsys):
         lct.read_runs([_write(tmp_path, "a.csv", LUCKY), _write(tmp_path, "b.csv", changed)])
     assert stop.value.code == 2
     assert "differ between files" in capsys.readouterr().err
+
+
+def test_batch_keeps_one_cpu_s_batch_and_every_cpu_xs_run_of_the_optimizers(tmp_path):
+    rows = _runs(LUCKY[:2])
+    rows.loc[1, "hparams"] = json.dumps({"learning_rate": 0.01, "train_batch_size": 64})
+    rows.loc[0, "hparams"] = json.dumps({"learning_rate": 0.01, "train_batch_size": 16})
+    xs = rows.assign(scale="cpu-xs")
+    other = xs.iloc[:1].assign(optimizer="lion")
+    path = tmp_path / "a.csv"
+    pd.concat([rows, xs, other]).to_csv(path, index=False)
+    runs = lct.read_runs([str(path)], batch=64, optimizers=["muon"])
+    assert sorted(zip(runs.scale, runs.seed)) == [("cpu-s", 1), ("cpu-xs", 0), ("cpu-xs", 1)]
