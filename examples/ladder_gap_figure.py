@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def main(table: str, out: str, against: str | None = None, labels: tuple[str, str] | None = None) -> None:
+def main(table: str, out: str, against: str | None = None,
+         labels: tuple[str, str] = ("TABLE", "TABLE2")) -> None:
     t = pd.read_csv(table).set_index("optimizer")
     series = [(t, "cpu_xs", "cpu-xs"), (t, "cpu_s", "cpu-s")]
     title = "cpu-xs and tuned cpu-s"
