@@ -106,6 +106,14 @@ class Cluster:
             return set()
         return {n.node_id.hex() for n in nodes if n.state == 0}  # GcsNodeInfo.ALIVE
 
+    def wait_gone(self, node: Node) -> None:
+        """Until the head has marked a killed node dead: till then Ray may place the next test's
+        trials on it, where they never start."""
+        deadline = time.monotonic() + 120
+        while node.node_id in self.alive():
+            assert time.monotonic() < deadline, "a killed Ray node was never marked dead"
+            time.sleep(0.5)
+
     def wait_for_node(self, known: set[str]) -> str:
         deadline = time.monotonic() + 120
         while not (new := self.alive() - known):
@@ -150,6 +158,7 @@ def worker(cluster, request):
         yield node
     finally:
         node.kill()
+        cluster.wait_gone(node)
 
 
 def test_trials_run_on_both_nodes_and_each_node_builds_its_own_cache(cluster, worker, tmp_path):
