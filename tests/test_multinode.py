@@ -82,6 +82,15 @@ class Node:
         self.process.wait(timeout=30)
 
 
+def _until(condition, failure: str, timeout_s: float = 120):
+    """Poll `condition` until it is truthy, and return its value."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.5)
+    return value
+
+
 class Cluster:
     def __init__(self, root: Path):
         self.root, port = root, _free_port()
@@ -109,17 +118,10 @@ class Cluster:
     def wait_gone(self, node: Node) -> None:
         """Until the head has marked a killed node dead: till then Ray may place the next test's
         trials on it, where they never start."""
-        deadline = time.monotonic() + 120
-        while node.node_id in self.alive():
-            assert time.monotonic() < deadline, "a killed Ray node was never marked dead"
-            time.sleep(0.5)
+        _until(lambda: node.node_id not in self.alive(), "a killed Ray node was never marked dead")
 
     def wait_for_node(self, known: set[str]) -> str:
-        deadline = time.monotonic() + 120
-        while not (new := self.alive() - known):
-            assert time.monotonic() < deadline, "a Ray node did not start"
-            time.sleep(0.5)
-        return new.pop()
+        return _until(lambda: self.alive() - known, "a Ray node did not start").pop()
 
     def sweep(self, tmp_path: Path, *args: str, fault: str = "") -> subprocess.Popen:
         """`optbench sweep` joining this cluster, with a cache and results folder of its own; `fault`:
