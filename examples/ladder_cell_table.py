@@ -4,10 +4,12 @@ seeds and its loss minus AdamW's paired by seed (90% t), the same at cpu-xs, and
 loss at the ratio minus AdamW's fitted law there; then Kendall's tau and the mean |ours - the
 study's| over the optimizers, with 90% bootstraps over seeds.
 
-    python examples/ladder_cell_table.py [--by-mean] [--batch N] [--optimizers A,B] OUT.csv RUNS.csv [RUNS.csv ...]
+    python examples/ladder_cell_table.py [--by-mean] [--batch N] [--optimizers A,B] [--ratio R] OUT.csv RUNS.csv [RUNS.csv ...]
 
 --batch keeps the cpu-s runs at that train batch size (the cpu-xs ones are all at 16);
---optimizers keeps those optimizers (AdamW, the reference, always).
+--optimizers keeps those optimizers (AdamW, the reference, always);
+--ratio takes our runs at Chinchilla ratio R (default 1; without a cpu-xs AdamW run at R the
+table has no cpu-xs columns). The study's column stays at 1x: its smallest ratio at 0.1B is 1.
 
 RUNS.csv: rows like docs/data/ladder-cpu-s-b16-phase2-runs.csv (optimizer, scale, ratio, seed,
 final_loss, hparams as JSON). A run found in two files must have the same loss in both.
@@ -27,13 +29,13 @@ from analysis.cells import config_key
 from analysis.paper.reproduce import reproduce, study_options
 from analysis.tuning import mean_interval
 
-LEVEL, N_BOOT, RATIO = 0.9, 2000, 1.0
+LEVEL, N_BOOT, STUDY_RATIO = 0.9, 2000, 1.0
 
 
-def read_runs(paths: list[str], batch: int | None = None,
-              optimizers: list[str] | None = None) -> pd.DataFrame:
+def read_runs(paths: list[str], batch: int | None = None, optimizers: list[str] | None = None,
+              ratio: float = 1.0) -> pd.DataFrame:
     runs = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
-    runs = runs[runs.ratio == RATIO].copy()
+    runs = runs[runs.ratio == ratio].copy()
     if batch is not None:
         size = runs.hparams.map(lambda h: json.loads(h)["train_batch_size"])
         runs = runs[(runs.scale != "cpu-s") | (size == batch)]
@@ -44,6 +46,10 @@ def read_runs(paths: list[str], batch: int | None = None,
     clash = runs.groupby(key).final_loss.nunique() > 1
     if clash.any():
         print(f"ladder_cell_table: runs that differ between files: {list(clash[clash].index)[:3]}",
+              file=sys.stderr)
+        sys.exit(2)
+    if not ((runs.optimizer == "adamw") & (runs.scale == "cpu-s")).any():
+        print(f"ladder_cell_table: no AdamW run at cpu-s ratio {ratio:g}, the reference of every gap",
               file=sys.stderr)
         sys.exit(2)
     return runs.drop_duplicates(key)
@@ -74,7 +80,7 @@ def study_gaps() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         r = reproduce(pathlib.Path(d), options=study_options(n_boot=10, plots=False))
     s = r.outputs.result.speedups
-    s = s[(s.scale == "0.1B") & (s.ratio == RATIO)]
+    s = s[(s.scale == "0.1B") & (s.ratio == STUDY_RATIO)]
     return dict(zip(s.optimizer, s.loss - s.adamw_fit_loss))
 
 
@@ -111,19 +117,23 @@ def agreement(win: dict[str, pd.Series], study: dict[str, float], rng) -> dict[s
 
 
 def main(out: str, paths: list[str], by_mean: bool, batch: int | None,
-         optimizers: list[str] | None) -> None:
-    runs = read_runs(paths, batch, optimizers)
+         optimizers: list[str] | None, ratio: float) -> None:
+    runs = read_runs(paths, batch, optimizers, ratio)
     study = study_gaps()
     s, xs = winners(runs, "cpu-s", by_mean), winners(runs, "cpu-xs", by_mean)
-    table = gap_columns(s, "cpu_s").join(gap_columns(xs, "cpu_xs"), how="left")
+    table = gap_columns(s, "cpu_s")
     configs = runs[(runs.scale == "cpu-s") & (runs.seed == 0)].groupby("optimizer").config.nunique()
     table.insert(0, "cpu_s_configs", configs)
-    table.insert(0, "cpu_xs_to_s", pd.Series({n: changes(xs[n], s[n]) for n in s if n in xs}))
+    if "adamw" in xs:
+        table = table.join(gap_columns(xs, "cpu_xs"), how="left")
+        table.insert(0, "cpu_xs_to_s", pd.Series({n: changes(xs[n], s[n]) for n in s if n in xs}))
     table["study_gap"] = pd.Series(study)
     table = table.loc[sorted(table.index, key=lambda n: (n != "adamw", table.cpu_s_gap[n]))]
     table.rename_axis("optimizer").to_csv(out, float_format="%.4f")
     rng = np.random.default_rng(0)
     for scale, win in (("cpu-s", s), ("cpu-xs", {n: xs[n] for n in s if n in xs})):
+        if "adamw" not in win:
+            continue
         a = agreement(win, study, rng)
         print(f"{scale} over {', '.join(win)}: Kendall's tau {a['tau'][0]:.2f} "
               f"[{a['tau'][1]:.2f}, {a['tau'][2]:.2f}], mean |gap - study's| {a['mad'][0]:.3f} "
@@ -137,5 +147,6 @@ if __name__ == "__main__":
     parser.add_argument("--by-mean", action="store_true", help="choose winners by their mean over seeds")
     parser.add_argument("--batch", type=int, help="only the cpu-s runs at this train batch size")
     parser.add_argument("--optimizers", type=lambda v: v.split(","), help="only these (and AdamW)")
+    parser.add_argument("--ratio", type=float, default=1.0, help="our runs at this Chinchilla ratio")
     args = parser.parse_args()
-    main(args.out, args.runs, args.by_mean, args.batch, args.optimizers)
+    main(args.out, args.runs, args.by_mean, args.batch, args.optimizers, args.ratio)

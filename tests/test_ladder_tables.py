@@ -1,11 +1,13 @@
 """examples/ladder_cell_table.py, behind docs/LADDER.md's cpu-s tables: which config is each
-optimizer's winner, and that a run found in two files must agree with itself."""
+optimizer's winner, and that a run found in two files must agree with itself; and the gap
+figure's check of its labels."""
 import json
 
 import pandas as pd
 import pytest
 
 from examples import ladder_cell_table as lct
+from examples import ladder_gap_figure
 
 pytestmark = pytest.mark.unit
 
@@ -58,3 +60,26 @@ def test_batch_keeps_one_cpu_s_batch_and_every_cpu_xs_run_of_the_optimizers(tmp_
     pd.concat([rows, xs, other]).to_csv(path, index=False)
     runs = lct.read_runs([str(path)], batch=64, optimizers=["muon"])
     assert sorted(zip(runs.scale, runs.seed)) == [("cpu-s", 1), ("cpu-xs", 0), ("cpu-xs", 1)]
+
+
+def test_ratio_keeps_its_runs_and_stops_without_adamw_there(tmp_path, capsys):
+    rows = _runs(LUCKY[:2] + [("lion", 0.01, 0, 2.7), ("lion", 0.01, 1, 2.8)])
+    rows.loc[1, "ratio"] = rows.loc[2, "ratio"] = 0.25
+    rows.loc[3, "ratio"] = 0.5
+    path = tmp_path / "a.csv"
+    rows.to_csv(path, index=False)
+    runs = lct.read_runs([str(path)], ratio=0.25)
+    assert sorted(zip(runs.optimizer, runs.seed)) == [("adamw", 1), ("lion", 0)]
+    with pytest.raises(SystemExit) as stop:
+        lct.read_runs([str(path)], ratio=0.5)
+    assert stop.value.code == 2
+    assert "no AdamW run at cpu-s ratio 0.5" in capsys.readouterr().err
+
+
+def test_the_gap_figure_stops_without_a_label_per_table(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ladder_gap_figure.main("a.csv", str(tmp_path / "f.png"), against=["b.csv", "c.csv"],
+                               labels=["a", "b"])
+    assert stop.value.code == 2
+    assert "3 tables need as many --labels" in capsys.readouterr().err
+    assert not (tmp_path / "f.png").exists()
