@@ -121,18 +121,19 @@ def main(out: str, paths: list[str], by_mean: bool, batch: int | None,
     runs = read_runs(paths, batch, optimizers, ratio)
     study = study_gaps()
     s, xs = winners(runs, "cpu-s", by_mean), winners(runs, "cpu-xs", by_mean)
+    xs = {n: xs[n] for n in s if n in xs} if "adamw" in xs else {}  # no reference, no cpu-xs columns
     table = gap_columns(s, "cpu_s")
     configs = runs[(runs.scale == "cpu-s") & (runs.seed == 0)].groupby("optimizer").config.nunique()
     table.insert(0, "cpu_s_configs", configs)
-    if "adamw" in xs:
+    if xs:
         table = table.join(gap_columns(xs, "cpu_xs"), how="left")
-        table.insert(0, "cpu_xs_to_s", pd.Series({n: changes(xs[n], s[n]) for n in s if n in xs}))
+        table.insert(0, "cpu_xs_to_s", pd.Series({n: changes(xs[n], s[n]) for n in xs}))
     table["study_gap"] = pd.Series(study)
     table = table.loc[sorted(table.index, key=lambda n: (n != "adamw", table.cpu_s_gap[n]))]
     table.rename_axis("optimizer").to_csv(out, float_format="%.4f")
     rng = np.random.default_rng(0)
-    for scale, win in (("cpu-s", s), ("cpu-xs", {n: xs[n] for n in s if n in xs})):
-        if "adamw" not in win:
+    for scale, win in (("cpu-s", s), ("cpu-xs", xs)):
+        if not win:
             continue
         a = agreement(win, study, rng)
         print(f"{scale} over {', '.join(win)}: Kendall's tau {a['tau'][0]:.2f} "

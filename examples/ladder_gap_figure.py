@@ -12,6 +12,7 @@ table get a row.
 import argparse
 import itertools
 import sys
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -21,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def main(table: str, out: str, against: list[str] = (), labels: list[str] = ()) -> None:
+def main(table: str, out: str, against: Sequence[str] = (), labels: Sequence[str] = ()) -> None:
     if against and len(labels) != 1 + len(against):
         print(f"ladder_gap_figure: {1 + len(against)} tables need as many --labels", file=sys.stderr)
         sys.exit(2)
