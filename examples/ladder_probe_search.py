@@ -6,7 +6,7 @@ identity as a sweep's and a repeated config is read back rather than re-run.
 
     python examples/ladder_probe_search.py --optimizer lion --ratio 1 \
       --start docs/data/ladder-cpu-s-b16-short-lion.json --set train_batch_size=4 \
-      --learning-rate 0.00025 --warmup 0.2 --model STORE/model.toml --store sqlite:///STORE/optbench.db
+      --learning-rate 0.001 --warmup 0.2 --model STORE/model.toml --store sqlite:///STORE/optbench.db
 
 --start is a grid amendment whose "start" gives every key; --set overrides one of them. Without
 --warmup the optimizer's warmup is not searched (Muon and Scion have no warmup key).
