@@ -1,8 +1,9 @@
 """The seed-0 search behind docs/LADDER.md's batch-4 cells, where a sweep cannot go (its batch
 grid is 16, 32, 64): the learning rate in steps of 2 from a start until both neighbours are worse,
-then the warmup grid at that learning rate, the learning rate again if the warmup moved, then the
-winner at more seeds. Every run is an `optbench run` into one store, so each row carries the same
-identity as a sweep's and a repeated config is read back rather than re-run.
+then the warmup grid at that learning rate, the learning rate again if the warmup moved, then steps
+to a better neighbour on the warmup grid (the learning rate walked again after each) until neither
+key has one, then the winner at more seeds. Every run is an `optbench run` into one store, so each
+row carries the same identity as a sweep's and a repeated config is read back rather than re-run.
 
     python examples/ladder_probe_search.py --optimizer lion --ratio 1 \
       --start docs/data/ladder-cpu-s-b16-short-lion.json --set train_batch_size=4 \
@@ -35,7 +36,21 @@ def search(loss: Loss, lr: float, warmup: float | None, warmups: list[float]) ->
     if warmup is None:
         return lr, None
     best = min(warmups, key=lambda w: loss(lr, w, 0))
-    return (best_lr(loss, lr, best) if best != warmup else lr), best
+    if best != warmup:
+        lr, warmup = best_lr(loss, lr, best), best
+    return polish(loss, lr, warmup, warmups)
+
+
+def polish(loss: Loss, lr: float, warmup: float, warmups: list[float]) -> tuple[float, float]:
+    """Step to a better neighbour of the warmup on its grid, walking the learning rate after each
+    step, until neither key has a better neighbour at seed 0. The scan above runs at the learning
+    rate before the last walk, where a warmup can lose that wins at the walk's end."""
+    while True:
+        i = warmups.index(warmup)
+        best = min(warmups[max(i - 1, 0):i + 2], key=lambda w: (loss(lr, w, 0), w != warmup))
+        if best == warmup:
+            return lr, warmup
+        lr, warmup = best_lr(loss, lr, best), best
 
 
 def optbench_loss(args: argparse.Namespace, start: dict) -> Loss:
