@@ -35,22 +35,20 @@ def search(loss: Loss, lr: float, warmup: float | None, warmups: list[float]) ->
     lr = best_lr(loss, lr, warmup)
     if warmup is None:
         return lr, None
-    best = min(warmups, key=lambda w: loss(lr, w, 0))
-    if best != warmup:
-        lr, warmup = best_lr(loss, lr, best), best
-    return polish(loss, lr, warmup, warmups)
+    return polish(loss, lr, min(warmups, key=lambda w: loss(lr, w, 0)), warmups)
 
 
 def polish(loss: Loss, lr: float, warmup: float, warmups: list[float]) -> tuple[float, float]:
-    """Step to a better neighbour of the warmup on its grid, walking the learning rate after each
-    step, until neither key has a better neighbour at seed 0. The scan above runs at the learning
-    rate before the last walk, where a warmup can lose that wins at the walk's end."""
+    """Walk the learning rate, then step to a better neighbour of the warmup on its grid, until
+    neither key has a better neighbour at seed 0. The warmup scan runs at the learning rate before
+    the walk, where a warmup can lose that wins at the walk's end."""
     while True:
+        lr = best_lr(loss, lr, warmup)
         i = warmups.index(warmup)
         best = min(warmups[max(i - 1, 0):i + 2], key=lambda w: (loss(lr, w, 0), w != warmup))
         if best == warmup:
             return lr, warmup
-        lr, warmup = best_lr(loss, lr, best), best
+        warmup = best
 
 
 def optbench_loss(args: argparse.Namespace, start: dict) -> Loss:
