@@ -90,16 +90,20 @@ lint: $(STAMP)  ## pyflakes' checks, sorted imports, and the import layers (pypr
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP)  ## every tier: unit, integration and system (pyproject.toml's markers)
-	$(PY) -m pytest -q
+# Two pytest workers, a test file each: one pytest process keeps about one of 2 cores busy. Passive
+# OpenMP waits: two tests' torch threads at once on 2 cores otherwise spin against each other (3x slower).
+PYTEST     = OMP_WAIT_POLICY=passive $(1) -m pytest -q -n 2 --dist loadfile
 
-test-fast: $(STAMP)  ## the unit and integration tiers, for the edit-test loop: about 3 minutes on 2 cores
-	$(PY) -m pytest -q -m "unit or integration"
+test: $(STAMP)  ## every tier: unit, integration and system (pyproject.toml's markers)
+	$(call PYTEST,$(PY))
+
+test-fast: $(STAMP)  ## the unit and integration tiers, for the edit-test loop: about 2 minutes on 2 cores
+	$(call PYTEST,$(PY)) -m "unit or integration"
 
 test-python:  ## the unit and integration tiers under another Python (PYTHON=python3.12), in its own .venv-3.x
 	$(PYTHON) -m venv $(VENV_ARGS) $(PYVENV)
 	$(call install,$(PYVENV))
-	$(PYVENV)/bin/python -m pytest -q -m "unit or integration" $(PYTEST_ARGS)
+	$(call PYTEST,$(PYVENV)/bin/python) -m "unit or integration" $(PYTEST_ARGS)
 
 # --yes skips the question only: a sweep that cannot finish on this machine (memory, or over
 # --max-hours) still refuses with what it would need (docs/DESIGN.md, "The plan at scale").
