@@ -1,6 +1,6 @@
 """A store's finished runs as a small CSV to commit (the format of docs/data/ladder-cpu-s-b16-
 phase2-runs.csv): optimizer, scale, ratio, learning_rate, seed, final_loss (repr, so it reads back
-bit for bit), wall_time_s, hparams (JSON).
+bit for bit), wall_time_s, hardware (the CPU's model), hparams (JSON).
 
     python examples/export_runs.py STORE_URL OUT.csv
 """
@@ -9,7 +9,8 @@ import sys
 from analysis.cells import config_key, ok_mask
 from bench.store.database import ResultStore
 
-COLUMNS = ["optimizer", "scale", "ratio", "learning_rate", "seed", "final_loss", "wall_time_s", "hparams"]
+COLUMNS = ["optimizer", "scale", "ratio", "learning_rate", "seed", "final_loss", "wall_time_s", "hardware",
+           "hparams"]
 
 
 def main(url: str, out: str) -> None:

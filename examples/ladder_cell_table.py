@@ -12,7 +12,9 @@ study's| over the optimizers, with 90% bootstraps over seeds.
 table has no cpu-xs columns). The study's column stays at 1x: its smallest ratio at 0.1B is 1.
 
 RUNS.csv: rows like docs/data/ladder-cpu-s-b16-phase2-runs.csv (optimizer, scale, ratio, seed,
-final_loss, hparams as JSON). A run found in two files must have the same loss in both.
+final_loss, hparams as JSON; hardware where examples/export_runs.py recorded it). A run found in
+two files must have the same loss in both, and all runs must come from one kind of hardware
+(files without the column count as one, "unrecorded").
 """
 import argparse
 import json
@@ -36,6 +38,11 @@ def read_runs(paths: list[str], batch: int | None = None, optimizers: list[str] 
               ratio: float = 1.0) -> pd.DataFrame:
     runs = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     runs = runs[runs.ratio == ratio].copy()
+    runs["hardware"] = runs["hardware"].fillna("unrecorded") if "hardware" in runs else "unrecorded"
+    if runs.hardware.nunique() > 1:  # a seed's runs agree to the bit only on one kind of CPU
+        print(f"ladder_cell_table: runs from more than one machine ({', '.join(runs.hardware.unique())}): "
+              "gaps pair runs by seed, so give runs made on one", file=sys.stderr)
+        sys.exit(2)
     if batch is not None:
         size = runs.hparams.map(lambda h: json.loads(h)["train_batch_size"])
         runs = runs[(runs.scale != "cpu-s") | (size == batch)]

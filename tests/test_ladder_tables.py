@@ -1,13 +1,15 @@
 """examples/ladder_cell_table.py, behind docs/LADDER.md's cpu-s tables: which config is each
-optimizer's winner, and that a run found in two files must agree with itself; and the gap
-figure's check of its labels."""
+optimizer's winner, that a run found in two files must agree with itself and that runs of two
+machines do not mix; the re-run's command for a winner; and the gap figure's check of its labels."""
+import argparse
 import json
 
 import pandas as pd
 import pytest
 
+from bench.cli.run import parse_sets
 from examples import ladder_cell_table as lct
-from examples import ladder_gap_figure
+from examples import ladder_gap_figure, ladder_rerun
 
 pytestmark = pytest.mark.unit
 
@@ -50,6 +52,18 @@ def test_a_run_that_differs_between_files_stops_the_table(tmp_path, capsys):
     assert "differ between files" in capsys.readouterr().err
 
 
+def test_runs_from_two_machines_stop_the_table(tmp_path, capsys):
+    """Files without a hardware column count as one unrecorded machine: theirs mix with none."""
+    amd = _runs(LUCKY[3:]).assign(hardware="AMD EPYC")
+    path = tmp_path / "amd.csv"
+    amd.to_csv(path, index=False)
+    assert len(lct.read_runs([str(path)])) == len(LUCKY) - 3
+    with pytest.raises(SystemExit) as stop:
+        lct.read_runs([_write(tmp_path, "a.csv", LUCKY[:3]), str(path)])
+    assert stop.value.code == 2
+    assert "more than one machine (unrecorded, AMD EPYC)" in capsys.readouterr().err
+
+
 def test_batch_keeps_one_cpu_s_batch_and_every_cpu_xs_run_of_the_optimizers(tmp_path):
     rows = _runs(LUCKY[:2])
     rows.loc[1, "hparams"] = json.dumps({"learning_rate": 0.01, "train_batch_size": 64})
@@ -74,6 +88,15 @@ def test_ratio_keeps_its_runs_and_stops_without_adamw_there(tmp_path, capsys):
         lct.read_runs([str(path)], ratio=0.5)
     assert stop.value.code == 2
     assert "no AdamW run at cpu-s ratio 0.5" in capsys.readouterr().err
+
+
+def test_a_winner_is_rerun_with_its_config_as_stored():
+    config = {"learning_rate": 0.0005, "decay": None, "decay_roles": "hidden,head", "epsilon": 1e-25,
+              "partition_grads_into_blocks": True, "variant": "study", "train_batch_size": 4}
+    args = argparse.Namespace(model="m.toml", store="sqlite:///s.db", ratio=1.0)
+    cmd = ladder_rerun.command(args, "soap", config, seed=2)
+    assert cmd[cmd.index("--seed") + 1] == "2"
+    assert parse_sets([cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]) == config
 
 
 def test_the_gap_figure_stops_without_a_label_per_table(tmp_path, capsys):

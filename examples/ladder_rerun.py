@@ -1,0 +1,63 @@
+"""Re-run each optimizer's cpu-s winner from committed runs files at more seeds, or on another
+machine, into one store: the winner as examples/ladder_cell_table.py chooses it (the best config at
+seed 0), each run an `optbench run`, so a config already in the store is read back, not re-run.
+
+    python examples/ladder_rerun.py --seeds 0,1,2 --batch 4 --jobs 2 --model STORE/model.toml \
+      --store sqlite:///STORE/optbench.db docs/data/ladder-cpu-s-b4-1x-runs.csv ...
+
+--jobs runs that many at once, one thread each (2 on 2 cores is the fastest per run finished).
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from examples.ladder_cell_table import read_runs, winners
+
+
+def command(args: argparse.Namespace, optimizer: str, config: dict, seed: int) -> list[str]:
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--optimizer", optimizer, "--scale", "cpu-s",
+           "--model", args.model, "--ratio", str(args.ratio), "--seed", str(seed), "--threads", "1",
+           "--store", args.store, "--json"]
+    return cmd + [a for k, v in config.items() for a in ("--set", f"{k}={v}")]
+
+
+def run(cmd: list[str]) -> float:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:  # optbench's own one-line error, and its exit code
+        print((done.stderr.strip().splitlines() or ["optbench run failed"])[-1], file=sys.stderr)
+        sys.exit(done.returncode)
+    return json.loads(done.stdout)["final_loss"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="runs files (the format of examples/export_runs.py)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds to run each winner at")
+    p.add_argument("--batch", type=int, help="winners among the cpu-s runs at this train batch size")
+    p.add_argument("--optimizers", type=lambda v: v.split(","), help="only these (and AdamW)")
+    p.add_argument("--ratio", type=float, default=1.0)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--model", required=True)
+    p.add_argument("--store", required=True)
+    args = p.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError as e:
+        p.exit(2, f"ladder_rerun: error: bad --seeds: {e}\n")
+    best = winners(read_runs(args.runs, args.batch, args.optimizers, args.ratio), "cpu-s")
+    todo = [(name, seed) for seed in seeds for name in best]  # a seed for all first: stopped early, whole seeds
+    began = time.monotonic()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run, command(args, name, json.loads(best[name].name), seed)): (name, seed)
+                   for name, seed in todo}
+        for done, future in enumerate(as_completed(futures), 1):
+            (name, seed), elapsed = futures[future], time.monotonic() - began
+            print(f"[{elapsed:6.0f} s] {done}/{len(todo)} ETA {elapsed * (len(todo) - done) / done:5.0f} s"
+                  f"  {name} seed {seed}: {future.result():.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
