@@ -4,12 +4,14 @@ seeds and its loss minus AdamW's paired by seed (90% t), the same at cpu-xs, and
 loss at the ratio minus AdamW's fitted law there; then Kendall's tau and the mean |ours - the
 study's| over the optimizers, with 90% bootstraps over seeds.
 
-    python examples/ladder_cell_table.py [--by-mean] [--batch N] [--optimizers A,B] [--ratio R] OUT.csv RUNS.csv [RUNS.csv ...]
+    python examples/ladder_cell_table.py [--by-mean] [--batch N] [--optimizers A,B] [--ratio R] [--seeds S,T]
+      OUT.csv RUNS.csv [RUNS.csv ...]
 
 --batch keeps the cpu-s runs at that train batch size (the cpu-xs ones are all at 16);
 --optimizers keeps those optimizers (AdamW, the reference, always);
 --ratio takes our runs at Chinchilla ratio R (default 1; without a cpu-xs AdamW run at R the
 table has no cpu-xs columns). The study's column stays at 1x: its smallest ratio at 0.1B is 1.
+--seeds keeps the runs of those seeds (to compare with a table that has only them).
 
 RUNS.csv: rows like docs/data/ladder-cpu-s-b16-phase2-runs.csv (optimizer, scale, ratio, seed,
 final_loss, hparams as JSON; hardware where examples/export_runs.py recorded it). A run found in
@@ -35,9 +37,9 @@ LEVEL, N_BOOT, STUDY_RATIO = 0.9, 2000, 1.0
 
 
 def read_runs(paths: list[str], batch: int | None = None, optimizers: list[str] | None = None,
-              ratio: float = 1.0) -> pd.DataFrame:
+              ratio: float = 1.0, seeds: list[int] | None = None) -> pd.DataFrame:
     runs = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
-    runs = runs[runs.ratio == ratio].copy()
+    runs = runs[(runs.ratio == ratio) & (runs.seed.isin(seeds) if seeds else True)].copy()
     runs["hardware"] = runs["hardware"].fillna("unrecorded") if "hardware" in runs else "unrecorded"
     if runs.hardware.nunique() > 1:  # a seed's runs agree to the bit only on one kind of CPU
         print(f"ladder_cell_table: runs from more than one machine ({', '.join(runs.hardware.unique())}): "
@@ -124,8 +126,8 @@ def agreement(win: dict[str, pd.Series], study: dict[str, float], rng) -> dict[s
 
 
 def main(out: str, paths: list[str], by_mean: bool, batch: int | None,
-         optimizers: list[str] | None, ratio: float) -> None:
-    runs = read_runs(paths, batch, optimizers, ratio)
+         optimizers: list[str] | None, ratio: float, seeds: list[int] | None = None) -> None:
+    runs = read_runs(paths, batch, optimizers, ratio, seeds)
     study = study_gaps()
     s, xs = winners(runs, "cpu-s", by_mean), winners(runs, "cpu-xs", by_mean)
     xs = {n: xs[n] for n in s if n in xs} if "adamw" in xs else {}  # no reference, no cpu-xs columns
@@ -156,5 +158,6 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, help="only the cpu-s runs at this train batch size")
     parser.add_argument("--optimizers", type=lambda v: v.split(","), help="only these (and AdamW)")
     parser.add_argument("--ratio", type=float, default=1.0, help="our runs at this Chinchilla ratio")
+    parser.add_argument("--seeds", type=lambda v: [int(s) for s in v.split(",")], help="only these seeds")
     args = parser.parse_args()
-    main(args.out, args.runs, args.by_mean, args.batch, args.optimizers, args.ratio)
+    main(args.out, args.runs, args.by_mean, args.batch, args.optimizers, args.ratio, args.seeds)

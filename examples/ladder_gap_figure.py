@@ -46,8 +46,9 @@ def main(table: str, out: str, against: Sequence[str] = (), labels: Sequence[str
     for (frame, col, label), marker, dodge in zip(series, itertools.cycle("so^v<>ph"), dodges):
         f = frame.loc[t.index]
         gap, lo, hi = f[f"{col}_gap"], f[f"{col}_lo"], f[f"{col}_hi"]
+        spread = "90% t over seeds" if lo.notna().any() else "one seed, no interval"
         ax.errorbar(gap, rows + dodge, xerr=[gap - lo, hi - gap], fmt=marker, capsize=3,
-                    label=label + " (90% t over seeds, paired with AdamW's)")
+                    label=f"{label} ({spread}, paired with AdamW's)")
     ax.axvline(0, color="black", lw=0.5)
     ax.set_yticks(rows, t.index)
     ax.invert_yaxis()

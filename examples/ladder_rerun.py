@@ -2,7 +2,7 @@
 machine, into one store: the winner as examples/ladder_cell_table.py chooses it (the best config at
 seed 0), each run an `optbench run`, so a config already in the store is read back, not re-run.
 
-    python examples/ladder_rerun.py --seeds 0,1,2 --batch 4 --jobs 2 --model STORE/model.toml \
+    python -m examples.ladder_rerun --seeds 0,1,2 --batch 4 --jobs 2 --model STORE/model.toml \
       --store sqlite:///STORE/optbench.db docs/data/ladder-cpu-s-b4-1x-runs.csv ...
 
 --jobs runs that many at once, one thread each (2 on 2 cores is the fastest per run finished).

@@ -44,6 +44,11 @@ def test_a_run_in_two_files_is_counted_once(tmp_path):
     assert len(runs) == len(LUCKY)
 
 
+def test_seeds_keep_only_their_runs(tmp_path):
+    runs = lct.read_runs([_write(tmp_path, "a.csv", LUCKY)], seeds=[1, 2])
+    assert sorted(zip(runs.seed, runs.final_loss)) == [(1, 2.40), (1, 2.66), (1, 2.80), (2, 2.67), (2, 2.80)]
+
+
 def test_a_run_that_differs_between_files_stops_the_table(tmp_path, capsys):
     changed = [("adamw", 0.01, 0, 2.61)]
     with pytest.raises(SystemExit) as stop:
