@@ -51,6 +51,22 @@ def polish(loss: Loss, lr: float, warmup: float, warmups: list[float]) -> tuple[
         warmup = best
 
 
+def command(args: argparse.Namespace, optimizer: str, config: dict, seed: int) -> list[str]:
+    """`optbench run` of one config at one seed into args.store (also examples/ladder_rerun.py's)."""
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--optimizer", optimizer, "--scale", args.scale,
+           "--model", args.model, "--ratio", str(args.ratio), "--seed", str(seed), "--threads", "1",
+           "--store", args.store, "--json"]
+    return cmd + [a for k, v in config.items() for a in ("--set", f"{k}={v}")]
+
+
+def final_loss(cmd: list[str]) -> float:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:  # optbench's own one-line error, and its exit code
+        print((done.stderr.strip().splitlines() or ["optbench run failed"])[-1], file=sys.stderr)
+        sys.exit(done.returncode)
+    return json.loads(done.stdout)["final_loss"]
+
+
 def optbench_loss(args: argparse.Namespace, start: dict) -> Loss:
     seen: dict[tuple, float] = {}
     began = time.monotonic()
@@ -58,15 +74,7 @@ def optbench_loss(args: argparse.Namespace, start: dict) -> Loss:
     def loss(lr: float, warmup: float | None, seed: int) -> float:
         if (lr, warmup, seed) not in seen:
             keys = dict(start, learning_rate=lr, **({} if warmup is None else {"warmup": warmup}))
-            cmd = [sys.executable, "-m", "bench.cli", "run", "--optimizer", args.optimizer,
-                   "--scale", args.scale, "--model", args.model, "--ratio", str(args.ratio),
-                   "--seed", str(seed), "--threads", "1", "--store", args.store, "--json"]
-            cmd += [a for k, v in keys.items() for a in ("--set", f"{k}={v}")]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:  # optbench's own one-line error, and its exit code
-                print((done.stderr.strip().splitlines() or ["optbench run failed"])[-1], file=sys.stderr)
-                sys.exit(done.returncode)
-            seen[lr, warmup, seed] = json.loads(done.stdout)["final_loss"]
+            seen[lr, warmup, seed] = final_loss(command(args, args.optimizer, keys, seed))
             # a walk's length is not known ahead, so no ETA: the count and the time so far
             print(f"{args.optimizer} seed {seed} lr {lr:g} warmup {warmup}: {seen[lr, warmup, seed]:.4f}"
                   f"  (config {len(seen)}, {time.monotonic() - began:.0f} s)", flush=True)

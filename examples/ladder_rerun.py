@@ -9,27 +9,11 @@ seed 0), each run an `optbench run`, so a config already in the store is read ba
 """
 import argparse
 import json
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from examples.ladder_cell_table import read_runs, winners
-
-
-def command(args: argparse.Namespace, optimizer: str, config: dict, seed: int) -> list[str]:
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--optimizer", optimizer, "--scale", "cpu-s",
-           "--model", args.model, "--ratio", str(args.ratio), "--seed", str(seed), "--threads", "1",
-           "--store", args.store, "--json"]
-    return cmd + [a for k, v in config.items() for a in ("--set", f"{k}={v}")]
-
-
-def run(cmd: list[str]) -> float:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:  # optbench's own one-line error, and its exit code
-        print((done.stderr.strip().splitlines() or ["optbench run failed"])[-1], file=sys.stderr)
-        sys.exit(done.returncode)
-    return json.loads(done.stdout)["final_loss"]
+from examples.ladder_probe_search import command, final_loss
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, help="winners among the cpu-s runs at this train batch size")
     p.add_argument("--optimizers", type=lambda v: v.split(","), help="only these (and AdamW)")
     p.add_argument("--ratio", type=float, default=1.0)
+    p.add_argument("--scale", default="cpu-s")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--model", required=True)
     p.add_argument("--store", required=True)
@@ -47,11 +32,11 @@ def main(argv: list[str] | None = None) -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError as e:
         p.exit(2, f"ladder_rerun: error: bad --seeds: {e}\n")
-    best = winners(read_runs(args.runs, args.batch, args.optimizers, args.ratio), "cpu-s")
+    best = winners(read_runs(args.runs, args.batch, args.optimizers, args.ratio), args.scale)
     todo = [(name, seed) for seed in seeds for name in best]  # a seed for all first: stopped early, whole seeds
     began = time.monotonic()
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run, command(args, name, json.loads(best[name].name), seed)): (name, seed)
+        futures = {pool.submit(final_loss, command(args, name, json.loads(best[name].name), seed)): (name, seed)
                    for name, seed in todo}
         for done, future in enumerate(as_completed(futures), 1):
             (name, seed), elapsed = futures[future], time.monotonic() - began

@@ -1,6 +1,6 @@
 """examples/ladder_cell_table.py, behind docs/LADDER.md's cpu-s tables: which config is each
 optimizer's winner, that a run found in two files must agree with itself and that runs of two
-machines do not mix; the re-run's command for a winner; and the gap figure's check of its labels."""
+machines do not mix; the command that runs a config (the probe search's and the re-run's); and the gap figure's check of its labels."""
 import argparse
 import json
 
@@ -9,7 +9,7 @@ import pytest
 
 from bench.cli.run import parse_sets
 from examples import ladder_cell_table as lct
-from examples import ladder_gap_figure, ladder_rerun
+from examples import ladder_gap_figure, ladder_probe_search
 
 pytestmark = pytest.mark.unit
 
@@ -98,8 +98,8 @@ def test_ratio_keeps_its_runs_and_stops_without_adamw_there(tmp_path, capsys):
 def test_a_winner_is_rerun_with_its_config_as_stored():
     config = {"learning_rate": 0.0005, "decay": None, "decay_roles": "hidden,head", "epsilon": 1e-25,
               "partition_grads_into_blocks": True, "variant": "study", "train_batch_size": 4}
-    args = argparse.Namespace(model="m.toml", store="sqlite:///s.db", ratio=1.0)
-    cmd = ladder_rerun.command(args, "soap", config, seed=2)
+    args = argparse.Namespace(scale="cpu-s", model="m.toml", store="sqlite:///s.db", ratio=1.0)
+    cmd = ladder_probe_search.command(args, "soap", config, seed=2)
     assert cmd[cmd.index("--seed") + 1] == "2"
     assert parse_sets([cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]) == config
 
