@@ -59,12 +59,17 @@ def command(args: argparse.Namespace, optimizer: str, config: dict, seed: int) -
     return cmd + [a for k, v in config.items() for a in ("--set", f"{k}={v}")]
 
 
-def final_loss(cmd: list[str]) -> float:
+def optbench_run(cmd: list[str]) -> dict:
+    """The stored result of one `optbench run ... --json` (trained now, or read back)."""
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:  # optbench's own one-line error, and its exit code
         print((done.stderr.strip().splitlines() or ["optbench run failed"])[-1], file=sys.stderr)
         sys.exit(done.returncode)
-    return json.loads(done.stdout)["final_loss"]
+    return json.loads(done.stdout)
+
+
+def final_loss(cmd: list[str]) -> float:
+    return optbench_run(cmd)["final_loss"]
 
 
 def optbench_loss(args: argparse.Namespace, start: dict) -> Loss:

@@ -13,7 +13,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from examples.ladder_cell_table import read_runs, winners
-from examples.ladder_probe_search import command, final_loss
+from examples.ladder_probe_search import command, optbench_run
+
+
+def timed_run(cmd: list[str]) -> tuple[dict, float]:
+    began = time.monotonic()
+    return optbench_run(cmd), time.monotonic() - began
+
+
+def eta(trained: list[float], left: int, jobs: int) -> str:
+    """Time left at the mean of the runs trained so far: runs read back from the store take seconds
+    and would make an ETA from all finished runs far too short."""
+    if left and not trained:
+        return "ETA ?"
+    return f"ETA {sum(trained) / len(trained) * left / jobs if left else 0:5.0f} s"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,14 +47,16 @@ def main(argv: list[str] | None = None) -> None:
         p.exit(2, f"ladder_rerun: error: bad --seeds: {e}\n")
     best = winners(read_runs(args.runs, args.batch, args.optimizers, args.ratio), args.scale)
     todo = [(name, seed) for seed in seeds for name in best]  # a seed for all first: stopped early, whole seeds
-    began = time.monotonic()
+    began, trained = time.monotonic(), []
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(final_loss, command(args, name, json.loads(best[name].name), seed)): (name, seed)
+        futures = {pool.submit(timed_run, command(args, name, json.loads(best[name].name), seed)): (name, seed)
                    for name, seed in todo}
         for done, future in enumerate(as_completed(futures), 1):
-            (name, seed), elapsed = futures[future], time.monotonic() - began
-            print(f"[{elapsed:6.0f} s] {done}/{len(todo)} ETA {elapsed * (len(todo) - done) / done:5.0f} s"
-                  f"  {name} seed {seed}: {future.result():.4f}", flush=True)
+            (name, seed), (result, took) = futures[future], future.result()
+            fresh = took > result["wall_time_s"] / 2  # else read back from the store
+            trained += [took] if fresh else []
+            print(f"[{time.monotonic() - began:6.0f} s] {done}/{len(todo)} {eta(trained, len(todo) - done, args.jobs)}"
+                  f"  {name} seed {seed}: {result['final_loss']:.4f}{'' if fresh else ' (stored)'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """examples/ladder_cell_table.py, behind docs/LADDER.md's cpu-s tables: which config is each
 optimizer's winner, that a run found in two files must agree with itself and that runs of two
-machines do not mix; the command that runs a config (the probe search's and the re-run's); and the gap figure's check of its labels."""
+machines do not mix; the command that runs a config (the probe search's and the re-run's); the
+re-run's ETA; and the gap figure's check of its labels."""
 import argparse
 import json
 
@@ -9,7 +10,7 @@ import pytest
 
 from bench.cli.run import parse_sets
 from examples import ladder_cell_table as lct
-from examples import ladder_gap_figure, ladder_probe_search
+from examples import ladder_gap_figure, ladder_probe_search, ladder_rerun
 
 pytestmark = pytest.mark.unit
 
@@ -111,3 +112,10 @@ def test_the_gap_figure_stops_without_a_label_per_table(tmp_path, capsys):
     assert stop.value.code == 2
     assert "3 tables need as many --labels" in capsys.readouterr().err
     assert not (tmp_path / "f.png").exists()
+
+
+def test_the_rerun_eta_waits_for_a_trained_run():
+    seconds = lambda text: float(text.split()[1])  # noqa: E731
+    assert ladder_rerun.eta([], left=3, jobs=2) == "ETA ?"  # read back from the store only: no pace yet
+    assert seconds(ladder_rerun.eta([], left=0, jobs=2)) == 0
+    assert seconds(ladder_rerun.eta([300.0], left=4, jobs=2)) < seconds(ladder_rerun.eta([300.0], left=4, jobs=1))
