@@ -36,6 +36,11 @@ from analysis.tuning import mean_interval
 LEVEL, N_BOOT, STUDY_RATIO = 0.9, 2000, 1.0
 
 
+def seed_list(text: str) -> list[int]:
+    """--seeds: comma-separated seeds (also examples/ladder_rerun.py's)."""
+    return [int(s) for s in text.split(",")]
+
+
 def read_runs(paths: list[str], batch: int | None = None, optimizers: list[str] | None = None,
               ratio: float = 1.0, seeds: list[int] | None = None) -> pd.DataFrame:
     runs = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
@@ -158,6 +163,6 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, help="only the cpu-s runs at this train batch size")
     parser.add_argument("--optimizers", type=lambda v: v.split(","), help="only these (and AdamW)")
     parser.add_argument("--ratio", type=float, default=1.0, help="our runs at this Chinchilla ratio")
-    parser.add_argument("--seeds", type=lambda v: [int(s) for s in v.split(",")], help="only these seeds")
+    parser.add_argument("--seeds", type=seed_list, help="only these seeds")
     args = parser.parse_args()
     main(args.out, args.runs, args.by_mean, args.batch, args.optimizers, args.ratio, args.seeds)

@@ -68,10 +68,6 @@ def optbench_run(cmd: list[str]) -> dict:
     return json.loads(done.stdout)
 
 
-def final_loss(cmd: list[str]) -> float:
-    return optbench_run(cmd)["final_loss"]
-
-
 def optbench_loss(args: argparse.Namespace, start: dict) -> Loss:
     seen: dict[tuple, float] = {}
     began = time.monotonic()
@@ -79,7 +75,7 @@ def optbench_loss(args: argparse.Namespace, start: dict) -> Loss:
     def loss(lr: float, warmup: float | None, seed: int) -> float:
         if (lr, warmup, seed) not in seen:
             keys = dict(start, learning_rate=lr, **({} if warmup is None else {"warmup": warmup}))
-            seen[lr, warmup, seed] = final_loss(command(args, args.optimizer, keys, seed))
+            seen[lr, warmup, seed] = optbench_run(command(args, args.optimizer, keys, seed))["final_loss"]
             # a walk's length is not known ahead, so no ETA: the count and the time so far
             print(f"{args.optimizer} seed {seed} lr {lr:g} warmup {warmup}: {seen[lr, warmup, seed]:.4f}"
                   f"  (config {len(seen)}, {time.monotonic() - began:.0f} s)", flush=True)

@@ -12,7 +12,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from examples.ladder_cell_table import read_runs, winners
+from examples.ladder_cell_table import read_runs, seed_list, winners
 from examples.ladder_probe_search import command, optbench_run
 
 
@@ -32,7 +32,7 @@ def eta(trained: list[float], left: int, jobs: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="runs files (the format of examples/export_runs.py)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds to run each winner at")
+    p.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated seeds to run each winner at")
     p.add_argument("--batch", type=int, help="winners among the cpu-s runs at this train batch size")
     p.add_argument("--optimizers", type=lambda v: v.split(","), help="only these (and AdamW)")
     p.add_argument("--ratio", type=float, default=1.0)
@@ -41,12 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--store", required=True)
     args = p.parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError as e:
-        p.exit(2, f"ladder_rerun: error: bad --seeds: {e}\n")
     best = winners(read_runs(args.runs, args.batch, args.optimizers, args.ratio), args.scale)
-    todo = [(name, seed) for seed in seeds for name in best]  # a seed for all first: stopped early, whole seeds
+    todo = [(name, seed) for seed in args.seeds for name in best]  # a seed for all first: stopped early, whole seeds
     began, trained = time.monotonic(), []
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(timed_run, command(args, name, json.loads(best[name].name), seed)): (name, seed)
