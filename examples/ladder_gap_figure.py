@@ -53,7 +53,7 @@ def main(table: str, out: str, against: Sequence[str] = (), labels: Sequence[str
     ax.set_yticks(rows, t.index)
     ax.invert_yaxis()
     ax.set_xlabel("loss minus AdamW's at the same batch and ratio (nats)\nleft of 0: better than AdamW")
-    ax.set_title(textwrap.fill(f"Loss gap to AdamW: {title} against the study at 1x", 64), fontsize=9)  # fits 6 in
+    ax.set_title(textwrap.fill(f"Loss gap to AdamW: {title} against the study at 1x", 64), fontsize=9)  # 64 fit 6 in at 9 pt
     ax.grid(axis="x", lw=0.3)
     fig.legend(fontsize=7, loc="lower center")  # below the axes: no row's bars hidden
     fig.tight_layout(rect=(0, legend / height, 1, 1))
