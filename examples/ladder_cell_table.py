@@ -69,17 +69,23 @@ def read_runs(paths: list[str], batch: int | None = None, optimizers: list[str] 
     return runs.drop_duplicates(key)
 
 
+def finalists(runs: pd.DataFrame, scale: str, k: int = 1) -> dict[str, list[str]]:
+    """Optimizer -> its k best configs at seed 0 at `scale`, best first (a sweep's --finalists K)."""
+    first = runs[(runs.scale == scale) & (runs.seed == 0)].sort_values("final_loss", kind="stable")
+    return {name: list(sub.config.head(k)) for name, sub in first.groupby("optimizer")}
+
+
 def winners(runs: pd.DataFrame, scale: str, by_mean: bool = False) -> dict[str, pd.Series]:
     """Optimizer -> its winner's final loss by seed at `scale`, the Series named by the winner's
     config. The winner is the best config at seed 0, or with `by_mean` the best mean among the
     configs run at as many seeds as its most-seeded one (finalists' reading)."""
-    out = {}
+    out, first = {}, finalists(runs, scale)
     for name, sub in runs[runs.scale == scale].groupby("optimizer"):
         if by_mean:
             stats_ = sub.groupby("config", sort=False).final_loss.agg(["size", "mean"])
             best = stats_[stats_["size"] == stats_["size"].max()]["mean"].idxmin()
         else:
-            best = sub[sub.seed == 0].sort_values("final_loss", kind="stable").config.iloc[0]
+            best = first[name][0]
         out[name] = sub[sub.config == best].set_index("seed").final_loss.sort_index().rename(best)
     return out
 

@@ -2,17 +2,20 @@
 machine, into one store: the winner as examples/ladder_cell_table.py chooses it (the best config at
 seed 0), each run an `optbench run`, so a config already in the store is read back, not re-run.
 
-    python -m examples.ladder_rerun --seeds 0,1,2 --batch 4 --jobs 2 --model STORE/model.toml \
-      --store sqlite:///STORE/optbench.db docs/data/ladder-cpu-s-b4-1x-runs.csv ...
+    python -m examples.ladder_rerun --seeds 0,1,2 --batch 4 --jobs 2 [--finalists K] \
+      --model STORE/model.toml --store sqlite:///STORE/optbench.db docs/data/ladder-cpu-s-b4-1x-runs.csv ...
 
---jobs runs that many at once, one thread each (2 on 2 cores is the fastest per run finished).
+--finalists K re-runs each optimizer's K best configs at seed 0 instead (a sweep's finalists), for
+`ladder_cell_table.py --by-mean` to choose among; --jobs runs that many at once, one thread each
+(2 on 2 cores is the fastest per run finished).
 """
 import argparse
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from examples.ladder_cell_table import read_runs, seed_list, winners
+from bench.cli.args import positive_int
+from examples.ladder_cell_table import finalists, read_runs, seed_list
 from examples.ladder_probe_search import command, optbench_run
 
 
@@ -35,24 +38,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated seeds to run each winner at")
     p.add_argument("--batch", type=int, help="winners among the cpu-s runs at this train batch size")
     p.add_argument("--optimizers", type=lambda v: v.split(","), help="only these (and AdamW)")
+    p.add_argument("--finalists", type=positive_int, default=1, help="each optimizer's K best configs at seed 0")
     p.add_argument("--ratio", type=float, default=1.0)
     p.add_argument("--scale", default="cpu-s")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--model", required=True)
     p.add_argument("--store", required=True)
     args = p.parse_args(argv)
-    best = winners(read_runs(args.runs, args.batch, args.optimizers, args.ratio), args.scale)
-    todo = [(name, seed) for seed in args.seeds for name in best]  # a seed for all first: stopped early, whole seeds
+    top = finalists(read_runs(args.runs, args.batch, args.optimizers, args.ratio), args.scale, args.finalists)
+    # a seed for all first: stopped early, whole seeds
+    todo = [(name, rank, seed) for seed in args.seeds for name in top for rank in range(len(top[name]))]
     began, trained = time.monotonic(), []
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(timed_run, command(args, name, json.loads(best[name].name), seed)): (name, seed)
-                   for name, seed in todo}
+        futures = {pool.submit(timed_run, command(args, name, json.loads(top[name][rank]), seed)): (name, rank, seed)
+                   for name, rank, seed in todo}
         for done, future in enumerate(as_completed(futures), 1):
-            (name, seed), (result, took) = futures[future], future.result()
+            (name, rank, seed), (result, took) = futures[future], future.result()
             fresh = took > result["wall_time_s"] / 2  # else read back from the store
             trained += [took] if fresh else []
             print(f"[{time.monotonic() - began:6.0f} s] {done}/{len(todo)} {eta(trained, len(todo) - done, args.jobs)}"
-                  f"  {name} seed {seed}: {result['final_loss']:.4f}{'' if fresh else ' (stored)'}", flush=True)
+                  f"  {name} #{rank + 1} seed {seed}: {result['final_loss']:.4f}{'' if fresh else ' (stored)'}", flush=True)
 
 
 if __name__ == "__main__":

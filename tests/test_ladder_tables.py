@@ -1,7 +1,7 @@
 """examples/ladder_cell_table.py, behind docs/LADDER.md's cpu-s tables: which config is each
-optimizer's winner, that a run found in two files must agree with itself and that runs of two
-machines do not mix; the command that runs a config (the probe search's and the re-run's); the
-re-run's ETA; and the gap figure's check of its labels."""
+optimizer's winner and its finalists, that a run found in two files must agree with itself and that
+runs of two machines do not mix; the command that runs a config (the probe search's and the
+re-run's); the re-run's ETA; and the gap figure's check of its labels."""
 import argparse
 import json
 
@@ -38,6 +38,14 @@ def test_seed_zero_and_mean_choose_different_winners(tmp_path):
           for by_mean in (False, True)}
     assert lr == {False: 0.01, True: 0.02}
     assert list(lct.winners(runs, "cpu-s", True)["adamw"].index) == [0, 1, 2]
+
+
+def test_finalists_are_the_best_at_seed_zero_and_the_first_is_the_winner(tmp_path):
+    runs = lct.read_runs([_write(tmp_path, "a.csv", LUCKY)])
+    top = {k: [json.loads(c)["learning_rate"] for c in lct.finalists(runs, "cpu-s", k)["adamw"]]
+           for k in (1, 2, 5)}
+    assert top == {1: [0.01], 2: [0.01, 0.04], 5: [0.01, 0.04, 0.02]}  # seed 1's 2.40 plays no part
+    assert lct.finalists(runs, "cpu-s", 1)["adamw"][0] == lct.winners(runs, "cpu-s")["adamw"].name
 
 
 def test_a_run_in_two_files_is_counted_once(tmp_path):
