@@ -24,12 +24,13 @@ def timed_run(cmd: list[str]) -> tuple[dict, float]:
     return optbench_run(cmd), time.monotonic() - began
 
 
-def eta(trained: list[float], left: int, jobs: int) -> str:
-    """Time left at the mean of the runs trained so far: runs read back from the store take seconds
-    and would make an ETA from all finished runs far too short."""
+def eta(trained: list[float], done: int, left: int, jobs: int) -> str:
+    """Time left at the pace of the runs trained so far, with as large a share of the runs left
+    read back from the store (seconds each) as of the `done` so far: finalists' reruns are half
+    read back, and an ETA that trained them all would be twice too long."""
     if left and not trained:
         return "ETA ?"
-    return f"ETA {sum(trained) / len(trained) * left / jobs if left else 0:5.0f} s"
+    return f"ETA {sum(trained) / done * left / jobs if left else 0:5.0f} s"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             (name, rank, seed), (result, took) = futures[future], future.result()
             fresh = took > result["wall_time_s"] / 2  # else read back from the store
             trained += [took] if fresh else []
-            print(f"[{time.monotonic() - began:6.0f} s] {done}/{len(todo)} {eta(trained, len(todo) - done, args.jobs)}"
+            print(f"[{time.monotonic() - began:6.0f} s] {done}/{len(todo)} {eta(trained, done, len(todo) - done, args.jobs)}"
                   f"  {name} #{rank + 1} seed {seed}: {result['final_loss']:.4f}{'' if fresh else ' (stored)'}", flush=True)
 
 

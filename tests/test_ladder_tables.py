@@ -124,6 +124,9 @@ def test_the_gap_figure_stops_without_a_label_per_table(tmp_path, capsys):
 
 def test_the_rerun_eta_waits_for_a_trained_run():
     seconds = lambda text: float(text.split()[1])  # noqa: E731
-    assert ladder_rerun.eta([], left=3, jobs=2) == "ETA ?"  # read back from the store only: no pace yet
-    assert seconds(ladder_rerun.eta([], left=0, jobs=2)) == 0
-    assert seconds(ladder_rerun.eta([300.0], left=4, jobs=2)) < seconds(ladder_rerun.eta([300.0], left=4, jobs=1))
+    assert ladder_rerun.eta([], done=2, left=3, jobs=2) == "ETA ?"  # read back from the store only: no pace yet
+    assert seconds(ladder_rerun.eta([], done=5, left=0, jobs=2)) == 0
+    one, two = (seconds(ladder_rerun.eta([300.0], done=1, left=4, jobs=j)) for j in (1, 2))
+    assert two < one
+    # half the runs so far were read back: half the runs left are expected to be
+    assert seconds(ladder_rerun.eta([300.0], done=2, left=4, jobs=1)) < one
