@@ -6,8 +6,10 @@ seed 0), each run an `optbench run`, so a config already in the store is read ba
       --model STORE/model.toml --store sqlite:///STORE/optbench.db docs/data/ladder-cpu-s-b4-1x-runs.csv ...
 
 --finalists K re-runs each optimizer's K best configs at seed 0 instead (a sweep's finalists), for
-`ladder_cell_table.py --by-mean` to choose among; --jobs runs that many at once, one thread each
-(2 on 2 cores is the fastest per run finished).
+`ladder_cell_table.py --by-mean` to choose among; --set KEY=VALUE changes a key in the configs of
+the optimizers --optimizers names (AdamW's only if named), to try a step past the end of what was
+searched; --jobs runs that many at once, one thread each (2 on 2 cores is the fastest per run
+finished).
 """
 import argparse
 import json
@@ -33,6 +35,13 @@ def eta(trained: list[float], done: int, left: int, jobs: int) -> str:
     return f"ETA {sum(trained) / done * left / jobs if left else 0:5.0f} s"
 
 
+def changed(top: dict[str, list[str]], names: list[str], sets: list[str]) -> dict[str, list[str]]:
+    """`top` with each KEY=VALUE of `sets` in the configs of the optimizers in `names`."""
+    keys = dict(item.split("=", 1) for item in sets)
+    return {name: [json.dumps(json.loads(c) | keys) if name in names else c for c in configs]
+            for name, configs in top.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="runs files (the format of examples/export_runs.py)")
@@ -40,13 +49,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, help="winners among the cpu-s runs at this train batch size")
     p.add_argument("--optimizers", type=lambda v: v.split(","), help="only these (and AdamW)")
     p.add_argument("--finalists", type=positive_int, default=1, help="each optimizer's K best configs at seed 0")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --optimizers: a key changed")
     p.add_argument("--ratio", type=float, default=1.0)
     p.add_argument("--scale", default="cpu-s")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--model", required=True)
     p.add_argument("--store", required=True)
     args = p.parse_args(argv)
+    if args.set and not (args.optimizers and all("=" in item for item in args.set)):
+        p.error("--set needs --optimizers and KEY=VALUE")
     top = finalists(read_runs(args.runs, args.batch, args.optimizers, args.ratio), args.scale, args.finalists)
+    top = changed(top, args.optimizers or [], args.set)
     # a seed for all first: stopped early, whole seeds
     todo = [(name, rank, seed) for seed in args.seeds for name in top for rank in range(len(top[name]))]
     began, trained = time.monotonic(), []

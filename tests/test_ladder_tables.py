@@ -130,3 +130,16 @@ def test_the_rerun_eta_waits_for_a_trained_run():
     assert two < one
     # half the runs so far were read back: half the runs left are expected to be
     assert seconds(ladder_rerun.eta([300.0], done=2, left=4, jobs=1)) < one
+
+
+def test_a_rerun_changes_a_key_for_the_named_optimizers_only(tmp_path, capsys):
+    runs = lct.read_runs([_write(tmp_path, "a.csv", LUCKY + [("lion", 0.001, 0, 2.7)])])
+    top = ladder_rerun.changed(lct.finalists(runs, "cpu-s", 2), ["lion"], ["learning_rate=0.002"])
+    assert top["adamw"] == lct.finalists(runs, "cpu-s", 2)["adamw"]
+    args = argparse.Namespace(scale="cpu-s", model="m.toml", store="sqlite:///s.db", ratio=1.0)
+    cmd = ladder_probe_search.command(args, "lion", json.loads(top["lion"][0]), seed=0)
+    assert parse_sets([cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]) == {"learning_rate": 0.002}
+    with pytest.raises(SystemExit) as stop:  # without --optimizers it would change AdamW's too
+        ladder_rerun.main(["--set", "learning_rate=0.002", "--model", "m.toml", "--store", "s", "a.csv"])
+    assert stop.value.code == 2
+    assert "--set needs --optimizers" in capsys.readouterr().err
