@@ -36,9 +36,14 @@ def eta(trained: list[float], done: int, left: int, jobs: int) -> str:
 
 
 def changed(top: dict[str, list[str]], names: list[str], sets: list[str]) -> dict[str, list[str]]:
-    """`top` with each KEY=VALUE of `sets` in the configs of the optimizers in `names`."""
+    """`top` with each KEY=VALUE of `sets` in the configs of the optimizers in `names`; finalists
+    that differed only in a changed key become one config, run once."""
     keys = dict(item.split("=", 1) for item in sets)
-    return {name: [json.dumps(json.loads(c) | keys) if name in names else c for c in configs]
+
+    def change(config: str) -> str:
+        return json.dumps(json.loads(config) | keys)
+
+    return {name: list(dict.fromkeys(map(change, configs))) if name in names else configs
             for name, configs in top.items()}
 
 

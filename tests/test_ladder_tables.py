@@ -1,7 +1,7 @@
 """examples/ladder_cell_table.py, behind docs/LADDER.md's cpu-s tables: which config is each
 optimizer's winner and its finalists, that a run found in two files must agree with itself and that
 runs of two machines do not mix; the command that runs a config (the probe search's and the
-re-run's); the re-run's ETA; and the gap figure's check of its labels."""
+re-run's); the re-run's ETA and its --set; and the gap figure's check of its labels."""
 import argparse
 import json
 
@@ -136,6 +136,9 @@ def test_a_rerun_changes_a_key_for_the_named_optimizers_only(tmp_path, capsys):
     runs = lct.read_runs([_write(tmp_path, "a.csv", LUCKY + [("lion", 0.001, 0, 2.7)])])
     top = ladder_rerun.changed(lct.finalists(runs, "cpu-s", 2), ["lion"], ["learning_rate=0.002"])
     assert top["adamw"] == lct.finalists(runs, "cpu-s", 2)["adamw"]
+    # AdamW's two finalists differ only in the learning rate: set, they are one config
+    same = ladder_rerun.changed(lct.finalists(runs, "cpu-s", 2), ["adamw"], ["learning_rate=0.5"])
+    assert len(same["adamw"]) == 1
     args = argparse.Namespace(scale="cpu-s", model="m.toml", store="sqlite:///s.db", ratio=1.0)
     cmd = ladder_probe_search.command(args, "lion", json.loads(top["lion"][0]), seed=0)
     assert parse_sets([cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]) == {"learning_rate": 0.002}
