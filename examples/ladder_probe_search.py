@@ -20,6 +20,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.cli.run import parse_sets
+from bench.errors import UserError
+
 Loss = Callable[[float, float | None, int], float]
 
 
@@ -99,10 +102,10 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     args = p.parse_args(argv)
     try:
         start = json.loads(Path(args.start).read_text())["start"]
-        start.update(item.split("=", 1) for item in args.set)
+        start.update(parse_sets(args.set))  # `optbench run`'s reading: lr and wd name their keys
         args.warmups = [float(w) for w in args.warmups.split(",")]
         args.seeds = [int(s) for s in args.seeds.split(",")]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, UserError) as e:
         p.exit(2, f"ladder_probe_search: error: bad --start, --set, --warmups or --seeds: {e}\n")
     return args, start
 

@@ -17,6 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from bench.cli.args import positive_int
+from bench.cli.run import parse_sets
+from bench.errors import UserError
 from examples.ladder_cell_table import finalists, read_runs, seed_list
 from examples.ladder_probe_search import command, optbench_run
 
@@ -35,11 +37,9 @@ def eta(trained: list[float], done: int, left: int, jobs: int) -> str:
     return f"ETA {sum(trained) / done * left / jobs if left else 0:5.0f} s"
 
 
-def changed(top: dict[str, list[str]], names: list[str], sets: list[str]) -> dict[str, list[str]]:
-    """`top` with each KEY=VALUE of `sets` in the configs of the optimizers in `names`; finalists
-    that differed only in a changed key become one config, run once."""
-    keys = dict(item.split("=", 1) for item in sets)
-
+def changed(top: dict[str, list[str]], names: list[str], keys: dict) -> dict[str, list[str]]:
+    """`top` with `keys` (parsed as `optbench run --set` parses them) in the configs of the
+    optimizers in `names`; finalists that differed only in a changed key become one config, run once."""
     def change(config: str) -> str:
         return json.dumps(json.loads(config) | keys)
 
@@ -61,10 +61,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--store", required=True)
     args = p.parse_args(argv)
-    if args.set and not (args.optimizers and all("=" in item for item in args.set)):
-        p.error("--set needs --optimizers and KEY=VALUE")
+    try:
+        keys = parse_sets(args.set)  # `optbench run`'s own reading, aliases (lr, wd) included
+    except UserError as e:
+        p.error(str(e))
+    if keys and not args.optimizers:
+        p.error("--set needs --optimizers")
     top = finalists(read_runs(args.runs, args.batch, args.optimizers, args.ratio), args.scale, args.finalists)
-    top = changed(top, args.optimizers or [], args.set)
+    top = changed(top, args.optimizers or [], keys)
     # a seed for all first: stopped early, whole seeds
     todo = [(name, rank, seed) for seed in args.seeds for name in top for rank in range(len(top[name]))]
     began, trained = time.monotonic(), []

@@ -134,15 +134,15 @@ def test_the_rerun_eta_waits_for_a_trained_run():
 
 def test_a_rerun_changes_a_key_for_the_named_optimizers_only(tmp_path, capsys):
     runs = lct.read_runs([_write(tmp_path, "a.csv", LUCKY + [("lion", 0.001, 0, 2.7)])])
-    top = ladder_rerun.changed(lct.finalists(runs, "cpu-s", 2), ["lion"], ["learning_rate=0.002"])
+    top = ladder_rerun.changed(lct.finalists(runs, "cpu-s", 2), ["lion"], parse_sets(["lr=0.002"]))
     assert top["adamw"] == lct.finalists(runs, "cpu-s", 2)["adamw"]
+    assert json.loads(top["lion"][0]) == {"learning_rate": 0.002}  # the alias names the key it changes
     # AdamW's two finalists differ only in the learning rate: set, they are one config
-    same = ladder_rerun.changed(lct.finalists(runs, "cpu-s", 2), ["adamw"], ["learning_rate=0.5"])
+    same = ladder_rerun.changed(lct.finalists(runs, "cpu-s", 2), ["adamw"], parse_sets(["lr=0.5"]))
     assert len(same["adamw"]) == 1
-    args = argparse.Namespace(scale="cpu-s", model="m.toml", store="sqlite:///s.db", ratio=1.0)
-    cmd = ladder_probe_search.command(args, "lion", json.loads(top["lion"][0]), seed=0)
-    assert parse_sets([cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]) == {"learning_rate": 0.002}
-    with pytest.raises(SystemExit) as stop:  # without --optimizers it would change AdamW's too
-        ladder_rerun.main(["--set", "learning_rate=0.002", "--model", "m.toml", "--store", "s", "a.csv"])
-    assert stop.value.code == 2
-    assert "--set needs --optimizers" in capsys.readouterr().err
+    for argv, error in ((["--set", "learning_rate=0.002"], "--set needs --optimizers"),
+                        (["--optimizers", "lion", "--set", "0.002"], "bad --set '0.002'")):
+        with pytest.raises(SystemExit) as stop:  # without --optimizers it would change AdamW's too
+            ladder_rerun.main(argv + ["--model", "m.toml", "--store", "s", "a.csv"])
+        assert stop.value.code == 2
+        assert error in capsys.readouterr().err
