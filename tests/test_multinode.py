@@ -81,6 +81,12 @@ class Node:
                 pass
         self.process.wait(timeout=30)
 
+    def tail(self) -> str:
+        """The end of this node's `ray start` output and of the cluster's GCS and raylet logs."""
+        ray_logs = self.log.parent / "ray" / "session_latest" / "logs"
+        logs = [self.log, *(ray_logs / f"{n}.{e}" for n in ("gcs_server", "raylet") for e in ("out", "err"))]
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in logs if p.exists())
+
 
 def _until(condition, failure: str, timeout_s: float = 120):
     """Poll `condition` until it is truthy, and return its value."""
@@ -93,18 +99,35 @@ def _until(condition, failure: str, timeout_s: float = 120):
 
 class Cluster:
     def __init__(self, root: Path):
-        self.root, port = root, _free_port()
+        self.root, self.address = root, ""  # no address till the head has a port
+        self.head = self.start(self.new_head)
+
+    def new_head(self) -> Node:
+        port = _free_port()
         self.address = f"127.0.0.1:{port}"
-        self.head = Node(root, "head", "--head", "--port", str(port), "--temp-dir", str(root / "ray"),
-                         "--include-dashboard", "false", "--dashboard-port", str(_free_port()),
-                         "--ray-client-server-port", str(_free_port()))
-        self.head.node_id = self.wait_for_node(known=set())
+        return Node(self.root, "head", "--head", "--port", str(port), "--temp-dir", str(self.root / "ray"),
+                    "--include-dashboard", "false", "--dashboard-port", str(_free_port()),
+                    "--ray-client-server-port", str(_free_port()))
 
     def add_worker(self, extra_env: dict[str, str] | None = None) -> Node:
-        known = self.alive()
-        node = Node(self.root, "worker", "--address", self.address, extra_env=extra_env)
-        node.node_id = self.wait_for_node(known)
-        return node
+        return self.start(lambda: Node(self.root, "worker", "--address", self.address, extra_env=extra_env))
+
+    def start(self, new_node, tries: int = 3) -> Node:
+        """A node from `new_node()` once the GCS lists it alive. Its `ray start` exiting first is
+        retried with new ports: a port picked free can be taken before Ray binds it (by the Ray of
+        a test in the other pytest worker); one that stays up 120 s without joining is a failure."""
+        known = self.alive() if self.address else set()
+        for _ in range(tries):
+            node = new_node()
+            deadline = time.monotonic() + 120
+            while not (joined := self.alive() - known) and node.process.poll() is None:
+                assert time.monotonic() < deadline, f"a Ray node did not join in 120 s:\n{node.tail()}"
+                time.sleep(0.5)
+            if joined:
+                node.node_id = joined.pop()
+                return node
+            print(f"`ray start` exited {node.process.returncode} before its node joined; starting it again")
+        raise AssertionError(f"`ray start` exited {tries} times before its node joined:\n{node.tail()}")
 
     def alive(self) -> set[str]:
         from ray._raylet import GcsClient
@@ -119,9 +142,6 @@ class Cluster:
         """Until the head has marked a killed node dead: till then Ray may place the next test's
         trials on it, where they never start."""
         _until(lambda: node.node_id not in self.alive(), "a killed Ray node was never marked dead")
-
-    def wait_for_node(self, known: set[str]) -> str:
-        return _until(lambda: self.alive() - known, "a Ray node did not start").pop()
 
     def sweep(self, tmp_path: Path, *args: str, fault: str = "") -> subprocess.Popen:
         """`optbench sweep` joining this cluster, with a cache and results folder of its own; `fault`:
