@@ -4,13 +4,15 @@ seeds and its loss minus AdamW's paired by seed (90% t), the same at cpu-xs, and
 loss at the ratio minus AdamW's fitted law there; then Kendall's tau and the mean |ours - the
 study's| over the optimizers, with 90% bootstraps over seeds.
 
-    python examples/ladder_cell_table.py [--by-mean] [--batch N] [--optimizers A,B] [--ratio R] [--seeds S,T]
-      OUT.csv RUNS.csv [RUNS.csv ...]
+    python examples/ladder_cell_table.py [--by-mean] [--batch N] [--optimizers A,B] [--ratio R]
+      [--study-ratio Q] [--study-scale M] [--seeds S,T] OUT.csv RUNS.csv [RUNS.csv ...]
 
 --batch keeps the cpu-s runs at that train batch size (the cpu-xs ones are all at 16);
 --optimizers keeps those optimizers (AdamW, the reference, always);
 --ratio takes our runs at Chinchilla ratio R (default 1; without a cpu-xs AdamW run at R the
-table has no cpu-xs columns). The study's column stays at 1x: its smallest ratio at 0.1B is 1.
+table has no cpu-xs columns); --study-ratio and --study-scale compare with the study's cell at
+ratio Q (default 1, its smallest) and model size M (default 0.1B, its smallest; also 0.3B, 0.5B,
+and 1.2B for four optimizers).
 --seeds keeps the runs of those seeds (to compare with a table that has only them).
 
 RUNS.csv: rows like docs/data/ladder-cpu-s-b16-phase2-runs.csv (optimizer, scale, ratio, seed,
@@ -33,7 +35,7 @@ from analysis.cells import config_key
 from analysis.paper.reproduce import reproduce, study_options
 from analysis.tuning import mean_interval
 
-LEVEL, N_BOOT, STUDY_RATIO = 0.9, 2000, 1.0
+LEVEL, N_BOOT = 0.9, 2000
 
 
 def seed_list(text: str) -> list[int]:
@@ -96,11 +98,15 @@ def changes(small: pd.Series, large: pd.Series) -> str:
     return "; ".join(f"{k} {a.get(k)}->{b.get(k)}" for k in sorted(b) if a.get(k) != b.get(k))
 
 
-def study_gaps() -> dict[str, float]:
+def study_gaps(ratio: float = 1.0, scale: str = "0.1B") -> dict[str, float]:
+    """The study's loss minus AdamW's fitted law, per optimizer, at one model size and Chinchilla ratio."""
     with tempfile.TemporaryDirectory() as d:
         r = reproduce(pathlib.Path(d), options=study_options(n_boot=10, plots=False))
     s = r.outputs.result.speedups
-    s = s[(s.scale == "0.1B") & (s.ratio == STUDY_RATIO)]
+    s = s[(s.scale == scale) & (s.ratio == ratio)]
+    if s.empty:
+        print(f"ladder_cell_table: the study has no {scale} runs at ratio {ratio:g}", file=sys.stderr)
+        sys.exit(2)
     return dict(zip(s.optimizer, s.loss - s.adamw_fit_loss))
 
 
@@ -137,9 +143,10 @@ def agreement(win: dict[str, pd.Series], study: dict[str, float], rng) -> dict[s
 
 
 def main(out: str, paths: list[str], by_mean: bool, batch: int | None,
-         optimizers: list[str] | None, ratio: float, seeds: list[int] | None = None) -> None:
+         optimizers: list[str] | None, ratio: float, seeds: list[int] | None = None,
+         study_ratio: float = 1.0, study_scale: str = "0.1B") -> None:
     runs = read_runs(paths, batch, optimizers, ratio, seeds)
-    study = study_gaps()
+    study = study_gaps(study_ratio, study_scale)
     s, xs = winners(runs, "cpu-s", by_mean), winners(runs, "cpu-xs", by_mean)
     xs = {n: xs[n] for n in s if n in xs} if "adamw" in xs else {}  # no reference, no cpu-xs columns
     table = gap_columns(s, "cpu_s")
@@ -148,7 +155,7 @@ def main(out: str, paths: list[str], by_mean: bool, batch: int | None,
     if xs:
         table = table.join(gap_columns(xs, "cpu_xs"), how="left")
         table.insert(0, "cpu_xs_to_s", pd.Series({n: changes(xs[n], s[n]) for n in xs}))
-    table["study_gap"] = pd.Series(study)
+    table["study_gap"], table["study_scale"], table["study_ratio"] = pd.Series(study), study_scale, study_ratio
     table = table.loc[sorted(table.index, key=lambda n: (n != "adamw", table.cpu_s_gap[n]))]
     table.rename_axis("optimizer").to_csv(out, float_format="%.4f")
     rng = np.random.default_rng(0)
@@ -156,7 +163,8 @@ def main(out: str, paths: list[str], by_mean: bool, batch: int | None,
         if not win:
             continue
         a = agreement(win, study, rng)
-        print(f"{scale} over {', '.join(win)}: Kendall's tau {a['tau'][0]:.2f} "
+        print(f"{scale} over {', '.join(win)}, against the study's {study_scale} {study_ratio:g}x: "
+              f"Kendall's tau {a['tau'][0]:.2f} "
               f"[{a['tau'][1]:.2f}, {a['tau'][2]:.2f}], mean |gap - study's| {a['mad'][0]:.3f} "
               f"[{a['mad'][1]:.3f}, {a['mad'][2]:.3f}] ({LEVEL:.0%} bootstrap over seeds)")
 
@@ -169,6 +177,9 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, help="only the cpu-s runs at this train batch size")
     parser.add_argument("--optimizers", type=lambda v: v.split(","), help="only these (and AdamW)")
     parser.add_argument("--ratio", type=float, default=1.0, help="our runs at this Chinchilla ratio")
+    parser.add_argument("--study-ratio", type=float, default=1.0, help="the study's cell at this ratio")
+    parser.add_argument("--study-scale", default="0.1B", help="the study's cell at this model size")
     parser.add_argument("--seeds", type=seed_list, help="only these seeds")
     args = parser.parse_args()
-    main(args.out, args.runs, args.by_mean, args.batch, args.optimizers, args.ratio, args.seeds)
+    main(args.out, args.runs, args.by_mean, args.batch, args.optimizers, args.ratio, args.seeds,
+         args.study_ratio, args.study_scale)

@@ -1,7 +1,8 @@
 """examples/ladder_cell_table.py, behind docs/LADDER.md's cpu-s tables: which config is each
 optimizer's winner and its finalists, that a run found in two files must agree with itself and that
 runs of two machines do not mix; the command that runs a config (the probe search's and the
-re-run's); the re-run's ETA and its --set; and the gap figure's check of its labels."""
+re-run's); the re-run's ETA, its --set, and its plan with --by-mean and --at-ratio; and the gap
+figure's checks of its labels and of the study's cell."""
 import argparse
 import json
 
@@ -146,3 +147,34 @@ def test_a_rerun_changes_a_key_for_the_named_optimizers_only(tmp_path, capsys):
             ladder_rerun.main(argv + ["--model", "m.toml", "--store", "s", "a.csv"])
         assert stop.value.code == 2
         assert error in capsys.readouterr().err
+
+
+def test_a_rerun_by_mean_at_another_ratio_runs_each_winner_there_slowest_first(tmp_path, capsys):
+    rows = _runs(LUCKY + [("lion", 0.001, 0, 2.70), ("lion", 0.001, 1, 2.70),
+                          ("lion", 0.002, 0, 2.60), ("lion", 0.002, 1, 2.90)])
+    rows["wall_time_s"] = [100.0] * len(LUCKY) + [500.0] * 4
+    rows.to_csv(tmp_path / "a.csv", index=False)
+    common = ["--model", "m.toml", "--store", "s", str(tmp_path / "a.csv")]
+    todo = ladder_rerun.plan(*ladder_rerun.arguments(["--by-mean", "--at-ratio", "2", "--seeds", "0,1", *common]))
+    assert [(name, seed) for name, _, seed, _ in todo] == [("lion", 0), ("adamw", 0), ("lion", 1), ("adamw", 1)]
+    for name, _, _, cmd in todo:  # each at 2x, with its config of the best mean (not seed 0's)
+        assert cmd[cmd.index("--ratio") + 1] == "2.0"
+        assert parse_sets([cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]) == {
+            "learning_rate": {"adamw": 0.02, "lion": 0.001}[name]}
+    with pytest.raises(SystemExit) as stop:
+        ladder_rerun.arguments(["--by-mean", "--finalists", "2", *common])
+    assert stop.value.code == 2
+    assert "--by-mean re-runs one config per optimizer" in capsys.readouterr().err
+
+
+def test_the_gap_figure_stops_on_tables_against_two_cells_of_the_study(tmp_path, capsys):
+    table = pd.DataFrame({"optimizer": ["adamw", "lion"], "cpu_s_gap": [0.0, 0.01], "cpu_s_lo": [None, 0.0],
+                          "cpu_s_hi": [None, 0.02], "study_gap": [0.0, 0.02], "study_scale": "0.1B"})
+    for ratio in (1, 2):
+        table.assign(study_ratio=ratio).to_csv(tmp_path / f"{ratio}x.csv", index=False)
+    with pytest.raises(SystemExit) as stop:
+        ladder_gap_figure.main(str(tmp_path / "1x.csv"), str(tmp_path / "f.png"), against=[str(tmp_path / "2x.csv")],
+                               labels=["1x", "2x"])
+    assert stop.value.code == 2
+    assert "different cells of the study" in capsys.readouterr().err
+    assert not (tmp_path / "f.png").exists()
