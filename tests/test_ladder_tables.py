@@ -2,7 +2,7 @@
 optimizer's winner and its finalists, that a run found in two files must agree with itself and that
 runs of two machines do not mix; the command that runs a config (the probe search's and the
 re-run's); the re-run's ETA, its --set, and its plan with --by-mean and --at-ratio; and the gap
-figure's checks of its labels and of the study's cell."""
+figure's checks of its labels and of the study's cell; the study's agreement with itself."""
 import argparse
 import json
 
@@ -11,7 +11,7 @@ import pytest
 
 from bench.cli.run import parse_sets
 from examples import ladder_cell_table as lct
-from examples import ladder_gap_figure, ladder_probe_search, ladder_rerun
+from examples import ladder_gap_figure, ladder_probe_search, ladder_rerun, study_agreement
 
 pytestmark = pytest.mark.unit
 
@@ -178,3 +178,11 @@ def test_the_gap_figure_stops_on_tables_against_two_cells_of_the_study(tmp_path,
     assert stop.value.code == 2
     assert "different cells of the study" in capsys.readouterr().err
     assert not (tmp_path / "f.png").exists()
+
+
+def test_the_study_s_agreement_compares_each_cell_over_the_optimizers_it_shares_with_the_anchor():
+    cells = pd.DataFrame({("0.1B", 1.0): [0.0, 0.01, 0.02, -0.03], ("0.1B", 2.0): [0.0, 0.02, 0.03, -0.01],
+                          ("0.3B", 1.0): [0.0, -0.01, -0.02, None]}, index=["adamw", "lion", "sophia", "muon"])
+    table = study_agreement.agreement(cells, ("0.1B", 1.0)).set_index(["scale", "ratio"])
+    assert table.loc[("0.1B", 2.0)].tolist() == [4, 1.0]  # the same order
+    assert table.loc[("0.3B", 1.0)].tolist() == [3, -1.0]  # reversed, over the three it ran
