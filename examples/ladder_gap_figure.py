@@ -1,6 +1,6 @@
 """Loss minus AdamW's, ours at cpu-xs and cpu-s against the study's at the cell the table names
-(0.1B and 1x if it names none), one row per optimizer (sorted by the study's gap), from a table like docs/data/ladder-cpu-s-b16-phase2-1x.csv
-(docs/LADDER.md, "A tuned cpu-s cell").
+(0.1B and 1x if it names none), one row per optimizer (sorted by the study's gap), from a table
+like docs/data/ladder-cpu-s-b16-phase2-1x.csv (docs/LADDER.md, "A tuned cpu-s cell").
 
     python examples/ladder_gap_figure.py TABLE.csv OUT.png
     python examples/ladder_gap_figure.py TABLE.csv OUT.png --against TABLE2.csv [TABLE3.csv ...] --labels A B [C ...]

@@ -8,10 +8,10 @@ seed 0), each run an `optbench run`, so a config already in the store is read ba
 --finalists K re-runs each optimizer's K best configs at seed 0 instead (a sweep's finalists), for
 `ladder_cell_table.py --by-mean` to choose among; --by-mean re-runs the config that table chooses
 (the best mean over the seeds its finalists ran); --at-ratio R runs the winners at ratio R, not at
-the --ratio they were chosen at (a transfer, as a sweep's `--protocol transfer` starts from); --set KEY=VALUE changes a key in the configs of
-the optimizers --optimizers names (AdamW's only if named), to try a step past the end of what was
-searched; --jobs runs that many at once, one thread each (2 on 2 cores is the fastest per run
-finished).
+the --ratio they were chosen at (a transfer, as a sweep's `--protocol transfer` starts from);
+--set KEY=VALUE changes a key in the configs of the optimizers --optimizers names (AdamW's only if
+named), to try a step past the end of what was searched; --jobs runs that many at once, one thread
+each (2 on 2 cores is the fastest per run finished).
 """
 import argparse
 import copy
