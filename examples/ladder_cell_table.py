@@ -162,11 +162,14 @@ def main(out: str, paths: list[str], by_mean: bool, batch: int | None,
     for scale, win in (("cpu-s", s), ("cpu-xs", xs)):
         if not win:
             continue
-        a = agreement(win, study, rng)
+        a, single = agreement(win, study, rng), [n for n in win if len(win[n]) < 2]
+        tau, mad = (f"{a['tau'][0]:.2f}", f"{a['mad'][0]:.3f}") if single else (
+            f"{a['tau'][0]:.2f} [{a['tau'][1]:.2f}, {a['tau'][2]:.2f}]",
+            f"{a['mad'][0]:.3f} [{a['mad'][1]:.3f}, {a['mad'][2]:.3f}]")
+        spread = (f"one seed of {', '.join(single)}: no interval" if single
+                  else f"{LEVEL:.0%} bootstrap over seeds")
         print(f"{scale} over {', '.join(win)}, against the study's {study_scale} {study_ratio:g}x: "
-              f"Kendall's tau {a['tau'][0]:.2f} "
-              f"[{a['tau'][1]:.2f}, {a['tau'][2]:.2f}], mean |gap - study's| {a['mad'][0]:.3f} "
-              f"[{a['mad'][1]:.3f}, {a['mad'][2]:.3f}] ({LEVEL:.0%} bootstrap over seeds)")
+              f"Kendall's tau {tau}, mean |gap - study's| {mad} ({spread})")
 
 
 if __name__ == "__main__":

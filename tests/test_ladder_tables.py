@@ -186,3 +186,13 @@ def test_the_study_s_agreement_compares_each_cell_over_the_optimizers_it_shares_
     table = study_agreement.agreement(cells, ("0.1B", 1.0)).set_index(["scale", "ratio"])
     assert table.loc[("0.1B", 2.0)].tolist() == [4, 1.0]  # the same order
     assert table.loc[("0.3B", 1.0)].tolist() == [3, -1.0]  # reversed, over the three it ran
+
+
+def test_a_table_with_one_seed_prints_its_agreement_without_an_interval(tmp_path, capsys):
+    rows = [("adamw", 0.01, 0, 2.70), ("lion", 0.01, 0, 2.72), ("muon", 0.01, 0, 2.60)]
+    lct.main(str(tmp_path / "t.csv"), [_write(tmp_path, "a.csv", rows)], by_mean=False, batch=None,
+             optimizers=None, ratio=1.0, study_ratio=2.0)
+    line = capsys.readouterr().out.strip()
+    assert "against the study's 0.1B 2x" in line and "(one seed of adamw, lion, muon: no interval)" in line
+    assert "[" not in line  # a bootstrap over one seed would print a zero-width interval
+    assert pd.read_csv(tmp_path / "t.csv").study_ratio.eq(2.0).all()
