@@ -98,16 +98,22 @@ def changes(small: pd.Series, large: pd.Series) -> str:
     return "; ".join(f"{k} {a.get(k)}->{b.get(k)}" for k in sorted(b) if a.get(k) != b.get(k))
 
 
-def study_gaps(ratio: float = 1.0, scale: str = "0.1B") -> dict[str, float]:
-    """The study's loss minus AdamW's fitted law, per optimizer, at one model size and Chinchilla ratio."""
+def study_cells() -> pd.DataFrame:
+    """Optimizer x (scale, ratio): the study's loss minus AdamW's fitted law there."""
     with tempfile.TemporaryDirectory() as d:
         r = reproduce(pathlib.Path(d), options=study_options(n_boot=10, plots=False))
     s = r.outputs.result.speedups
-    s = s[(s.scale == scale) & (s.ratio == ratio)]
-    if s.empty:
+    return (s.assign(gap=s.loss - s.adamw_fit_loss)
+            .pivot_table(index="optimizer", columns=["scale", "ratio"], values="gap"))
+
+
+def study_gaps(ratio: float = 1.0, scale: str = "0.1B") -> dict[str, float]:
+    """The study's gaps to AdamW, per optimizer, at one model size and Chinchilla ratio."""
+    cells = study_cells()
+    if (scale, ratio) not in cells:
         print(f"ladder_cell_table: the study has no {scale} runs at ratio {ratio:g}", file=sys.stderr)
         sys.exit(2)
-    return dict(zip(s.optimizer, s.loss - s.adamw_fit_loss))
+    return cells[(scale, ratio)].dropna().to_dict()
 
 
 def gap_columns(win: dict[str, pd.Series], prefix: str) -> pd.DataFrame:

@@ -3,25 +3,14 @@ to AdamW (loss minus AdamW's fitted law) of every pair of the study's cells, ove
 both ran. The yardstick for docs/LADDER.md's goal (tau >= 0.7 against the study's 0.1B, 1x): each
 gap is one run, so these taus carry the study's own seed noise and have no interval.
 
-    python examples/study_agreement.py OUT.csv
+    python -m examples.study_agreement OUT.csv
 """
 import argparse
-import pathlib
-import tempfile
 
 import pandas as pd
 from scipy import stats
 
-from analysis.paper.reproduce import reproduce, study_options
-
-
-def study_cells() -> pd.DataFrame:
-    """Optimizer x (scale, ratio): the study's loss minus AdamW's fitted law there."""
-    with tempfile.TemporaryDirectory() as d:
-        r = reproduce(pathlib.Path(d), options=study_options(n_boot=10, plots=False))
-    s = r.outputs.result.speedups
-    return (s.assign(gap=s.loss - s.adamw_fit_loss)
-            .pivot_table(index="optimizer", columns=["scale", "ratio"], values="gap"))
+from examples.ladder_cell_table import study_cells
 
 
 def agreement(cells: pd.DataFrame, anchor: tuple[str, float]) -> pd.DataFrame:
