@@ -10,7 +10,9 @@ seed 0), each run an `optbench run`, so a config already in the store is read ba
 (the best mean over the seeds its finalists ran); --at-ratio R runs the winners at ratio R, not at
 the --ratio they were chosen at (a transfer, as a sweep's `--protocol transfer` starts from);
 --set KEY=VALUE changes a key in the configs of the optimizers --optimizers names (AdamW's only if
-named), to try a step past the end of what was searched; --jobs runs that many at once, one thread
+named), to try a step past the end of what was searched; --lr-factor F multiplies every chosen
+config's learning rate by F, AdamW's included (one step of the study's factor-of-2 grid, each
+optimizer from its own winner: re-tuning the learning rate at a new ratio on an equal budget); --jobs runs that many at once, one thread
 each (2 on 2 cores is the fastest per run finished).
 """
 import argparse
@@ -19,7 +21,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from bench.cli.args import positive_int
+from bench.cli.args import positive_float, positive_int
 from bench.cli.run import parse_sets
 from bench.errors import UserError
 from examples.ladder_cell_table import finalists, read_runs, seed_list, winners
@@ -50,6 +52,15 @@ def changed(top: dict[str, list[str]], names: list[str], keys: dict) -> dict[str
             for name, configs in top.items()}
 
 
+def lr_scaled(top: dict[str, list[str]], factor: float) -> dict[str, list[str]]:
+    """`top` with every config's learning rate times `factor`."""
+    def scale(config: str) -> str:
+        hparams = json.loads(config)
+        return json.dumps(hparams | {"learning_rate": hparams["learning_rate"] * factor})
+
+    return {name: [scale(c) for c in configs] for name, configs in top.items()}
+
+
 def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     """The parsed command line and its --set keys; a bad combination exits 2 with one line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -60,6 +71,7 @@ def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     p.add_argument("--finalists", type=positive_int, default=1, help="each optimizer's K best configs at seed 0")
     p.add_argument("--by-mean", action="store_true", help="each optimizer's best config by its mean over seeds")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --optimizers: a key changed")
+    p.add_argument("--lr-factor", type=positive_float, help="every chosen config's learning rate times this")
     p.add_argument("--ratio", type=float, default=1.0, help="the ratio the winners were chosen at")
     p.add_argument("--at-ratio", type=float, help="run them at this ratio (default: --ratio)")
     p.add_argument("--scale", default="cpu-s")
@@ -86,6 +98,7 @@ def plan(args: argparse.Namespace, keys: dict) -> list[tuple[str, int, int, list
     top = ({name: [win.name] for name, win in winners(runs, args.scale, by_mean=True).items()} if args.by_mean
            else finalists(runs, args.scale, args.finalists))
     top = changed(top, args.optimizers or [], keys)
+    top = lr_scaled(top, args.lr_factor) if args.lr_factor else top
     at = copy.copy(args)
     at.ratio = args.ratio if args.at_ratio is None else args.at_ratio
     pace = runs.groupby("optimizer").wall_time_s.median() if "wall_time_s" in runs else {}

@@ -161,6 +161,9 @@ def test_a_rerun_by_mean_at_another_ratio_runs_each_winner_there_slowest_first(t
         assert cmd[cmd.index("--ratio") + 1] == "2.0"
         assert parse_sets([cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]) == {
             "learning_rate": {"adamw": 0.02, "lion": 0.001}[name]}
+    halved = ladder_rerun.plan(*ladder_rerun.arguments(["--by-mean", "--lr-factor", "0.5", *common]))
+    assert {name: cmd[cmd.index("--set") + 1] for name, _, _, cmd in halved} == {  # AdamW's too
+        "adamw": "learning_rate=0.01", "lion": "learning_rate=0.0005"}
     with pytest.raises(SystemExit) as stop:
         ladder_rerun.arguments(["--by-mean", "--finalists", "2", *common])
     assert stop.value.code == 2
