@@ -11,9 +11,9 @@ seed 0), each run an `optbench run`, so a config already in the store is read ba
 the --ratio they were chosen at (a transfer, as a sweep's `--protocol transfer` starts from);
 --set KEY=VALUE changes a key in the configs of the optimizers --optimizers names (AdamW's only if
 named), to try a step past the end of what was searched; --lr-factor F multiplies every chosen
-config's learning rate by F, AdamW's included (one step of the study's factor-of-2 grid, each
-optimizer from its own winner: re-tuning the learning rate at a new ratio on an equal budget); --jobs runs that many at once, one thread
-each (2 on 2 cores is the fastest per run finished).
+config's learning rate by F, AdamW's included (a step of the study's factor-of-2 grid from each
+optimizer's own winner: re-tuning the learning rate at a new ratio by one rule for all); --jobs
+runs that many at once, one thread each (2 on 2 cores is the fastest per run finished).
 """
 import argparse
 import copy
