@@ -43,9 +43,24 @@ def seed_list(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
+def runs_file(path: str) -> pd.DataFrame:
+    """One runs file (examples/export_runs.py's columns); anything else exits 2 with one line."""
+    try:
+        runs = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError) as e:
+        print(f"ladder_cell_table: cannot read {path}: {e}", file=sys.stderr)
+        sys.exit(2)
+    missing = [c for c in ("optimizer", "scale", "ratio", "seed", "final_loss", "hparams") if c not in runs]
+    if missing:
+        print(f"ladder_cell_table: {path} is not a runs file (no {', '.join(missing)}; "
+              "see examples/export_runs.py)", file=sys.stderr)
+        sys.exit(2)
+    return runs
+
+
 def read_runs(paths: list[str], batch: int | None = None, optimizers: list[str] | None = None,
               ratio: float = 1.0, seeds: list[int] | None = None) -> pd.DataFrame:
-    runs = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    runs = pd.concat([runs_file(p) for p in paths], ignore_index=True)
     runs = runs[(runs.ratio == ratio) & (runs.seed.isin(seeds) if seeds else True)].copy()
     runs["hardware"] = runs["hardware"].fillna("unrecorded") if "hardware" in runs else "unrecorded"
     if runs.hardware.nunique() > 1:  # a seed's runs agree to the bit only on one kind of CPU

@@ -85,6 +85,8 @@ def arguments(argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
         p.error(str(e))
     if keys and not args.optimizers:
         p.error("--set needs --optimizers")
+    if args.lr_factor and "learning_rate" in keys:
+        p.error("--lr-factor scales the learning rate --set gives: give one of them")
     if args.by_mean and args.finalists > 1:
         p.error("--by-mean re-runs one config per optimizer: drop --finalists")
     return args, keys

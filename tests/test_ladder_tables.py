@@ -164,10 +164,12 @@ def test_a_rerun_by_mean_at_another_ratio_runs_each_winner_there_slowest_first(t
     halved = ladder_rerun.plan(*ladder_rerun.arguments(["--by-mean", "--lr-factor", "0.5", *common]))
     assert {name: cmd[cmd.index("--set") + 1] for name, _, _, cmd in halved} == {  # AdamW's too
         "adamw": "learning_rate=0.01", "lion": "learning_rate=0.0005"}
-    with pytest.raises(SystemExit) as stop:
-        ladder_rerun.arguments(["--by-mean", "--finalists", "2", *common])
-    assert stop.value.code == 2
-    assert "--by-mean re-runs one config per optimizer" in capsys.readouterr().err
+    for argv, error in ((["--by-mean", "--finalists", "2"], "--by-mean re-runs one config per optimizer"),
+                        (["--lr-factor", "0.5", "--optimizers", "lion", "--set", "lr=0.1"], "give one of them")):
+        with pytest.raises(SystemExit) as stop:
+            ladder_rerun.arguments([*argv, *common])
+        assert stop.value.code == 2
+        assert error in capsys.readouterr().err
 
 
 def test_the_gap_figure_stops_on_tables_against_two_cells_of_the_study(tmp_path, capsys):
@@ -199,3 +201,13 @@ def test_a_table_with_one_seed_prints_its_agreement_without_an_interval(tmp_path
     assert "against the study's 0.1B 2x" in line and "(one seed of adamw, lion, muon: no interval)" in line
     assert "[" not in line  # a bootstrap over one seed would print a zero-width interval
     assert pd.read_csv(tmp_path / "t.csv").study_ratio.eq(2.0).all()
+
+
+def test_a_table_given_where_a_runs_file_belongs_exits_2_with_one_line(tmp_path, capsys):
+    pd.DataFrame({"optimizer": ["adamw"], "cpu_s_gap": [0.0]}).to_csv(tmp_path / "table.csv", index=False)
+    for path, error in ((tmp_path / "table.csv", "is not a runs file (no scale, ratio, seed"),
+                        (tmp_path / "absent.csv", "cannot read")):
+        with pytest.raises(SystemExit) as stop:
+            lct.read_runs([str(path)])
+        assert stop.value.code == 2
+        assert error in capsys.readouterr().err
